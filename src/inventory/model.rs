@@ -1,0 +1,434 @@
+//! The inventory: one YAML file that describes a whole cluster.
+//!
+//! These types are the contract shared by every module. Loading, defaults and
+//! validation live in `load.rs` and `validate.rs`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The whole inventory file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub postgres: Postgres,
+    #[serde(default)]
+    pub patroni: Patroni,
+    #[serde(default)]
+    pub etcd: Etcd,
+    #[serde(default)]
+    pub haproxy: Haproxy,
+    #[serde(default)]
+    pub packages: Packages,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub ssh: Ssh,
+    pub groups: Groups,
+    /// Directory that holds the inventory file (filled in by the loader; relative paths resolve here).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Path of the inventory file (filled in by the loader).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name; also Patroni's `scope` and etcd's cluster token.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Postgres {
+    /// "MAJOR.MINOR", e.g. "15.18". Resolved to the Debian version by the packages phase.
+    pub version: String,
+    pub port: u16,
+    /// PostgreSQL parameters (postgresql.conf), applied through Patroni.
+    pub parameters: BTreeMap<String, ParamValue>,
+    /// Patroni synchronous_mode.
+    pub synchronous_mode: bool,
+    pub data_dir: Option<String>,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres {
+            version: "15.18".into(),
+            port: 5432,
+            parameters: BTreeMap::new(),
+            synchronous_mode: false,
+            data_dir: None,
+        }
+    }
+}
+
+/// A scalar parameter value as written in YAML.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Patroni {
+    pub restapi_port: u16,
+    /// Leader key TTL in seconds (failover detection). Patroni's default is 30.
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+}
+
+impl Default for Patroni {
+    fn default() -> Self {
+        Patroni {
+            restapi_port: 8008,
+            ttl: 10,
+            loop_wait: 2,
+            retry_timeout: 3,
+            maximum_lag_on_failover: 1_048_576,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Etcd {
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            client_port: 2379,
+            peer_port: 2380,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Haproxy {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    pub stats_port: u16,
+}
+
+impl Default for Haproxy {
+    fn default() -> Self {
+        Haproxy {
+            primary_port: 5000,
+            replica_port: 5001,
+            stats_port: 7000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageSource {
+    /// Hosts install from their own configured apt repositories.
+    Apt,
+    /// Air-gapped: a local repository built by `pgdeploy bundle` is pushed to the hosts.
+    #[default]
+    Bundle,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Packages {
+    pub source: PackageSource,
+    /// Where `pgdeploy bundle` writes the local repository (relative to the inventory).
+    pub bundle_dir: String,
+    /// Optional deb822 or one-line apt sources to resolve the bundle from; empty means the
+    /// control machine's configured Debian sources.
+    pub debian_sources: Vec<String>,
+}
+
+impl Default for Packages {
+    fn default() -> Self {
+        Packages {
+            source: PackageSource::Bundle,
+            bundle_dir: "bundle".into(),
+            debian_sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// `rfc2136` or `dyndns2`.
+    #[serde(default = "default_dns_provider")]
+    pub provider: String,
+    /// Fully qualified name that gets the HAProxy A/AAAA records, e.g. "pg.db.example.com.".
+    pub name: String,
+    /// Zone the name lives in, e.g. "db.example.com.".
+    pub zone: String,
+    /// DNS server "ADDRESS:PORT" (port defaults to 53).
+    pub server: String,
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub tsig: Option<Tsig>,
+}
+
+fn default_dns_provider() -> String {
+    "rfc2136".into()
+}
+fn default_dns_ttl() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tsig {
+    pub key_name: String,
+    #[serde(default = "default_tsig_alg")]
+    pub algorithm: String,
+    /// File holding the base64 secret (or a BIND key file); relative to the inventory.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Environment variable holding the base64 secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+fn default_tsig_alg() -> String {
+    "hmac-sha256".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Become {
+    /// Commands run as the SSH user (it must be root).
+    #[default]
+    None,
+    /// Commands run through `sudo`.
+    Sudo,
+}
+
+/// SSH settings; every field may be overridden per host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ssh {
+    pub user: String,
+    pub port: u16,
+    /// Private key file; `None` means ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
+    pub private_key: Option<String>,
+    /// Environment variable that holds the passphrase of an encrypted key.
+    pub passphrase_env: Option<String>,
+    /// known_hosts file; default ~/.ssh/known_hosts.
+    pub known_hosts: Option<String>,
+    #[serde(rename = "become")]
+    pub become_: Become,
+    /// Environment variable with the sudo password (otherwise prompted once when needed).
+    pub sudo_password_env: Option<String>,
+    /// Jump host, "[user@]host[:port]".
+    pub jump_host: Option<String>,
+    pub connect_timeout: u64,
+}
+
+impl Default for Ssh {
+    fn default() -> Self {
+        Ssh {
+            user: "root".into(),
+            port: 22,
+            private_key: None,
+            passphrase_env: None,
+            known_hosts: None,
+            become_: Become::None,
+            sudo_password_env: None,
+            jump_host: None,
+            connect_timeout: 10,
+        }
+    }
+}
+
+/// Per-host SSH overrides (any field left out comes from the inventory's `ssh`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshOverride {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub private_key: Option<String>,
+    #[serde(rename = "become")]
+    pub become_: Option<Become>,
+    pub jump_host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub address: String,
+    /// Optional IPv6 address (published as AAAA by the DNS phase for HAProxy hosts).
+    #[serde(default)]
+    pub address6: Option<String>,
+    #[serde(default)]
+    pub ssh: Option<SshOverride>,
+    /// PostgreSQL parameters for this host only (Patroni hosts).
+    #[serde(default)]
+    pub postgres_parameters: BTreeMap<String, ParamValue>,
+    /// Free-form variables for templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Groups {
+    #[serde(default)]
+    pub etcd: Vec<HostEntry>,
+    #[serde(default)]
+    pub patroni: Vec<HostEntry>,
+    #[serde(default)]
+    pub haproxy: Vec<HostEntry>,
+}
+
+/// A role a host plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Etcd,
+    Patroni,
+    Haproxy,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::Etcd, Group::Patroni, Group::Haproxy];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Group::Etcd => "etcd",
+            Group::Patroni => "patroni",
+            Group::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// One machine after merging its group entries (a host may be in several groups).
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub address6: Option<String>,
+    pub groups: Vec<Group>,
+    /// Effective SSH settings (inventory `ssh` merged with the host's overrides).
+    pub ssh: Ssh,
+    pub postgres_parameters: BTreeMap<String, ParamValue>,
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Host {
+    pub fn in_group(&self, g: Group) -> bool {
+        self.groups.contains(&g)
+    }
+}
+
+impl Groups {
+    pub fn get(&self, g: Group) -> &[HostEntry] {
+        match g {
+            Group::Etcd => &self.etcd,
+            Group::Patroni => &self.patroni,
+            Group::Haproxy => &self.haproxy,
+        }
+    }
+}
+
+impl Inventory {
+    /// Every distinct host, in first-appearance order (etcd, patroni, haproxy), merged across groups.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut out: Vec<Host> = Vec::new();
+        for g in Group::ALL {
+            for e in self.groups.get(g) {
+                if let Some(h) = out.iter_mut().find(|h| h.name == e.name) {
+                    if !h.groups.contains(&g) {
+                        h.groups.push(g);
+                    }
+                    for (k, v) in &e.postgres_parameters {
+                        h.postgres_parameters.insert(k.clone(), v.clone());
+                    }
+                    for (k, v) in &e.vars {
+                        h.vars.insert(k.clone(), v.clone());
+                    }
+                    continue;
+                }
+                let mut ssh = self.ssh.clone();
+                if let Some(o) = &e.ssh {
+                    if let Some(u) = &o.user {
+                        ssh.user = u.clone();
+                    }
+                    if let Some(p) = o.port {
+                        ssh.port = p;
+                    }
+                    if let Some(k) = &o.private_key {
+                        ssh.private_key = Some(k.clone());
+                    }
+                    if let Some(b) = o.become_ {
+                        ssh.become_ = b;
+                    }
+                    if let Some(j) = &o.jump_host {
+                        ssh.jump_host = Some(j.clone());
+                    }
+                }
+                out.push(Host {
+                    name: e.name.clone(),
+                    address: e.address.clone(),
+                    address6: e.address6.clone(),
+                    groups: vec![g],
+                    ssh,
+                    postgres_parameters: e.postgres_parameters.clone(),
+                    vars: e.vars.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Hosts of one group, in inventory order.
+    pub fn group_hosts(&self, g: Group) -> Vec<Host> {
+        self.hosts().into_iter().filter(|h| h.in_group(g)).collect()
+    }
+
+    /// Resolve a path from the inventory relative to the inventory's directory (and `~/`).
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        if let Some(rest) = p.strip_prefix("~/") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        let pb = PathBuf::from(p);
+        if pb.is_absolute() {
+            pb
+        } else {
+            self.base_dir.join(pb)
+        }
+    }
+
+    /// Directory where pgdeploy keeps this cluster's generated state (CA, secrets): next to
+    /// the inventory, `.pgdeploy/<cluster>/`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.base_dir.join(".pgdeploy").join(&self.cluster.name)
+    }
+}

@@ -1,0 +1,6 @@
+//! pgdeploy: agentless deployment of highly available PostgreSQL over SSH.
+//!
+//! probe (read-only, per host) -> plan (pure) -> apply (the only mutator); `check` prints the plan.
+
+pub mod inventory;
+pub mod ssh;
