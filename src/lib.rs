@@ -2,5 +2,10 @@
 //!
 //! probe (read-only, per host) -> plan (pure) -> apply (the only mutator); `check` prints the plan.
 
+pub mod bundle;
+pub mod cluster;
+pub mod dns;
+pub mod engine;
 pub mod inventory;
+pub mod lab;
 pub mod ssh;

@@ -1,0 +1,1 @@
+//! Cluster phases (preflight, packages, etcd, patroni, haproxy, verify).

@@ -1,0 +1,1 @@
+//! The engine: probe -> plan -> apply.

@@ -1,0 +1,9 @@
+//! One integration-test binary; each module owns one area.
+
+mod cluster;
+mod dns;
+mod engine;
+mod inventory;
+mod lab;
+mod ssh;
+mod support;
