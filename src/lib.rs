@@ -9,5 +9,6 @@ pub mod engine;
 pub mod inventory;
 pub mod lab;
 pub mod ops;
+pub mod phases;
 pub mod report;
 pub mod ssh;

@@ -1,7 +1,7 @@
 //! Operations: what the commands do, given parsed options. No printing here except through
 //! the observer and the returned values.
 
-use crate::engine::phase::{Phase, PhasePlan, RolePhase};
+use crate::engine::phase::{Phase, PhasePlan};
 use crate::engine::roles::RoleSource;
 use crate::engine::{self, Ctx, Observer, PhaseOutcome};
 use crate::inventory::{self, Inventory, Warning};
@@ -23,9 +23,7 @@ pub struct RunOptions {
 
 /// The ordered phases of a full run.
 pub fn phases(inv: &Inventory) -> Vec<Box<dyn Phase>> {
-    let mut v: Vec<Box<dyn Phase>> = vec![Box::new(RolePhase::new("common", &["common"]))];
-    v.extend(crate::cluster::phases(inv));
-    v
+    crate::phases::all(inv)
 }
 
 pub fn phase_names(inv: &Inventory) -> Vec<String> {
@@ -67,7 +65,7 @@ pub async fn prepare(
     let hosts = inv.hosts();
     observer.message(&format!("connecting to {} hosts", hosts.len()));
     let sessions = engine::connect_all(&hosts, &opts.connect, opts.forks.max(1)).await?;
-    let (vars, secret_values) = crate::cluster::run_vars(
+    let (vars, secret_values) = crate::phases::run_vars(
         &inv,
         opts.only.is_empty() || !opts.only.iter().all(|o| o == "common"),
     )?;

@@ -1,0 +1,23 @@
+//! The cluster phases, in order, after `common`: preflight, packages, etcd, patroni, haproxy,
+//! verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
+//! what files, packages and units a role has is data under `roles/`.
+
+pub mod preflight;
+
+use crate::engine::phase::{Phase, RolePhase};
+use crate::inventory::Inventory;
+use miette::Result;
+use serde_json::Value;
+
+/// The phases of a full run, in order.
+pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
+    vec![
+        Box::new(preflight::Preflight),
+        Box::new(RolePhase::new("common", &["common"])),
+    ]
+}
+
+/// Values for templates (secrets, tls) and the secret values to redact.
+pub fn run_vars(_inv: &Inventory, _full: bool) -> Result<(Value, Vec<String>)> {
+    Ok((Value::Object(Default::default()), Vec::new()))
+}
