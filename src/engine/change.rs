@@ -89,6 +89,13 @@ pub enum Change {
     Command { command: String, reason: String },
     /// Something that cannot be known until an earlier phase or step runs.
     Deferred { what: String, why: String },
+    /// Copy files from the control machine to a directory on the host (streamed).
+    Upload {
+        dest: String,
+        files: Vec<String>,
+        bytes: u64,
+        reason: String,
+    },
     /// DNS record set change.
     Dns {
         name: String,
@@ -162,6 +169,17 @@ impl Change {
             } => format!("! unit {} {unit} ({reason})", action.verb()),
             Change::Command { command, reason } => format!("! run `{command}` ({reason})"),
             Change::Deferred { what, why } => format!("? {what} (deferred: {why})"),
+            Change::Upload {
+                dest,
+                files,
+                bytes,
+                reason,
+            } => format!(
+                "+ upload {} file{} ({:.1} MB) to {dest} ({reason})",
+                files.len(),
+                if files.len() == 1 { "" } else { "s" },
+                *bytes as f64 / 1e6
+            ),
             Change::Dns {
                 name,
                 add,

@@ -98,7 +98,10 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
             Change::Command { command, .. } => {
                 s.run(command).await?;
             }
-            Change::Package { .. } | Change::Deferred { .. } | Change::Dns { .. } => {}
+            Change::Package { .. }
+            | Change::Deferred { .. }
+            | Change::Dns { .. }
+            | Change::Upload { .. } => {}
         }
     }
     Ok(())

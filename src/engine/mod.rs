@@ -211,6 +211,9 @@ pub async fn apply(
                 ));
             }
         }
+        p.after_apply(ctx)
+            .await
+            .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
         ctx.observer
             .phase_finished(p.name(), plan.change_count(), t.elapsed());
         out.push(PhaseOutcome {

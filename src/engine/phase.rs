@@ -45,6 +45,11 @@ pub trait Phase: Send + Sync {
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan>;
     /// Execute a plan made by `plan` in this same run.
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()>;
+    /// Run by `apply` after the phase converged, even when it had nothing to change
+    /// (end-to-end checks such as the verify phase). Never run by `check`.
+    async fn after_apply(&self, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A health gate used between one-at-a-time restarts.

@@ -23,6 +23,8 @@ pub struct DesiredFile {
     pub secret: bool,
     pub notify: Vec<String>,
     pub validate: Option<String>,
+    /// Written by the packages phase, before installing.
+    pub before_install: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,6 +307,7 @@ mod tests {
             secret: false,
             notify: notify.iter().map(|s| s.to_string()).collect(),
             validate: None,
+            before_install: false,
         }
     }
 

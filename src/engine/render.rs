@@ -140,6 +140,7 @@ pub fn desired_for(
             secret: f.secret,
             notify: f.notify.clone(),
             validate: f.validate.clone(),
+            before_install: f.before_install,
         });
     }
     if !spec.sysctls.is_empty() {
@@ -158,6 +159,7 @@ pub fn desired_for(
             secret: false,
             notify: vec![],
             validate: None,
+            before_install: false,
         });
     }
     for u in &spec.units {
@@ -177,6 +179,7 @@ pub fn desired_for(
                 secret: false,
                 notify: vec![u.name.clone()],
                 validate: None,
+                before_install: false,
             });
         }
         d.units.push(DesiredUnit {

@@ -77,6 +77,10 @@ pub struct FileSpec {
     /// Only for hosts in this group (within the role's hosts).
     #[serde(default)]
     pub when_group: Option<String>,
+    /// Written by the packages phase before packages are installed (e.g. settings that
+    /// stop a package from creating defaults).
+    #[serde(default)]
+    pub before_install: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -2,7 +2,11 @@
 //! verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
 //! what files, packages and units a role has is data under `roles/`.
 
+pub mod etcd;
+pub mod haproxy;
+pub mod patroni;
 pub mod preflight;
+pub mod verify;
 
 use crate::engine::phase::{Phase, RolePhase};
 use crate::inventory::Inventory;
@@ -14,6 +18,10 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
     vec![
         Box::new(preflight::Preflight),
         Box::new(RolePhase::new("common", &["common"])),
+        Box::new(etcd::Etcd),
+        Box::new(patroni::Patroni),
+        Box::new(haproxy::Haproxy),
+        Box::new(verify::Verify),
     ]
 }
 
