@@ -75,6 +75,7 @@ pub async fn prepare(
         sessions,
         roles,
         vars: RwLock::new(vars),
+        host_vars: RwLock::new(host_vars),
         secret_values,
         forks: opts.forks.max(1),
         observer,

@@ -42,6 +42,8 @@ pub struct Ctx {
     pub roles: RoleSource,
     /// Values merged into every template context (secrets, tls paths, resolved versions).
     pub vars: RwLock<Value>,
+    /// Per-host values merged over `vars` (e.g. the host's certificate paths).
+    pub host_vars: RwLock<BTreeMap<String, Value>>,
     /// Secret values to redact from any output.
     pub secret_values: Vec<String>,
     pub forks: usize,
@@ -62,6 +64,16 @@ impl Ctx {
     }
     pub fn vars(&self) -> Value {
         self.vars.read().map(|v| v.clone()).unwrap_or(Value::Null)
+    }
+    /// `vars` with the host's own values merged over them.
+    pub fn vars_for(&self, host: &str) -> Value {
+        let mut v = self.vars();
+        if let Ok(hv) = self.host_vars.read() {
+            if let Some(extra) = hv.get(host) {
+                render::merge(&mut v, extra);
+            }
+        }
+        v
     }
     /// Set a value visible to later templates, e.g. `set_var(&["postgres","debian_version"], ..)`.
     pub fn set_var(&self, path: &[&str], value: Value) {

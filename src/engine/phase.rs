@@ -91,7 +91,7 @@ impl RolePhase {
 /// Render every role of `roles` that applies to `host` into one Desired.
 pub fn desired_for_host(ctx: &Ctx, roles: &[String], host_name: &str) -> Result<Desired> {
     let host = ctx.host(host_name)?;
-    let vars = ctx.vars();
+    let vars = ctx.vars_for(host_name);
     let tctx = context(&ctx.inv, host, &vars);
     let mut d = Desired::default();
     for r in roles {

@@ -76,7 +76,8 @@ pub fn context(inv: &Inventory, host: &Host, extra: &Value) -> Value {
     ctx
 }
 
-fn merge(into: &mut Value, from: &Value) {
+/// Deep-merge `from` into `into` (objects merge, anything else replaces).
+pub fn merge(into: &mut Value, from: &Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {

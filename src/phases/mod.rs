@@ -12,6 +12,7 @@ use crate::engine::phase::{Phase, RolePhase};
 use crate::inventory::Inventory;
 use miette::Result;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The phases of a full run, in order.
 pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
@@ -25,7 +26,11 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
     ]
 }
 
-/// Values for templates (secrets, tls) and the secret values to redact.
-pub fn run_vars(_inv: &Inventory, _full: bool) -> Result<(Value, Vec<String>)> {
-    Ok((Value::Object(Default::default()), Vec::new()))
+/// Values for templates: shared ones, per-host ones, and the secret values to redact.
+pub fn run_vars(_inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<String>)> {
+    Ok((
+        Value::Object(Default::default()),
+        BTreeMap::new(),
+        Vec::new(),
+    ))
 }
