@@ -65,10 +65,7 @@ pub async fn prepare(
     let hosts = inv.hosts();
     observer.message(&format!("connecting to {} hosts", hosts.len()));
     let sessions = engine::connect_all(&hosts, &opts.connect, opts.forks.max(1)).await?;
-    let (vars, secret_values) = crate::phases::run_vars(
-        &inv,
-        opts.only.is_empty() || !opts.only.iter().all(|o| o == "common"),
-    )?;
+    let (vars, host_vars, secret_values) = crate::phases::run_vars(&inv)?;
     let ctx = Ctx {
         inv,
         hosts,
