@@ -10,5 +10,7 @@ pub mod inventory;
 pub mod lab;
 pub mod ops;
 pub mod phases;
+pub mod pki;
 pub mod report;
+pub mod secrets;
 pub mod ssh;
