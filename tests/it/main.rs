@@ -2,6 +2,7 @@
 
 mod cluster;
 mod dns;
+mod e2e;
 mod engine;
 mod inventory;
 mod lab;
