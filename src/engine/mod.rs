@@ -163,18 +163,21 @@ fn help_of(e: &dyn miette::Diagnostic) -> String {
         .unwrap_or_default()
 }
 
-/// Plan every phase (read-only). Later phases see the hosts as they are now.
+/// Plan every phase (read-only). Every phase sees the hosts as they are now, so the phases
+/// are planned concurrently; the result keeps their order.
 pub async fn check(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
-    let mut out = Vec::new();
+    let mut futs = Vec::new();
     for p in phases {
-        let t = Instant::now();
-        ctx.observer.phase_started(p.name(), ctx.hosts.len());
-        let plan = p.plan(ctx).await?;
-        ctx.observer
-            .phase_finished(p.name(), plan.change_count(), t.elapsed());
-        out.push(plan);
+        futs.push(async move {
+            let t = Instant::now();
+            ctx.observer.phase_started(p.name(), ctx.hosts.len());
+            let plan = p.plan(ctx).await?;
+            ctx.observer
+                .phase_finished(p.name(), plan.change_count(), t.elapsed());
+            Ok::<_, miette::Report>(plan)
+        });
     }
-    Ok(out)
+    futures::future::try_join_all(futs).await
 }
 
 /// What one phase of `apply` did.

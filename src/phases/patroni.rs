@@ -180,23 +180,61 @@ fn patronictl(args: &str) -> String {
     format!("patronictl -c {CONFIG} {args}")
 }
 
+/// A read-only GET on the local Patroni REST API, run on the host itself with python3 (always
+/// present for Patroni; ~10x faster to start than patronictl) over TLS with our CA.
+pub fn rest_get_command(address: &str, port: u16, path: &str) -> String {
+    let tls = super::etcd::TLS_DIR;
+    format!(
+        "test -r {CONFIG} && python3 -c \"import ssl,sys,urllib.request as u; c=ssl.create_default_context(cafile='{tls}/ca.crt'); \
+         sys.stdout.write(u.urlopen('https://{address}:{port}{path}', context=c, timeout=3).read().decode())\""
+    )
+}
+
+/// Pure: parse Patroni's GET /cluster.
+pub fn parse_cluster(json: &str) -> Result<Vec<Member>, String> {
+    let v: Value = serde_json::from_str(json.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let arr = v["members"].as_array().ok_or("no members list")?;
+    Ok(arr
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap_or("") {
+                "leader" | "master" | "primary" => "Leader",
+                "standby_leader" => "Standby Leader",
+                "sync_standby" => "Sync Standby",
+                "replica" => "Replica",
+                other => other,
+            };
+            Member {
+                name: m["name"].as_str().unwrap_or("").to_string(),
+                role: role.to_string(),
+                state: m["state"].as_str().unwrap_or("").to_string(),
+                timeline: m["timeline"].as_i64(),
+                lag_mb: m["lag"].as_f64().map(|b| b / 1_048_576.0),
+                pending_restart: m["pending_restart"].as_bool().unwrap_or(false),
+            }
+        })
+        .collect())
+}
+
 /// The cluster as Patroni sees it, asked on the first Patroni host that can answer.
 pub async fn members(ctx: &Ctx) -> Result<Option<Vec<Member>>> {
+    Ok(cluster_json(ctx, "/cluster")
+        .await?
+        .and_then(|(_, j)| parse_cluster(&j).ok()))
+}
+
+/// GET `path` from the first Patroni member that answers: (member, body).
+pub async fn cluster_json(ctx: &Ctx, path: &str) -> Result<Option<(String, String)>> {
     for h in ctx.inv.group_hosts(Group::Patroni) {
         let s = ctx.session(&h.name)?;
         let out = s
             .exec(
-                &format!(
-                    "test -r {CONFIG} && command -v patronictl >/dev/null && {} 2>/dev/null",
-                    patronictl("list -f json")
-                ),
+                &rest_get_command(&h.address, ctx.inv.patroni.restapi_port, path),
                 None,
             )
             .await?;
         if out.ok() {
-            if let Ok(m) = parse_members(&out.stdout_str()) {
-                return Ok(Some(m));
-            }
+            return Ok(Some((h.name.clone(), out.stdout_str())));
         }
     }
     Ok(None)
@@ -440,8 +478,10 @@ impl Phase for Patroni {
             .map(|m| m.name.clone())
             .ok_or_else(|| miette!("no Patroni leader"))?;
         let s = ctx.session(&leader)?;
-        let out = s.run(&patronictl("show-config")).await?;
-        let current: Value = serde_saphyr::from_str(&out.stdout_str()).unwrap_or(Value::Null);
+        let (_, body) = cluster_json(ctx, "/config")
+            .await?
+            .ok_or_else(|| miette!("Patroni's REST API does not answer"))?;
+        let current: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let diff = dcs_diff(&current, &desired_dcs(ctx));
         if !diff.is_empty() {
             ctx.observe(&leader, "updating the cluster-wide settings");
@@ -535,6 +575,19 @@ mod tests {
         assert!(m[0].is_leader() && m[0].is_running());
         assert!(!m[1].is_leader() && m[1].is_running() && m[1].pending_restart);
         assert_eq!(m[1].lag_mb, Some(0.0));
+    }
+
+    #[test]
+    fn parses_rest_cluster() {
+        let j = r#"{"members": [{"name": "pg1", "role": "leader", "state": "running", "api_url": "https://10.0.0.21:8008/patroni", "host": "10.0.0.21", "port": 5432, "timeline": 2},
+            {"name": "pg2", "role": "replica", "state": "streaming", "host": "10.0.0.22", "port": 5432, "timeline": 2, "lag": 2097152, "pending_restart": true}], "scope": "pg"}"#;
+        let m = parse_cluster(j).unwrap();
+        assert!(m[0].is_leader() && m[0].is_running());
+        assert_eq!(m[0].timeline, Some(2));
+        assert_eq!(m[1].role, "Replica");
+        assert_eq!(m[1].lag_mb, Some(2.0));
+        assert!(m[1].pending_restart);
+        assert!(parse_cluster("{}").is_err());
     }
 
     #[test]
