@@ -57,7 +57,6 @@ struct RunArgs {
 impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
-            inventory: self.inventory.clone(),
             roles_dir: self.roles_dir.clone(),
             forks: self.forks,
             connect: ConnectOptions {
@@ -65,6 +64,7 @@ impl RunArgs {
                 known_hosts: self.known_hosts.clone(),
             },
             only: self.only.clone(),
+            ..RunOptions::new(self.inventory.clone())
         }
     }
 }
@@ -91,6 +91,30 @@ enum Cmd {
     Apply {
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Rolling upgrade of the PostgreSQL minor version, with no acknowledged write lost.
+    ///
+    /// Replicas first, one at a time (tagged out of failover and of the replica pool while they
+    /// restart), then a planned switchover to the upgraded replica with the least lag, then the
+    /// old leader. Refuses to start unless every member runs and streams, lag is under the bound,
+    /// no transaction is older than the bound and etcd is healthy. On success the inventory's
+    /// `postgres.version` is updated to the new minor. With `--check`, only shows the plan.
+    /// The same happens when you change `postgres.version` in the inventory and run `apply`.
+    Upgrade {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The PostgreSQL minor to upgrade to, e.g. 15.20.
+        #[arg(long, value_name = "MAJOR.MINOR")]
+        postgres: String,
+        /// Largest replication lag allowed before and during the upgrade, in MB.
+        #[arg(long, default_value_t = 10, value_name = "MB")]
+        max_lag_mb: u64,
+        /// Oldest transaction allowed on the leader before starting, in seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        max_xact_age: u64,
+        /// Show the plan (order, switchover, package versions) and change nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Local lab: real Debian hosts in systemd-nspawn containers.
     Lab(pgdeploy::lab::Args),
@@ -137,6 +161,46 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                 println!("No changes: the hosts already matched the inventory ({secs:.1} s).");
             } else {
                 println!("Applied {n} change(s) on {hosts} host(s) in {secs:.1} s; the hosts now match the inventory.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Upgrade {
+            run,
+            postgres,
+            max_lag_mb,
+            max_xact_age,
+            check,
+        } => {
+            let mut opts = run.options();
+            opts.postgres_version = Some(postgres.clone());
+            opts.max_lag_bytes = Some(max_lag_mb * 1024 * 1024);
+            opts.max_xact_age_secs = Some(max_xact_age);
+            if check {
+                let progress = Arc::new(progress::Progress::new(false));
+                let (plans, warnings) = ops::check(&opts, progress).await?;
+                print_warnings(&warnings);
+                print!("{}", report::plan_text(&plans));
+                let (n, _) = report::totals(&plans);
+                return Ok(if n == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                });
+            }
+            let progress = Arc::new(progress::Progress::new(false));
+            let (outcomes, warnings) = ops::apply(&opts, progress, &|p| {
+                print!("{}", report::phase_text(p));
+            })
+            .await?;
+            print_warnings(&warnings);
+            let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
+            if ops::pin_postgres_version(&run.inventory, &postgres)? {
+                println!(
+                    "Every member runs PostgreSQL {postgres} ({secs:.1} s); {} now pins {postgres}.",
+                    run.inventory.display()
+                );
+            } else {
+                println!("Every member runs PostgreSQL {postgres} ({secs:.1} s). Set postgres.version to \"{postgres}\" in {} so that the next apply keeps it.", run.inventory.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -75,6 +75,21 @@ impl Ctx {
         }
         v
     }
+    /// Set (or with `Value::Null`, clear) a value for one host's templates.
+    pub fn set_host_var(&self, host: &str, key: &str, value: Value) {
+        if let Ok(mut hv) = self.host_vars.write() {
+            let e = hv
+                .entry(host.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(m) = e {
+                if value.is_null() {
+                    m.remove(key);
+                } else {
+                    m.insert(key.to_string(), value);
+                }
+            }
+        }
+    }
     /// Set a value visible to later templates, e.g. `set_var(&["postgres","debian_version"], ..)`.
     pub fn set_var(&self, path: &[&str], value: Value) {
         if let Ok(mut v) = self.vars.write() {

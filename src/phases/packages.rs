@@ -17,10 +17,7 @@ use miette::{miette, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Where the bundle lives on hosts.
-pub const REPO_DIR: &str = "/var/lib/pgdeploy/repo";
-/// The apt source that names only the bundle.
-pub const REPO_LIST: &str = "/etc/apt/sources.list.d/pgdeploy.list";
+pub use super::{REPO_DIR, REPO_LIST};
 
 pub struct Packages {
     pub roles: Vec<String>,
@@ -203,7 +200,20 @@ impl Phase for Packages {
                     }
                 }
                 changes.extend(plan_resources(&desired, &facts, &ctx.secret_values));
-                changes.extend(plan_packages(&desired.packages, &facts));
+                for c in plan_packages(&desired.packages, &facts) {
+                    match &c {
+                        // An installed PostgreSQL moves member by member in the patroni phase.
+                        Change::Package { name, from: Some(f), to }
+                            if super::upgrade::is_postgres_package(name) =>
+                        {
+                            changes.push(Change::Deferred {
+                                what: format!("{name} {f} -> {to}"),
+                                why: "upgraded member by member (rolling) in the patroni phase".into(),
+                            })
+                        }
+                        _ => changes.push(c),
+                    }
+                }
                 Ok::<_, miette::Report>(HostPlan { host: h, changes })
             });
         }

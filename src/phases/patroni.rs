@@ -358,6 +358,13 @@ impl Phase for Patroni {
                 }
             }
         }
+        // A pinned minor that differs from what members run: the rolling upgrade.
+        let states = super::upgrade::states(ctx).await?;
+        for (member, changes) in super::upgrade::plan_changes(&states, &ctx.inv.postgres.version) {
+            if let Some(hp) = hosts.iter_mut().find(|h| h.host == member) {
+                hp.changes.extend(changes);
+            }
+        }
         for m in &ms {
             if m.pending_restart {
                 if let Some(hp) = hosts.iter_mut().find(|h| h.host == m.name) {
@@ -468,7 +475,9 @@ impl Phase for Patroni {
             }
         }
         wait_converged(ctx, Duration::from_secs(300)).await?;
-        // 3. DCS settings, then restarts that PostgreSQL asks for.
+        // 3. A rolling minor upgrade, when members run another minor than the inventory pins.
+        super::upgrade::run(ctx, &upgrade_bounds(ctx)).await?;
+        // 4. DCS settings, then restarts that PostgreSQL asks for.
         let ms = members(ctx)
             .await?
             .ok_or_else(|| miette!("Patroni does not answer after start"))?;
@@ -515,6 +524,19 @@ impl Phase for Patroni {
         restart_pending(ctx).await?;
         wait_converged(ctx, Duration::from_secs(300)).await
     }
+}
+
+/// Upgrade bounds, from `pgdeploy upgrade` options when given.
+pub fn upgrade_bounds(ctx: &Ctx) -> super::upgrade::Bounds {
+    let v = ctx.vars();
+    let mut b = super::upgrade::Bounds::default();
+    if let Some(x) = v["upgrade"]["max_lag_bytes"].as_u64() {
+        b.max_lag_bytes = x;
+    }
+    if let Some(x) = v["upgrade"]["max_xact_age_secs"].as_u64() {
+        b.max_xact_age_secs = x;
+    }
+    b
 }
 
 /// Restart members with pending_restart: replicas one at a time, then the leader.
