@@ -157,16 +157,69 @@ impl Diagnostic for InventoryError {
 
 /// Render a diagnostic as plain text: no colours, no hyperlinks, fixed width (100 columns),
 /// whatever the terminal. The same input always gives the same text (used by snapshot tests
-/// and logs).
+/// and logs). Related diagnostics (an [`InventoryError`] with several problems) follow the
+/// summary line, each as its own block with the parent's source.
 pub fn render_plain(diag: &dyn Diagnostic) -> String {
     let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
         .with_width(100)
         .with_links(false)
         .with_urls(false);
-    let mut out = String::new();
-    if handler.render_report(&mut out, diag).is_err() {
-        // Rendering into a String only fails if a Display impl fails; fall back to the message.
-        out = format!("{diag}\n");
+    let render = |d: &dyn Diagnostic| {
+        let mut out = String::new();
+        if handler.render_report(&mut out, d).is_err() {
+            // Only a failing Display impl makes this fail; fall back to the message.
+            out = format!("  × {d}\n");
+        }
+        out
+    };
+    let src = diag.source_code();
+    let mut out = render(&Alone { inner: diag, src });
+    if let Some(related) = diag.related() {
+        for rel in related {
+            out.push('\n');
+            out.push_str(&render(&Alone { inner: rel, src }));
+        }
     }
     out
+}
+
+/// A diagnostic without its related ones, and with a fallback source (the parent's).
+struct Alone<'a> {
+    inner: &'a dyn Diagnostic,
+    src: Option<&'a dyn miette::SourceCode>,
+}
+
+impl fmt::Debug for Alone<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.inner, f)
+    }
+}
+
+impl fmt::Display for Alone<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.inner, f)
+    }
+}
+
+impl std::error::Error for Alone<'_> {}
+
+impl Diagnostic for Alone<'_> {
+    fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        self.inner.code()
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        self.inner.severity()
+    }
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        self.inner.help()
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.inner.source_code().or(self.src)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.inner.labels()
+    }
+    fn diagnostic_source(&self) -> Option<&dyn Diagnostic> {
+        self.inner.diagnostic_source()
+    }
 }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
 
 use super::diag::{InventoryError, Problem};
-use super::tree::{Kind, Node, Pos};
+use super::tree::{Kind, Node, Pos, Seg};
 use super::validate;
-use super::{Inventory, Warning};
+use super::{Group, Inventory, Warning};
 
 /// Load, default and validate an inventory file. Errors are miette reports that name the file
 /// (as given), line and column with a snippet, and list every semantic problem at once; a
@@ -42,7 +42,9 @@ pub fn load_str(
     file_name: &str,
     base_dir: &Path,
 ) -> miette::Result<(Inventory, Vec<Warning>)> {
-    let fail = |problems: Vec<Problem>| miette::Report::new(InventoryError::new(file_name, text, problems));
+    let fail = |problems: Vec<Problem>| {
+        miette::Report::new(InventoryError::new(file_name, text, problems))
+    };
     let tree = Node::parse(text);
     if matches!(tree.as_ref().map(|t| &t.kind), Some(Kind::Null)) {
         return Err(fail(vec![Problem::new("the inventory is empty").help(
@@ -94,9 +96,16 @@ fn innermost(e: &YamlError) -> &YamlError {
 /// Keys whose values are secrets: never quote their line in a report.
 fn secret_like(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["secret", "password", "passwd", "passphrase", "token", "private"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "secret",
+        "password",
+        "passwd",
+        "passphrase",
+        "token",
+        "private",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
         && !k.ends_with("_file")
         && !k.ends_with("_env")
 }
@@ -131,11 +140,46 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
         .and_then(|l| Pos::from_location(&l, text));
     let path = pos.and_then(|p| tree.and_then(|t| t.path_at(p.offset)));
     // The section holding the offending key (the path without its last segment).
-    let section = path.as_ref().map(|p| join_path(&p[..p.len().saturating_sub(1)]));
+    let section = path
+        .as_ref()
+        .map(|p| join_path(&p[..p.len().saturating_sub(1)]));
     let full = path.as_ref().map(|p| join_path(p));
     let value_text = pos
         .map(|p| text[p.offset..p.offset + p.len].trim().to_string())
         .unwrap_or_default();
+
+    // A key written with no value (`haproxy:` and nothing under it).
+    let null_at = path.as_ref().and_then(|p| {
+        let segs: Vec<Seg<'_>> = p
+            .iter()
+            .map(
+                |s| match s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                    Some(i) => i.parse().map(Seg::Index).unwrap_or(Seg::Key(s)),
+                    None => Seg::Key(s),
+                },
+            )
+            .collect();
+        let t = tree?;
+        matches!(t.get(&segs)?.kind, Kind::Null).then(|| t.key_pos(&segs))
+    });
+    if let Some(key_pos) = null_at {
+        let group = match full.as_deref() {
+            Some("groups.etcd") => Some(Group::Etcd),
+            Some("groups.patroni") => Some(Group::Patroni),
+            Some("groups.haproxy") => Some(Group::Haproxy),
+            _ => None,
+        };
+        if let Some(g) = group {
+            let (message, help) = validate::empty_group(g);
+            return Problem::new(message).label(key_pos, "empty").help(help);
+        }
+        let what = full.clone().unwrap_or_default();
+        return Problem::new(format!("`{what}` has no value"))
+            .label(key_pos, "no value")
+            .help(format!(
+                "give `{what}` a value, or remove the key to use the default"
+            ));
+    }
 
     match inner {
         YamlError::SerdeUnknownField {
@@ -169,7 +213,9 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
         YamlError::SerdeUnknownVariant {
             variant, expected, ..
         } => {
-            let what = full.map(|f| format!("`{f}`")).unwrap_or("this setting".into());
+            let what = full
+                .map(|f| format!("`{f}`"))
+                .unwrap_or("this setting".into());
             let mut help = match nearest(variant, expected) {
                 Some(best) => format!("did you mean `{best}`? "),
                 None => String::new(),
@@ -189,13 +235,13 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
                 .help(missing_help(field))
         }
         YamlError::InvalidScalar { ty, .. } => {
-            let what = full.clone().map(|f| format!("`{f}`")).unwrap_or("this value".into());
+            let what = full
+                .clone()
+                .map(|f| format!("`{f}`"))
+                .unwrap_or("this value".into());
             let is_port = full.as_deref().is_some_and(|f| f.ends_with("port"));
             let (expect, help) = match *ty {
-                "u16" if is_port => (
-                    "a port number",
-                    "write a whole number between 1 and 65535",
-                ),
+                "u16" if is_port => ("a port number", "write a whole number between 1 and 65535"),
                 "u8" | "u16" | "u32" | "u64" | "usize" => (
                     "a whole number",
                     "write a whole number (0 or more) without quotes or units",
@@ -206,7 +252,10 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
                 ),
                 "bool" => ("true or false", "write `true` or `false`"),
                 "f32" | "f64" => ("a number", "write a number such as 1.5"),
-                _ => ("of the right type", "check the value against inventory/production.yaml"),
+                _ => (
+                    "of the right type",
+                    "check the value against inventory/production.yaml",
+                ),
             };
             let label = if ty.starts_with('u') && value_text.starts_with('-') {
                 "negative".to_string()
@@ -222,12 +271,17 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
         other => {
             let msg = UserMessageFormatter.format_message(other).into_owned();
             if msg.contains("untagged enum ParamValue") {
-                let what = full.map(|f| format!("`{f}`")).unwrap_or("a parameter".into());
+                let what = full
+                    .map(|f| format!("`{f}`"))
+                    .unwrap_or("a parameter".into());
                 return Problem::new(format!(
                     "{what} must be a single value (text, number or boolean)"
                 ))
                 .label(pos, "not a single value")
-                .help("write PostgreSQL parameters as in postgresql.conf, e.g. `shared_buffers: 1GB`");
+                .help(
+                    "write PostgreSQL parameters as in postgresql.conf, e.g. `shared_buffers: \
+                     1GB`; a list is one quoted text: `'pg_stat_statements,auto_explain'`",
+                );
             }
             if let YamlError::SerdeInvalidType { expected, .. } = other {
                 if let Some(f) = &full {
@@ -254,7 +308,9 @@ fn missing_help(field: &str) -> String {
         "address" => {
             "every host needs an `address`: the IP address or DNS name pgdeploy connects to".into()
         }
-        "zone" | "server" | "key_name" => format!("add `{field}` (see the dns section of inventory/production.yaml)"),
+        "zone" | "server" | "key_name" => {
+            format!("add `{field}` (see the dns section of inventory/production.yaml)")
+        }
         other => format!("add `{other}`"),
     }
 }
@@ -265,7 +321,13 @@ mod tests {
 
     #[test]
     fn nearest_key_suggestions() {
-        let keys = ["restapi_port", "ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover"];
+        let keys = [
+            "restapi_port",
+            "ttl",
+            "loop_wait",
+            "retry_timeout",
+            "maximum_lag_on_failover",
+        ];
         assert_eq!(nearest("restapi_prot", &keys), Some("restapi_port"));
         assert_eq!(nearest("loopwait", &keys), Some("loop_wait"));
         assert_eq!(nearest("TTL", &keys), Some("ttl"));
@@ -283,7 +345,10 @@ mod tests {
 
     #[test]
     fn paths_join() {
-        let p: Vec<String> = ["groups", "etcd", "[0]", "address"].iter().map(|s| s.to_string()).collect();
+        let p: Vec<String> = ["groups", "etcd", "[0]", "address"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(join_path(&p), "groups.etcd[0].address");
     }
 }

@@ -17,8 +17,8 @@ pub use model::*;
 pub use validate::{
     check_address, fqdn, in_zone, is_env_var_name, is_valid_cluster_name, is_valid_fqdn,
     is_valid_host_name, is_valid_parameter_name, is_valid_postgres_version, is_valid_user_name,
-    parse_dns_server, parse_jump_host, patroni_timing_ok, postgres_major, JumpHost,
-    DNS_PROVIDERS, MANAGED_PARAMETERS, TSIG_ALGORITHMS,
+    parse_dns_server, parse_jump_host, patroni_timing_ok, postgres_major, JumpHost, DNS_PROVIDERS,
+    MANAGED_PARAMETERS, TSIG_ALGORITHMS,
 };
 
 /// Warnings that do not stop a run (e.g. an even number of etcd members). The text starts with
@@ -31,4 +31,3 @@ impl std::fmt::Display for Warning {
         f.write_str(&self.0)
     }
 }
-

@@ -141,6 +141,9 @@ impl Node {
                         rest.insert(0, k.clone());
                         return Some(rest);
                     }
+                    if v.pos.map(|p| p.offset) == Some(offset) {
+                        return Some(vec![k.clone()]);
+                    }
                 }
                 None
             }
@@ -154,6 +157,9 @@ impl Node {
                     if let Some(mut rest) = item.path_at(offset) {
                         rest.insert(0, format!("[{i}]"));
                         return Some(rest);
+                    }
+                    if item.pos.map(|p| p.offset) == Some(offset) {
+                        return Some(vec![format!("[{i}]")]);
                     }
                 }
                 None
@@ -199,7 +205,9 @@ fn into_node(raw: Spanned<RawNode>, text: &str) -> Node {
                     })
                     .collect(),
             ),
-            RawNode::Seq(items) => Kind::Seq(items.into_iter().map(|i| into_node(i, text)).collect()),
+            RawNode::Seq(items) => {
+                Kind::Seq(items.into_iter().map(|i| into_node(i, text)).collect())
+            }
             RawNode::Scalar(s) => Kind::Scalar(s),
             RawNode::Null => Kind::Null,
         };

@@ -50,7 +50,10 @@ enum Minimum {
 /// Patroni ignores per-host values, and it drops values below its minimum (taken from Patroni
 /// 3.0.2, the version in Debian 12).
 const CLUSTER_WIDE_PARAMETERS: [(&str, Minimum); 10] = [
-    ("wal_level", Minimum::OneOf(&["replica", "hot_standby", "logical"], "replica")),
+    (
+        "wal_level",
+        Minimum::OneOf(&["replica", "hot_standby", "logical"], "replica"),
+    ),
     ("max_connections", Minimum::Int(25, 100)),
     ("max_wal_senders", Minimum::Int(3, 10)),
     ("wal_keep_segments", Minimum::Int(1, 8)),
@@ -152,10 +155,14 @@ pub fn check_address(s: &str) -> Result<(), String> {
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
         if ip.is_unspecified() {
-            return Err(format!("`{s}` is the unspecified address, not a host's address"));
+            return Err(format!(
+                "`{s}` is the unspecified address, not a host's address"
+            ));
         }
         if ip.is_multicast() {
-            return Err(format!("`{s}` is a multicast address, not a host's address"));
+            return Err(format!(
+                "`{s}` is a multicast address, not a host's address"
+            ));
         }
         return Ok(());
     }
@@ -267,7 +274,9 @@ pub fn is_valid_user_name(s: &str) -> bool {
     let mut chars = body.chars();
     s.len() <= 32
         && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.')
+        && chars.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.'
+        })
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -384,7 +393,10 @@ impl<'a> Checker<'a> {
         match self.tree.get(path) {
             Some(n) => match n.kind {
                 Kind::Map(_) | Kind::Null => self.tree.key_pos(path).or(n.pos),
-                _ => n.pos.filter(|p| p.len > 0).or_else(|| self.tree.key_pos(path)),
+                _ => n
+                    .pos
+                    .filter(|p| p.len > 0)
+                    .or_else(|| self.tree.key_pos(path)),
             },
             None => None,
         }
@@ -409,7 +421,12 @@ impl<'a> Checker<'a> {
             Some(p) => {
                 let before = &self.text[..p.offset.min(self.text.len())];
                 let line = before.matches('\n').count() + 1;
-                let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+                let col = before
+                    .rsplit('\n')
+                    .next()
+                    .map(|l| l.chars().count())
+                    .unwrap_or(0)
+                    + 1;
                 format!("{}:{line}:{col}: {message}", self.file)
             }
             None => format!("{}: {message}", self.file),
@@ -633,9 +650,17 @@ impl<'a> Checker<'a> {
         let path = |k: &'static str| [Seg::Key("patroni"), Seg::Key(k)];
         let mut any_zero = false;
         for (key, v, what) in [
-            ("ttl", p.ttl, "how long the leader key lives without renewal"),
+            (
+                "ttl",
+                p.ttl,
+                "how long the leader key lives without renewal",
+            ),
             ("loop_wait", p.loop_wait, "the pause between two HA cycles"),
-            ("retry_timeout", p.retry_timeout, "the time allowed for etcd and PostgreSQL operations"),
+            (
+                "retry_timeout",
+                p.retry_timeout,
+                "the time allowed for etcd and PostgreSQL operations",
+            ),
         ] {
             if v == 0 {
                 any_zero = true;
@@ -713,12 +738,17 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        for (key, value) in [("private_key", &s.private_key), ("known_hosts", &s.known_hosts)] {
+        for (key, value) in [
+            ("private_key", &s.private_key),
+            ("known_hosts", &s.known_hosts),
+        ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 self.push(
                     Problem::new(format!("`ssh.{key}` is empty"))
                         .label(self.exact(&path(key)), "empty path")
-                        .help(format!("give a file path or remove `{key}` to use the default")),
+                        .help(format!(
+                            "give a file path or remove `{key}` to use the default"
+                        )),
                 );
             }
         }
@@ -774,25 +804,9 @@ impl<'a> Checker<'a> {
             let path = [Seg::Key("groups"), Seg::Key(g.as_str())];
             let pos = self.key(&path).or_else(|| self.key(&[Seg::Key("groups")]));
             if n == 0 {
-                let (message, help) = match g {
-                    Group::Etcd => (
-                        "no etcd host: Patroni needs etcd to elect the primary",
-                        "list the etcd hosts under `groups.etcd` (name and address each): 3 for \
-                         production, 1 for a test setup; they may be the Patroni hosts themselves",
-                    ),
-                    Group::Patroni => (
-                        "no patroni host: there is no PostgreSQL to deploy",
-                        "list the PostgreSQL hosts under `groups.patroni`: 3 for production (one \
-                         primary, two replicas)",
-                    ),
-                    Group::Haproxy => (
-                        "no haproxy host: clients reach the primary through HAProxy",
-                        "list the HAProxy hosts under `groups.haproxy`: 3 behind the DNS name for \
-                         production; 1, possibly on a Patroni host, for a test setup",
-                    ),
-                };
+                let (message, help) = empty_group(g);
                 self.push(Problem::new(message).label(pos, "empty").help(help));
-            } else if g == Group::Etcd && n % 2 == 0 {
+            } else if g == Group::Etcd && n.is_multiple_of(2) {
                 self.warn(
                     pos,
                     format!(
@@ -819,7 +833,12 @@ impl<'a> Checker<'a> {
         for g in Group::ALL {
             for (i, e) in inv.groups.get(g).iter().enumerate() {
                 let at = |k: &'static str| {
-                    vec![Seg::Key("groups"), Seg::Key(g.as_str()), Seg::Index(i), Seg::Key(k)]
+                    vec![
+                        Seg::Key("groups"),
+                        Seg::Key(g.as_str()),
+                        Seg::Index(i),
+                        Seg::Key(k),
+                    ]
                 };
                 let name_ok = is_valid_host_name(&e.name) && !e.name.ends_with('.');
                 if !name_ok {
@@ -901,7 +920,9 @@ impl<'a> Checker<'a> {
                                 Seg::Key(k),
                             ]
                         };
-                        if addr_ok && canonical_address(&first.address) != canonical_address(&e.address) {
+                        if addr_ok
+                            && canonical_address(&first.address) != canonical_address(&e.address)
+                        {
                             self.push(
                                 Problem::new(format!(
                                     "host `{}` has address `{}` in `groups.{}` but `{}` in \
@@ -921,18 +942,23 @@ impl<'a> Checker<'a> {
                                 ),
                             );
                         }
-                        if addr6_ok && e.address6.is_some() && e.address6 != first.address6 {
-                            self.push(
+                        let earlier6 =
+                            earlier_entries(inv, g, i, &e.name).find_map(|x| x.address6.as_deref());
+                        if let (true, Some(a6), Some(b6)) =
+                            (addr6_ok, e.address6.as_deref(), earlier6)
+                        {
+                            if canonical_address(a6) != canonical_address(b6) {
+                                self.push(
                                 Problem::new(format!(
-                                    "host `{}` has a different `address6` in `groups.{}` than in \
-                                     its first entry (`groups.{}`)",
+                                    "host `{}` has address6 `{a6}` in `groups.{}` but `{b6}` in \
+                                     an earlier entry",
                                     e.name,
-                                    g.as_str(),
-                                    g0.as_str()
+                                    g.as_str()
                                 ))
                                 .label(self.exact(&at("address6")), "differs")
-                                .help("give `address6` on the host's first entry (it applies in every group), or the same value"),
+                                .help("a host has one IPv6 address: write `address6` once (on any of its entries) or the same value everywhere"),
                             );
+                            }
                         }
                         if e.ssh.is_some() && ssh_json(&e.ssh) != ssh_json(&first.ssh) {
                             self.push(
@@ -1028,7 +1054,10 @@ impl<'a> Checker<'a> {
                     if let Some(j) = &o.jump_host {
                         self.jump_host(j, &ssh_at("jump_host"));
                     }
-                    if o.private_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+                    if o.private_key
+                        .as_deref()
+                        .is_some_and(|k| k.trim().is_empty())
+                    {
                         self.push(
                             Problem::new(format!("SSH private_key of host `{}` is empty", e.name))
                                 .label(self.exact(&ssh_at("private_key")), "empty path")
@@ -1057,21 +1086,45 @@ impl<'a> Checker<'a> {
             }
         }
 
-        // Effective SSH user and become, per host.
+        // Effective SSH user and become, per host (one problem per place that sets the user).
+        let mut not_root: Vec<(Option<Pos>, String, Vec<String>)> = Vec::new();
         for h in inv.hosts() {
             if h.ssh.user != "root" && h.ssh.become_ == super::Become::None {
-                let pos = self.host_ssh_pos(inv, &h.name, "user").or_else(|| {
-                    self.exact(&[Seg::Key("ssh"), Seg::Key("user")])
-                });
-                self.push(
-                    Problem::new(format!(
-                        "host `{}` is reached as `{}` without `become`: pgdeploy needs root there",
-                        h.name, h.ssh.user
-                    ))
-                    .label(pos, "not root")
-                    .help("set `ssh.become: sudo` (the user needs sudo rights), or connect as root"),
-                );
+                let pos = self
+                    .host_ssh_pos(inv, &h.name, "user")
+                    .or_else(|| self.exact(&[Seg::Key("ssh"), Seg::Key("user")]));
+                match not_root
+                    .iter_mut()
+                    .find(|(p, u, _)| *p == pos && *u == h.ssh.user)
+                {
+                    Some((_, _, hosts)) => hosts.push(h.name.clone()),
+                    None => not_root.push((pos, h.ssh.user.clone(), vec![h.name.clone()])),
+                }
             }
+        }
+        let total = inv.hosts().len();
+        for (pos, user, hosts) in not_root {
+            let who = if hosts.len() == total && total > 1 {
+                "every host is".to_string()
+            } else if hosts.len() == 1 {
+                format!("host `{}` is", hosts[0])
+            } else {
+                format!(
+                    "hosts {} are",
+                    hosts
+                        .iter()
+                        .map(|h| format!("`{h}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.push(
+                Problem::new(format!(
+                    "{who} reached as `{user}` without `become`: pgdeploy needs root there"
+                ))
+                .label(pos, "not root")
+                .help("set `ssh.become: sudo` (the user needs sudo rights), or connect as root"),
+            );
         }
     }
 
@@ -1106,13 +1159,55 @@ impl<'a> Checker<'a> {
         let d_etcd = super::Etcd::default();
         let d_hap = super::Haproxy::default();
         let settings = [
-            Setting { name: "postgres.port", path: [Seg::Key("postgres"), Seg::Key("port")], port: inv.postgres.port, group: Group::Patroni, default: d_pg.port },
-            Setting { name: "patroni.restapi_port", path: [Seg::Key("patroni"), Seg::Key("restapi_port")], port: inv.patroni.restapi_port, group: Group::Patroni, default: d_pat.restapi_port },
-            Setting { name: "etcd.client_port", path: [Seg::Key("etcd"), Seg::Key("client_port")], port: inv.etcd.client_port, group: Group::Etcd, default: d_etcd.client_port },
-            Setting { name: "etcd.peer_port", path: [Seg::Key("etcd"), Seg::Key("peer_port")], port: inv.etcd.peer_port, group: Group::Etcd, default: d_etcd.peer_port },
-            Setting { name: "haproxy.primary_port", path: [Seg::Key("haproxy"), Seg::Key("primary_port")], port: inv.haproxy.primary_port, group: Group::Haproxy, default: d_hap.primary_port },
-            Setting { name: "haproxy.replica_port", path: [Seg::Key("haproxy"), Seg::Key("replica_port")], port: inv.haproxy.replica_port, group: Group::Haproxy, default: d_hap.replica_port },
-            Setting { name: "haproxy.stats_port", path: [Seg::Key("haproxy"), Seg::Key("stats_port")], port: inv.haproxy.stats_port, group: Group::Haproxy, default: d_hap.stats_port },
+            Setting {
+                name: "postgres.port",
+                path: [Seg::Key("postgres"), Seg::Key("port")],
+                port: inv.postgres.port,
+                group: Group::Patroni,
+                default: d_pg.port,
+            },
+            Setting {
+                name: "patroni.restapi_port",
+                path: [Seg::Key("patroni"), Seg::Key("restapi_port")],
+                port: inv.patroni.restapi_port,
+                group: Group::Patroni,
+                default: d_pat.restapi_port,
+            },
+            Setting {
+                name: "etcd.client_port",
+                path: [Seg::Key("etcd"), Seg::Key("client_port")],
+                port: inv.etcd.client_port,
+                group: Group::Etcd,
+                default: d_etcd.client_port,
+            },
+            Setting {
+                name: "etcd.peer_port",
+                path: [Seg::Key("etcd"), Seg::Key("peer_port")],
+                port: inv.etcd.peer_port,
+                group: Group::Etcd,
+                default: d_etcd.peer_port,
+            },
+            Setting {
+                name: "haproxy.primary_port",
+                path: [Seg::Key("haproxy"), Seg::Key("primary_port")],
+                port: inv.haproxy.primary_port,
+                group: Group::Haproxy,
+                default: d_hap.primary_port,
+            },
+            Setting {
+                name: "haproxy.replica_port",
+                path: [Seg::Key("haproxy"), Seg::Key("replica_port")],
+                port: inv.haproxy.replica_port,
+                group: Group::Haproxy,
+                default: d_hap.replica_port,
+            },
+            Setting {
+                name: "haproxy.stats_port",
+                path: [Seg::Key("haproxy"), Seg::Key("stats_port")],
+                port: inv.haproxy.stats_port,
+                group: Group::Haproxy,
+                default: d_hap.stats_port,
+            },
         ];
         for s in &settings {
             if s.port == 0 {
@@ -1130,7 +1225,10 @@ impl<'a> Checker<'a> {
         if inv.ssh.port == 0 {
             self.push(
                 Problem::new("`ssh.port` is 0, which is not a usable port")
-                    .label(self.exact(&[Seg::Key("ssh"), Seg::Key("port")]), "must be 1-65535")
+                    .label(
+                        self.exact(&[Seg::Key("ssh"), Seg::Key("port")]),
+                        "must be 1-65535",
+                    )
                     .help("give the port sshd listens on (22 by default)"),
             );
         }
@@ -1164,7 +1262,10 @@ impl<'a> Checker<'a> {
         for ((a, b), port, hosts) in clashes {
             let describe = |i: usize| -> (String, Option<Pos>) {
                 if i == SSH {
-                    ("the SSH port".to_string(), self.exact(&[Seg::Key("ssh"), Seg::Key("port")]))
+                    (
+                        "the SSH port".to_string(),
+                        self.exact(&[Seg::Key("ssh"), Seg::Key("port")]),
+                    )
                 } else {
                     let s = &settings[i];
                     let pos = self.exact(&s.path);
@@ -1181,7 +1282,14 @@ impl<'a> Checker<'a> {
             let on = if hosts.len() == 1 {
                 format!("host `{}`", hosts[0])
             } else {
-                format!("hosts {}", hosts.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "hosts {}",
+                    hosts
+                        .iter()
+                        .map(|h| format!("`{h}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             let mut problem = Problem::new(format!(
                 "port {port} is used twice on {on}: by {name_a} and by {name_b}"
@@ -1260,7 +1368,8 @@ impl<'a> Checker<'a> {
                     .help("remove `tsig`, or set `provider: rfc2136`"),
             ),
             (None, "rfc2136") => self.warn(
-                self.key(&at("provider")).or_else(|| self.key(&[Seg::Key("dns")])),
+                self.key(&at("provider"))
+                    .or_else(|| self.key(&[Seg::Key("dns")])),
                 "dns has no `tsig` key: updates are unsigned and the DNS server must accept them \
                  by address"
                     .to_string(),
@@ -1284,7 +1393,11 @@ impl<'a> Checker<'a> {
                 } else {
                     format!(
                         "use {} (the key on the DNS server must use the same)",
-                        TSIG_ALGORITHMS.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+                        TSIG_ALGORITHMS
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 };
                 self.push(
@@ -1337,6 +1450,27 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// What to say about a group without hosts.
+pub(crate) fn empty_group(g: Group) -> (&'static str, &'static str) {
+    match g {
+        Group::Etcd => (
+            "no etcd host: Patroni needs etcd to elect the primary",
+            "list the etcd hosts under `groups.etcd` (name and address each): 3 for production, \
+             1 for a test setup; they may be the Patroni hosts themselves",
+        ),
+        Group::Patroni => (
+            "no patroni host: there is no PostgreSQL to deploy",
+            "list the PostgreSQL hosts under `groups.patroni`: 3 for production (one primary, \
+             two replicas)",
+        ),
+        Group::Haproxy => (
+            "no haproxy host: clients reach the primary through HAProxy",
+            "list the HAProxy hosts under `groups.haproxy`: 3 behind the DNS name for \
+             production; 1, possibly on a Patroni host, for a test setup",
+        ),
+    }
+}
+
 /// A value that looks like a base64 secret rather than a variable name is not echoed.
 fn redact_if_secret(v: &str) -> String {
     if v.len() >= 16 && v.ends_with('=') || v.len() >= 24 {
@@ -1344,6 +1478,27 @@ fn redact_if_secret(v: &str) -> String {
     } else {
         v.to_string()
     }
+}
+
+/// The entries of host `name` that come before entry `i` of group `g` (inventory order).
+fn earlier_entries<'i>(
+    inv: &'i Inventory,
+    g: Group,
+    i: usize,
+    name: &'i str,
+) -> impl Iterator<Item = &'i super::HostEntry> + 'i {
+    Group::ALL
+        .into_iter()
+        .flat_map(move |g2| {
+            let entries = inv.groups.get(g2);
+            let end = match g2.cmp(&g) {
+                std::cmp::Ordering::Less => entries.len(),
+                std::cmp::Ordering::Equal => i,
+                std::cmp::Ordering::Greater => 0,
+            };
+            entries[..end].iter()
+        })
+        .filter(move |e| e.name == name)
 }
 
 fn ssh_json<T: serde::Serialize>(v: &T) -> String {
@@ -1376,7 +1531,9 @@ mod tests {
         for ok in ["15.18", "15.0", "16.4", "9.6"] {
             assert!(is_valid_postgres_version(ok), "{ok}");
         }
-        for bad in ["15", "15.", ".18", "15.18.1", "v15.18", "15,18", "", "015.1", "15.x"] {
+        for bad in [
+            "15", "15.", ".18", "15.18.1", "v15.18", "15,18", "", "015.1", "15.x",
+        ] {
             assert!(!is_valid_postgres_version(bad), "{bad}");
         }
         assert_eq!(postgres_major("15.18"), Some(15));
@@ -1384,12 +1541,29 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for ok in ["10.0.0.1", "fd00::21", "pg1", "pg1.example.com", "pg1.example.com."] {
+        for ok in [
+            "10.0.0.1",
+            "fd00::21",
+            "pg1",
+            "pg1.example.com",
+            "pg1.example.com.",
+        ] {
             assert_eq!(check_address(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "10.0.0.256", "10.0.0", "0.0.0.0", "::", "224.0.0.1", "[fd00::1]", "pg1:22",
-            "pg_1", "-pg", "fd00:::1", "host..example", "1.2.3.4.5",
+            "",
+            "10.0.0.256",
+            "10.0.0",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "[fd00::1]",
+            "pg1:22",
+            "pg_1",
+            "-pg",
+            "fd00:::1",
+            "host..example",
+            "1.2.3.4.5",
         ] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
@@ -1417,18 +1591,40 @@ mod tests {
     fn jump_hosts() {
         assert_eq!(
             parse_jump_host("admin@bastion.example.com:2222"),
-            Ok(JumpHost { user: Some("admin".into()), host: "bastion.example.com".into(), port: 2222 })
+            Ok(JumpHost {
+                user: Some("admin".into()),
+                host: "bastion.example.com".into(),
+                port: 2222
+            })
         );
         assert_eq!(
             parse_jump_host("10.0.0.5"),
-            Ok(JumpHost { user: None, host: "10.0.0.5".into(), port: 22 })
+            Ok(JumpHost {
+                user: None,
+                host: "10.0.0.5".into(),
+                port: 22
+            })
         );
         assert_eq!(
             parse_jump_host("root@[fd00::5]:22"),
-            Ok(JumpHost { user: Some("root".into()), host: "fd00::5".into(), port: 22 })
+            Ok(JumpHost {
+                user: Some("root".into()),
+                host: "fd00::5".into(),
+                port: 22
+            })
         );
         assert_eq!(parse_jump_host("fd00::5").map(|j| j.port), Ok(22));
-        for bad in ["", "@host", "user@", "host:0", "host:70000", "host:ssh", "Bad User@h", "[fd00::5", "a b"] {
+        for bad in [
+            "",
+            "@host",
+            "user@",
+            "host:0",
+            "host:70000",
+            "host:ssh",
+            "Bad User@h",
+            "[fd00::5",
+            "a b",
+        ] {
             assert!(parse_jump_host(bad).is_err(), "{bad}");
         }
     }
@@ -1436,9 +1632,18 @@ mod tests {
     #[test]
     fn dns_servers() {
         assert_eq!(parse_dns_server("10.0.0.53"), Ok(("10.0.0.53".into(), 53)));
-        assert_eq!(parse_dns_server("10.0.0.53:5353"), Ok(("10.0.0.53".into(), 5353)));
-        assert_eq!(parse_dns_server("[fd00::53]:53"), Ok(("fd00::53".into(), 53)));
-        assert_eq!(parse_dns_server("ns1.example.com"), Ok(("ns1.example.com".into(), 53)));
+        assert_eq!(
+            parse_dns_server("10.0.0.53:5353"),
+            Ok(("10.0.0.53".into(), 5353))
+        );
+        assert_eq!(
+            parse_dns_server("[fd00::53]:53"),
+            Ok(("fd00::53".into(), 53))
+        );
+        assert_eq!(
+            parse_dns_server("ns1.example.com"),
+            Ok(("ns1.example.com".into(), 53))
+        );
         assert!(parse_dns_server("10.0.0.53:").is_err());
         assert!(parse_dns_server("").is_err());
     }
