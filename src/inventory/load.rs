@@ -290,9 +290,14 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
                         .help("compare with the same setting in inventory/production.yaml");
                 }
             }
+            let help = if msg.contains("tab") {
+                "indent with spaces: YAML does not allow tabs for indentation"
+            } else {
+                "fix the YAML syntax at this place (indentation, quotes, brackets)"
+            };
             Problem::new(format!("invalid YAML: {msg}"))
                 .label(pos, "here")
-                .help("fix the YAML syntax at this place (indentation, quotes, brackets)")
+                .help(help)
         }
     }
 }

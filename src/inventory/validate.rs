@@ -1516,6 +1516,67 @@ fn describe_params(host: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    /// Problems (messages) and warnings for an inventory given as text.
+    fn check(text: &str) -> (Vec<String>, Vec<String>) {
+        match crate::inventory::load_str(text, "t.yaml", std::path::Path::new(".")) {
+            Ok((_, w)) => (Vec::new(), w.into_iter().map(|w| w.0).collect()),
+            Err(r) => match r.downcast_ref::<crate::inventory::InventoryError>() {
+                Some(e) => (
+                    e.problems().iter().map(|p| p.message.clone()).collect(),
+                    Vec::new(),
+                ),
+                None => (vec![r.to_string()], Vec::new()),
+            },
+        }
+    }
+
+    const GROUPS_COLOCATED: &str = "groups:\n  etcd: [{name: a, address: 192.0.2.1}]\n  \
+        patroni: [{name: a, address: 192.0.2.1}, {name: b, address: 192.0.2.2}]\n  \
+        haproxy: [{name: a, address: 192.0.2.1}]\n";
+
+    #[test]
+    fn colocation_is_allowed_and_checked_for_ports() {
+        let base = format!("cluster: {{name: c}}\n{GROUPS_COLOCATED}");
+        assert_eq!(check(&base), (vec![], vec![]));
+        // etcd's client port equal to HAProxy's stats port clashes only because `a` runs both.
+        let clash =
+            format!("cluster: {{name: c}}\nhaproxy: {{stats_port: 2379}}\n{GROUPS_COLOCATED}");
+        let (errors, _) = check(&clash);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("port 2379 is used twice on host `a`"),
+            "{errors:?}"
+        );
+        // Without colocation the same ports are fine.
+        let apart = "cluster: {name: c}\nhaproxy: {stats_port: 2379}\ngroups:\n  \
+            etcd: [{name: e, address: 192.0.2.9}]\n  patroni: [{name: a, address: 192.0.2.1}]\n  \
+            haproxy: [{name: h, address: 192.0.2.8}]\n";
+        let (errors, warnings) = check(apart);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(warnings.len(), 1, "single patroni host warns: {warnings:?}");
+    }
+
+    #[test]
+    fn every_problem_is_collected() {
+        let text = "cluster: {name: X}\npostgres: {version: '15', port: 0}\n\
+            patroni: {ttl: 1}\nssh: {connect_timeout: 0}\ngroups: {}\n";
+        let (errors, _) = check(text);
+        assert_eq!(errors.len(), 8, "{errors:#?}");
+    }
+
+    #[test]
+    fn managed_parameters_are_rejected_case_insensitively() {
+        let text = format!(
+            "cluster: {{name: c}}\npostgres: {{parameters: {{Listen_Addresses: '*'}}}}\n{GROUPS_COLOCATED}"
+        );
+        let (errors, _) = check(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("`Listen_Addresses` cannot be set"),
+            "{errors:?}"
+        );
+    }
+
     #[test]
     fn cluster_names() {
         for ok in ["pg", "pg-main", "0db", "a1-b2"] {
