@@ -129,7 +129,11 @@ fn backticked(list: &[&str]) -> String {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
@@ -145,7 +149,8 @@ fn parse_problem(e: &YamlError, text: &str, tree: Option<&Node>) -> Problem {
         .map(|p| join_path(&p[..p.len().saturating_sub(1)]));
     let full = path.as_ref().map(|p| join_path(p));
     let value_text = pos
-        .map(|p| text[p.offset..p.offset + p.len].trim().to_string())
+        .and_then(|p| text.get(p.offset..p.offset + p.len))
+        .map(|v| v.trim().to_string())
         .unwrap_or_default();
 
     // A key written with no value (`haproxy:` and nothing under it).

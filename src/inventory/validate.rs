@@ -419,7 +419,7 @@ impl<'a> Checker<'a> {
     fn warn(&mut self, pos: Option<Pos>, message: String) {
         let text = match pos {
             Some(p) => {
-                let before = &self.text[..p.offset.min(self.text.len())];
+                let before = self.text.get(..p.offset).unwrap_or(self.text);
                 let line = before.matches('\n').count() + 1;
                 let col = before
                     .rsplit('\n')

@@ -335,3 +335,32 @@ fn yaml_errors_point_into_the_file() {
     let text = inventory::render_plain(report.as_ref());
     assert!(text.contains("[broken.yaml:"), "{text}");
 }
+
+#[test]
+fn truncated_and_mangled_inventories_never_panic() {
+    // Every prefix of the shipped inventory (at a stride), and a few byte-level manglings, must
+    // give either an inventory or a report that renders; never a panic.
+    let text = std::fs::read_to_string(root().join("inventory/production.yaml")).expect("read");
+    let cuts: Vec<usize> = (0..text.len())
+        .step_by(29)
+        .filter(|i| text.is_char_boundary(*i))
+        .collect();
+    let mut failures = 0;
+    for cut in &cuts {
+        let t = &text[..*cut];
+        let mangled = [
+            t.to_string(),
+            format!("{t}\t: ]\n"),
+            format!("{t}\n  - é: [\n"),
+            t.replacen(": ", ":\u{00a0}", 1),
+        ];
+        for m in &mangled {
+            if let Err(r) = inventory::load_str(m, "cut.yaml", Path::new(".")) {
+                failures += 1;
+                let rendered = inventory::render_plain(r.as_ref());
+                assert!(!rendered.is_empty());
+            }
+        }
+    }
+    assert!(failures > cuts.len(), "most mangled inventories must fail");
+}
