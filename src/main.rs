@@ -222,7 +222,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{e:?}");
+            match e.downcast_ref::<pgdeploy::inventory::InventoryError>() {
+                Some(ie) => eprint!("{}", pgdeploy::inventory::render_plain(ie)),
+                None => eprintln!("{e:?}"),
+            }
             ExitCode::from(1)
         }
     }
