@@ -426,7 +426,10 @@ Conf libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64])
         assert_eq!(p.len(), 4);
         assert_eq!(p[1].name, "libc6");
         assert_eq!(p[1].version, "2.36-9+deb12u14");
-        assert_eq!(p[2].apt_cache_file_name(), "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb");
+        assert_eq!(
+            p[2].apt_cache_file_name(),
+            "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb"
+        );
         assert_eq!(p[2].bundle_file_name(), "zlib1g_1.2.13.dfsg-1_amd64.deb");
         assert_eq!(p[3].architecture, "all");
     }

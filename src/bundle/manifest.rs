@@ -74,11 +74,10 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
-        let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| BundleError::BadManifest {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| BundleError::BadManifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if m.format != MANIFEST_FORMAT {
             return Err(BundleError::BadManifest {
                 path,

@@ -13,8 +13,8 @@ mod manifest;
 mod sources;
 
 pub use apt::{
-    madison_versions, match_version, parse_simulation, postgres_major, PrivateApt,
-    ReleaseInfo, ResolvedPackage,
+    madison_versions, match_version, parse_simulation, postgres_major, PrivateApt, ReleaseInfo,
+    ResolvedPackage,
 };
 pub use manifest::{
     hash_file, BundleFile, DebianRelease, Manifest, PostgresRelease, MANIFEST_FILE,
@@ -349,8 +349,8 @@ pub fn build(
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        let ours = names.iter().any(|n| n == MANIFEST_FILE)
-            || names.iter().all(|n| n == APT_STATE_DIR);
+        let ours =
+            names.iter().any(|n| n == MANIFEST_FILE) || names.iter().all(|n| n == APT_STATE_DIR);
         if !ours {
             return Err(BundleError::NotABundle {
                 path: target.clone(),
@@ -529,7 +529,10 @@ fn assemble(
             "-o",
             "APT::FTPArchive::Release::Label=pgdeploy bundle",
             "-o",
-            &format!("APT::FTPArchive::Release::Architectures={}", opts.architecture),
+            &format!(
+                "APT::FTPArchive::Release::Architectures={}",
+                opts.architecture
+            ),
             "release",
             ".",
         ],
@@ -640,11 +643,10 @@ pub async fn run(args: Args) -> miette::Result<()> {
         opts.codename,
         opts.architecture
     );
-    let summary = tokio::task::spawn_blocking(move || {
-        build(&opts, &mut |line: &str| eprintln!("  {line}"))
-    })
-    .await
-    .map_err(|e| miette::miette!("bundle build task failed: {e}"))??;
+    let summary =
+        tokio::task::spawn_blocking(move || build(&opts, &mut |line: &str| eprintln!("  {line}")))
+            .await
+            .map_err(|e| miette::miette!("bundle build task failed: {e}"))??;
     eprintln!(
         "bundle ready: {} packages, {:.1} MB, {} downloaded, {:.1} s -> {}",
         summary.packages,
@@ -653,8 +655,6 @@ pub async fn run(args: Args) -> miette::Result<()> {
         summary.elapsed.as_secs_f64(),
         summary.bundle_dir.display()
     );
-    eprintln!(
-        "hosts use it as: deb [trusted=yes] file:{HOST_REPO_DIR} ./"
-    );
+    eprintln!("hosts use it as: deb [trusted=yes] file:{HOST_REPO_DIR} ./");
     Ok(())
 }

@@ -120,7 +120,10 @@ fn words(v: &str) -> Vec<String> {
     v.split_whitespace().map(str::to_string).collect()
 }
 
-fn stanza_to_entry(fields: Vec<(String, String)>, origin: &str) -> Result<SourceEntry, BundleError> {
+fn stanza_to_entry(
+    fields: Vec<(String, String)>,
+    origin: &str,
+) -> Result<SourceEntry, BundleError> {
     let mut e = SourceEntry {
         types: Vec::new(),
         uris: Vec::new(),
@@ -338,7 +341,12 @@ pub fn filter_debian(entries: &[SourceEntry], codename: &str) -> Vec<SourceEntry
         if !e.enabled || !e.types.iter().any(|t| t == "deb") || !is_debian_signed_by(e) {
             continue;
         }
-        let uris: Vec<String> = e.uris.iter().filter(|u| is_debian_uri(u)).cloned().collect();
+        let uris: Vec<String> = e
+            .uris
+            .iter()
+            .filter(|u| is_debian_uri(u))
+            .cloned()
+            .collect();
         let suites: Vec<String> = e
             .suites
             .iter()
@@ -439,7 +447,10 @@ Enabled: no
     fn deb822_parses_fields_and_multiline_values() {
         let e = parse_deb822(DEB822, "debian.sources").unwrap();
         assert_eq!(e.len(), 6);
-        assert_eq!(e[0].suites, ["bookworm", "bookworm-updates", "bookworm-backports"]);
+        assert_eq!(
+            e[0].suites,
+            ["bookworm", "bookworm-updates", "bookworm-backports"]
+        );
         assert_eq!(e[0].origin, "debian.sources:1");
         assert_eq!(e[1].types, ["deb", "deb-src"]);
         assert_eq!(e[1].components, ["main", "non-free-firmware"]);
