@@ -11,6 +11,8 @@ pub struct DesiredDir {
     pub mode: u32,
     pub owner: String,
     pub group: String,
+    /// Created by the packages phase, before installing.
+    pub before_packages: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +26,7 @@ pub struct DesiredFile {
     pub notify: Vec<String>,
     pub validate: Option<String>,
     /// Written by the packages phase, before installing.
-    pub before_install: bool,
+    pub before_packages: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -307,7 +309,7 @@ mod tests {
             secret: false,
             notify: notify.iter().map(|s| s.to_string()).collect(),
             validate: None,
-            before_install: false,
+            before_packages: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Rendering a role for one host: role data + template context -> [`Desired`].
 
 use super::plan::{Desired, DesiredDir, DesiredFile, DesiredPackage, DesiredUnit};
-use super::roles::{parse_mode, render, RoleSource, RoleSpec};
+use super::roles::{parse_mode, render, RoleSource, RoleSpec, Stage};
 use crate::inventory::{Group, Host, Inventory};
 use miette::{miette, Result, WrapErr};
 use serde_json::{json, Value};
@@ -111,6 +111,7 @@ pub fn desired_for(
                 .wrap_err_with(|| format!("role {role}, directory {}", dir.path))?,
             owner: dir.owner.clone(),
             group: dir.group.clone(),
+            before_packages: dir.stage == Some(Stage::BeforePackages),
         });
     }
     for f in &spec.files {
@@ -141,7 +142,7 @@ pub fn desired_for(
             secret: f.secret,
             notify: f.notify.clone(),
             validate: f.validate.clone(),
-            before_install: f.before_install,
+            before_packages: f.stage == Some(Stage::BeforePackages),
         });
     }
     if !spec.sysctls.is_empty() {
@@ -160,7 +161,7 @@ pub fn desired_for(
             secret: false,
             notify: vec![],
             validate: None,
-            before_install: false,
+            before_packages: false,
         });
     }
     for u in &spec.units {
@@ -180,7 +181,7 @@ pub fn desired_for(
                 secret: false,
                 notify: vec![u.name.clone()],
                 validate: None,
-                before_install: false,
+                before_packages: false,
             });
         }
         d.units.push(DesiredUnit {

@@ -50,6 +50,8 @@ pub struct DirSpec {
     pub group: String,
     #[serde(default = "dir_mode")]
     pub mode: String,
+    #[serde(default)]
+    pub stage: Option<Stage>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -77,10 +79,18 @@ pub struct FileSpec {
     /// Only for hosts in this group (within the role's hosts).
     #[serde(default)]
     pub when_group: Option<String>,
-    /// Written by the packages phase before packages are installed (e.g. settings that
-    /// stop a package from creating defaults).
+    /// `before_packages`: written by the packages phase before packages are installed (e.g.
+    /// settings that stop a package from creating defaults).
     #[serde(default)]
-    pub before_install: bool,
+    pub stage: Option<Stage>,
+}
+
+/// When a file or directory is put in place.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// In the packages phase, before apt runs.
+    BeforePackages,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod haproxy;
+pub mod packages;
 pub mod patroni;
 pub mod preflight;
 pub mod upgrade;
@@ -25,6 +26,11 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
     vec![
         Box::new(preflight::Preflight),
         Box::new(RolePhase::new("common", &["common"])),
+        Box::new(packages::Packages {
+            roles: ["common", "etcd", "patroni", "haproxy"]
+                .map(String::from)
+                .to_vec(),
+        }),
         Box::new(etcd::Etcd),
         Box::new(patroni::Patroni),
         Box::new(haproxy::Haproxy),
@@ -32,12 +38,7 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
     ]
 }
 
-/// Resolve `postgres.version` to the Debian package version and make it visible to templates
-/// as `postgres.debian_version` (from the bundle's manifest, or the hosts' apt sources).
-pub async fn resolve_postgres_version(ctx: &crate::engine::Ctx) -> Result<()> {
-    let _ = ctx;
-    Ok(())
-}
+pub use packages::resolve_postgres_version;
 
 /// Values for templates: shared ones, per-host ones, and the secret values to redact.
 pub fn run_vars(_inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<String>)> {

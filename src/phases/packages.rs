@@ -50,59 +50,72 @@ impl Packages {
         ctx.inv.resolve_path(&ctx.inv.packages.bundle_dir)
     }
 
-    /// Resolve `postgres.version` to the Debian version and make it visible to templates.
-    async fn resolve_version(&self, ctx: &Ctx, hosts: &[String]) -> Result<Option<Manifest>> {
-        match ctx.inv.packages.source {
-            PackageSource::Bundle => {
-                let dir = Self::bundle_dir(ctx);
-                let m = Manifest::load(&dir).map_err(|e| {
-                    miette!(
-                        help = format!("build it first: pgdeploy bundle {}", ctx.inv.path.display()),
-                        "no usable package bundle in {}: {e}",
-                        dir.display()
-                    )
-                })?;
-                let want = &ctx.inv.postgres.version;
-                let Some(rel) = m.postgres.iter().find(|p| &p.version == want) else {
-                    let have: Vec<&str> = m.postgres.iter().map(|p| p.version.as_str()).collect();
-                    return Err(miette!(
-                        help = format!("rebuild it: pgdeploy bundle {}", ctx.inv.path.display()),
-                        "the bundle in {} has PostgreSQL {} but the inventory asks for {want}",
-                        dir.display(),
-                        have.join(", ")
-                    ));
-                };
-                ctx.set_var(&["postgres", "debian_version"], rel.debian_version.clone().into());
-                Ok(Some(m))
-            }
-            PackageSource::Apt => {
-                let major = ctx.inv.postgres.version.split('.').next().unwrap_or("");
-                let Some(first) = hosts
-                    .iter()
-                    .find(|h| ctx.host(h).map(|h| h.in_group(crate::inventory::Group::Patroni)).unwrap_or(false))
-                else {
-                    return Ok(None);
-                };
-                let s = ctx.session(first)?;
-                let out = s
-                    .exec(&format!("apt-cache madison postgresql-{major} 2>/dev/null"), None)
-                    .await?;
-                let versions = crate::bundle::parse_madison(&out.stdout_str());
-                let want = &ctx.inv.postgres.version;
-                match versions.iter().find(|v| crate::bundle::version_matches(v, want)) {
-                    Some(v) => {
-                        ctx.set_var(&["postgres", "debian_version"], v.clone().into());
-                        Ok(None)
-                    }
-                    None => Err(miette!(
-                        help = "run `apt-get update` on the hosts, add a repository that has it, or choose an available minor",
-                        "{first}: postgresql-{major} {want} is not in the host's package sources; available: {}",
-                        if versions.is_empty() { "none".to_string() } else { versions.join(", ") }
-                    )),
-                }
-            }
+    fn manifest(ctx: &Ctx) -> Result<Option<Manifest>> {
+        if ctx.inv.packages.source != PackageSource::Bundle {
+            return Ok(None);
+        }
+        let dir = Self::bundle_dir(ctx);
+        Manifest::load(&dir).map(Some).map_err(|e| {
+            miette!(
+                help = format!("build it first: pgdeploy bundle {}", ctx.inv.path.display()),
+                "no usable package bundle in {}: {e}",
+                dir.display()
+            )
+        })
+    }
+}
+
+/// Resolve `postgres.version` to the Debian version (from the bundle's manifest, or the
+/// first Patroni host's apt sources) and make it visible to templates.
+pub async fn resolve_postgres_version(ctx: &Ctx) -> Result<()> {
+    let want = ctx.inv.postgres.version.clone();
+    let major = want.split('.').next().unwrap_or("").to_string();
+    match ctx.inv.packages.source {
+        PackageSource::Bundle => {
+            let dir = Packages::bundle_dir(ctx);
+            let m = Packages::manifest(ctx)?.expect("bundle source has a manifest");
+            let Some(rel) = m.postgres.iter().find(|p| p.version == want) else {
+                let have: Vec<&str> = m.postgres.iter().map(|p| p.version.as_str()).collect();
+                return Err(miette!(
+                    help = format!(
+                        "rebuild it with that version: pgdeploy bundle {} (add --also-postgres to keep several)",
+                        ctx.inv.path.display()
+                    ),
+                    "the bundle in {} has PostgreSQL {} but {want} is asked for",
+                    dir.display(),
+                    have.join(", ")
+                ));
+            };
+            ctx.set_var(
+                &["postgres", "debian_version"],
+                rel.debian_version.clone().into(),
+            );
+        }
+        PackageSource::Apt => {
+            let Some(first) = ctx
+                .inv
+                .group_hosts(crate::inventory::Group::Patroni)
+                .into_iter()
+                .next()
+            else {
+                return Ok(());
+            };
+            let s = ctx.session(&first.name)?;
+            let pkg = format!("postgresql-{major}");
+            let out = s
+                .exec(&format!("apt-cache madison {pkg} 2>/dev/null"), None)
+                .await?;
+            let v = crate::bundle::match_version(&out.stdout_str(), &pkg, &want).map_err(|e| {
+                miette!(
+                    help = "run `apt-get update` on the hosts, add a repository that has it, or choose an available minor",
+                    "{}: {e}",
+                    first.name
+                )
+            })?;
+            ctx.set_var(&["postgres", "debian_version"], v.into());
         }
     }
+    Ok(())
 }
 
 fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<DesiredFile>> {
@@ -122,7 +135,7 @@ fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<
             secret: false,
             notify: vec![],
             validate: None,
-            before_install: true,
+            before_packages: true,
         });
     }
     v.push(DesiredFile {
@@ -138,7 +151,7 @@ fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<
         secret: false,
         notify: vec![],
         validate: None,
-        before_install: true,
+        before_packages: true,
     });
     Ok(v)
 }
@@ -151,7 +164,7 @@ impl Phase for Packages {
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         let hosts = hosts_for_roles(ctx, &self.roles)?;
-        let manifest = self.resolve_version(ctx, &hosts).await?;
+        let manifest = Self::manifest(ctx)?;
         let manifest = &manifest;
         let bundle_dir = Self::bundle_dir(ctx);
         let bundle_dir = &bundle_dir;
@@ -161,7 +174,8 @@ impl Phase for Packages {
                 ctx.observe(&h, "probing packages");
                 let full = desired_for_host(ctx, &self.roles, &h)?;
                 let mut desired = Desired {
-                    files: full.files.into_iter().filter(|f| f.before_install).collect(),
+                    dirs: full.dirs.into_iter().filter(|d| d.before_packages).collect(),
+                    files: full.files.into_iter().filter(|f| f.before_packages).collect(),
                     packages: full.packages,
                     ..Default::default()
                 };
