@@ -8,4 +8,6 @@ pub mod dns;
 pub mod engine;
 pub mod inventory;
 pub mod lab;
+pub mod pki;
+pub mod secrets;
 pub mod ssh;
