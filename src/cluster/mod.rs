@@ -377,6 +377,105 @@ groups:
         out
     }
 
+    /// Developer tool, not a check: render every role's files for a real inventory into
+    /// `$PGDEPLOY_RENDER_DIR/<host>/<absolute path>` plus `<host>.manifest`
+    /// (`stage path owner group mode` per line), to push by hand to lab hosts.
+    /// `PGDEPLOY_RENDER_INVENTORY=inv.yaml PGDEPLOY_RENDER_DIR=out cargo test --lib -- --ignored dump_rendered`
+    #[test]
+    #[ignore]
+    fn dump_rendered_files() {
+        let (Some(invp), Some(out)) = (
+            std::env::var_os("PGDEPLOY_RENDER_INVENTORY"),
+            std::env::var_os("PGDEPLOY_RENDER_DIR"),
+        ) else {
+            return;
+        };
+        let (inv, _) = crate::inventory::load(std::path::Path::new(&invp)).unwrap();
+        let state = inv.state_dir();
+        let secrets = Secrets::load_or_create(&state).unwrap();
+        let pki = crate::pki::Pki::load_or_create(&state).unwrap();
+        let env = template_env();
+        let out = std::path::PathBuf::from(out);
+        for h in inv.hosts() {
+            let (ips, dns) = cert_request(&h);
+            let cert = pki.issue(&h.name, &ips, &dns).unwrap();
+            let pem = TlsPem {
+                ca_pem: pki.ca_cert_pem(),
+                host: &cert,
+            };
+            let ctx = template_context(&inv, &h, &secrets, Some(&pem));
+            let mut manifest = String::new();
+            for role in ROLE_ORDER {
+                let f = ROLES.get_file(format!("{role}/role.yaml")).unwrap();
+                let v: serde_json::Value =
+                    serde_saphyr::from_str(f.contents_utf8().unwrap()).unwrap();
+                let applies = match v["hosts"].as_str().unwrap() {
+                    "all" => true,
+                    "etcd" => h.in_group(Group::Etcd),
+                    "patroni" => h.in_group(Group::Patroni),
+                    "haproxy" => h.in_group(Group::Haproxy),
+                    other => panic!("{other}"),
+                };
+                if !applies {
+                    continue;
+                }
+                for d in v["directories"].as_array().into_iter().flatten() {
+                    let path = env.render_str(d["path"].as_str().unwrap(), &ctx).unwrap();
+                    manifest.push_str(&format!(
+                        "{} dir {path} {} {} {}\n",
+                        d["stage"].as_str().unwrap_or("after"),
+                        d["owner"].as_str().unwrap(),
+                        d["group"].as_str().unwrap(),
+                        d["mode"].as_str().unwrap()
+                    ));
+                }
+                for fi in v["files"].as_array().into_iter().flatten() {
+                    let path = env.render_str(fi["path"].as_str().unwrap(), &ctx).unwrap();
+                    let text = env
+                        .get_template(fi["template"].as_str().unwrap())
+                        .unwrap()
+                        .render(&ctx)
+                        .unwrap();
+                    let p = out.join(&h.name).join(path.trim_start_matches('/'));
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(&p, text).unwrap();
+                    manifest.push_str(&format!(
+                        "{} file {path} {} {} {}\n",
+                        fi["stage"].as_str().unwrap_or("after"),
+                        fi["owner"].as_str().unwrap(),
+                        fi["group"].as_str().unwrap(),
+                        fi["mode"].as_str().unwrap()
+                    ));
+                }
+                for u in v["units"].as_array().into_iter().flatten() {
+                    let name = u["name"].as_str().unwrap();
+                    if let Some(t) = u["template"].as_str() {
+                        let text = env.get_template(t).unwrap().render(&ctx).unwrap();
+                        let path = format!("/etc/systemd/system/{name}");
+                        let p = out.join(&h.name).join(path.trim_start_matches('/'));
+                        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                        std::fs::write(&p, text).unwrap();
+                        manifest.push_str(&format!("after file {path} root root 0644\n"));
+                    }
+                    manifest.push_str(&format!(
+                        "unit {name} {} {}\n",
+                        u["enabled"].as_bool().unwrap(),
+                        u["state"].as_str().unwrap()
+                    ));
+                }
+                for p in v["packages"].as_array().into_iter().flatten() {
+                    let name = env.render_str(p["name"].as_str().unwrap(), &ctx).unwrap();
+                    let pkg = match p["version"].as_str() {
+                        Some(ver) => format!("{name}={}", env.render_str(ver, &ctx).unwrap()),
+                        None => name,
+                    };
+                    manifest.push_str(&format!("package {pkg}\n"));
+                }
+            }
+            std::fs::write(out.join(format!("{}.manifest", h.name)), manifest).unwrap();
+        }
+    }
+
     #[test]
     fn versions() {
         assert_eq!(debian_version("15.18"), "15.18-0+deb12u1");
@@ -452,7 +551,12 @@ groups:
         assert!(hc.contains("server n3 10.9.0.13:5432 maxconn 500 check port 8008 check-ssl"));
 
         // PEMs land intact.
-        assert!(get("n1", "common/ca.crt.j2").starts_with("-----BEGIN CERTIFICATE-----"));
+        let ca = get("n1", "common/ca.crt.j2");
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            ca.ends_with("-----END CERTIFICATE-----\n"),
+            "exactly the PEM, no extra line"
+        );
         assert!(get("n1", "common/host.key.j2").contains("PRIVATE KEY"));
         assert!(get("lb1", "common/host.conf.j2").contains("PGDEPLOY_GROUPS=\"haproxy\""));
         assert!(get("n1", "common/host.conf.j2").contains("PGDEPLOY_GROUPS=\"etcd patroni\""));

@@ -56,7 +56,9 @@ pub enum PkiError {
     ))]
     BadCa { path: PathBuf, reason: String },
     #[error("{path} exists but {missing} is missing")]
-    #[diagnostic(help("restore the missing file from a backup, or delete both to create a new CA"))]
+    #[diagnostic(help(
+        "restore the missing file from a backup, or delete both to create a new CA"
+    ))]
     HalfCa { path: PathBuf, missing: PathBuf },
     #[error("invalid host name {name:?} for a certificate file")]
     #[diagnostic(help("host names may contain only letters, digits, '-', '_' and '.'"))]
@@ -203,8 +205,7 @@ impl Pki {
             return Err(bad("ca.key does not belong to ca.crt".into()));
         }
         let ca_spki_der = x509.public_key().raw.to_vec();
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{e}")))?;
         Ok(Pki {
             dir,
             ca_cert_pem: cert_pem,
@@ -411,7 +412,10 @@ mod tests {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!(nb <= now && nb > now - 2 * 3600);
         let days = (na - now) / 86400;
-        assert!((CA_VALIDITY_DAYS - 1..=CA_VALIDITY_DAYS).contains(&days), "{days}");
+        assert!(
+            (CA_VALIDITY_DAYS - 1..=CA_VALIDITY_DAYS).contains(&days),
+            "{days}"
+        );
         c.verify_signature(None).unwrap();
         for f in ["ca.crt", "ca.key"] {
             let m = fs::metadata(d.path().join("tls").join(f)).unwrap();
@@ -445,7 +449,13 @@ mod tests {
         let eku = x.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
         let sans = cert_sans(&x).unwrap();
-        assert_eq!(sans, wanted_sans(&ips(&["127.0.0.1", "10.0.0.21"]), &["LOCALHOST".into(), "pg1".into()]));
+        assert_eq!(
+            sans,
+            wanted_sans(
+                &ips(&["127.0.0.1", "10.0.0.21"]),
+                &["LOCALHOST".into(), "pg1".into()]
+            )
+        );
         assert!(x.subject().to_string().contains("CN=pg1"));
         let m = fs::metadata(d.path().join("tls/pg1.key")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
@@ -455,28 +465,42 @@ mod tests {
     fn reissue_only_when_needed() {
         let d = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(d.path()).unwrap();
-        let a = pki.issue("h1", &ips(&["10.0.0.1"]), &["h1".into()]).unwrap();
+        let a = pki
+            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .unwrap();
         // Same request (also after reloading the CA): reused, byte for byte.
         let pki2 = Pki::load_or_create(d.path()).unwrap();
-        let b = pki2.issue("h1", &ips(&["10.0.0.1"]), &["h1".into()]).unwrap();
+        let b = pki2
+            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .unwrap();
         assert!(!b.reissued);
         assert_eq!(a.cert_pem, b.cert_pem);
         assert_eq!(a.key_pem, b.key_pem);
         // SAN change: re-issued.
-        let c = pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()]).unwrap();
+        let c = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
         assert!(c.reissued);
         assert_ne!(b.cert_pem, c.cert_pem);
         // A cert from another CA is replaced.
         let other = tempfile::tempdir().unwrap();
         let foreign = Pki::load_or_create(other.path()).unwrap();
-        let f = foreign.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()]).unwrap();
+        let f = foreign
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
         fs::write(d.path().join("tls/h1.crt"), &f.cert_pem).unwrap();
         fs::write(d.path().join("tls/h1.key"), &f.key_pem).unwrap();
-        let g = pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()]).unwrap();
+        let g = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
         assert!(g.reissued);
         // Garbage on disk: replaced.
         fs::write(d.path().join("tls/h1.crt"), "junk").unwrap();
-        assert!(pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()]).unwrap().reissued);
+        assert!(
+            pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+                .unwrap()
+                .reissued
+        );
     }
 
     #[test]

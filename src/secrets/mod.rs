@@ -128,12 +128,14 @@ impl Secrets {
         })?;
         let path = state_dir.join(SECRETS_FILE);
         let existing = match fs::read_to_string(&path) {
-            Ok(text) => Some(serde_json::from_str::<SecretsFile>(&text).map_err(|source| {
-                SecretsError::Parse {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Ok(text) => Some(
+                serde_json::from_str::<SecretsFile>(&text).map_err(|source| {
+                    SecretsError::Parse {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(SecretsError::Read {
@@ -164,12 +166,11 @@ impl Secrets {
             rest_password: take(f.rest_password, "rest_password")?,
         };
         if changed {
-            let mut text = serde_json::to_string_pretty(&secrets).map_err(|source| {
-                SecretsError::Parse {
+            let mut text =
+                serde_json::to_string_pretty(&secrets).map_err(|source| SecretsError::Parse {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                })?;
             text.push('\n');
             write_private(&path, text.as_bytes()).map_err(|source| SecretsError::Write {
                 path: path.clone(),
@@ -304,14 +305,22 @@ mod tests {
         let before = fs::read(&path).unwrap();
         let b = Secrets::load_or_create(&state).unwrap();
         assert_eq!(a, b);
-        assert_eq!(before, fs::read(&path).unwrap(), "unchanged file is not rewritten");
+        assert_eq!(
+            before,
+            fs::read(&path).unwrap(),
+            "unchanged file is not rewritten"
+        );
     }
 
     #[test]
     fn missing_field_is_generated_and_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SECRETS_FILE);
-        fs::write(&path, r#"{"superuser_password":"abc","replication_password":"def"}"#).unwrap();
+        fs::write(
+            &path,
+            r#"{"superuser_password":"abc","replication_password":"def"}"#,
+        )
+        .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let s = Secrets::load_or_create(dir.path()).unwrap();
         assert_eq!(s.superuser_password.expose(), "abc");
@@ -358,6 +367,9 @@ mod tests {
     fn redact_longest_first() {
         let a = Secret::new("abc");
         let b = Secret::new("abcdef");
-        assert_eq!(redact_values("x abcdef y abc", [&a, &b]), "x <redacted> y <redacted>");
+        assert_eq!(
+            redact_values("x abcdef y abc", [&a, &b]),
+            "x <redacted> y <redacted>"
+        );
     }
 }
