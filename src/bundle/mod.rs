@@ -777,3 +777,71 @@ pub async fn run(args: Args) -> miette::Result<()> {
     eprintln!("hosts use it as: deb [trusted=yes] file:{HOST_REPO_DIR} ./");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_sources_are_used_as_written() {
+        let text = private_sources(
+            &SourceChoice::Given(vec![
+                "deb [signed-by=/k.gpg] http://m.example/mirror bookworm main\n\
+                 deb-src http://m.example/mirror bookworm main"
+                    .into(),
+                "Types: deb\nURIs: http://m.example/sec\nSuites: bookworm-security\nComponents: main\n"
+                    .into(),
+            ]),
+            "bookworm",
+        )
+        .unwrap();
+        let back = parse_deb822(&text, "x").unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].uris, ["http://m.example/mirror"]);
+        assert_eq!(back[0].option("Signed-By"), Some("/k.gpg"));
+        assert_eq!(back[1].suites, ["bookworm-security"]);
+    }
+
+    #[test]
+    fn no_debian_source_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sources.list.d")).unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/vendor.list"),
+            "deb https://vendor.example/apt stable main\n",
+        )
+        .unwrap();
+        let e = private_sources(&SourceChoice::System(d.path().into()), "bookworm").unwrap_err();
+        assert!(matches!(e, BundleError::NoDebianSources { .. }), "{e}");
+        assert!(e.to_string().contains("sources.list.d"), "{e}");
+        let e = private_sources(
+            &SourceChoice::Given(vec!["deb-src http://m.example/debian bookworm main".into()]),
+            "bookworm",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("packages.debian_sources"), "{e}");
+    }
+
+    #[test]
+    fn requests_pin_server_client_and_libpq() {
+        let pg = PostgresRelease {
+            version: "15.18".into(),
+            major: "15".into(),
+            debian_version: "15.18-0+deb12u1".into(),
+        };
+        let r = requests_for(&pg, true);
+        assert_eq!(
+            &r[..3],
+            [
+                "postgresql-15=15.18-0+deb12u1",
+                "postgresql-client-15=15.18-0+deb12u1",
+                "libpq5=15.18-0+deb12u1"
+            ]
+        );
+        assert!(r.contains(&"python3-etcd".to_string()));
+        assert_eq!(
+            flatten_requests(&[r.clone(), vec!["patroni".into(), "x=1".into()]]).len(),
+            r.len() + 1
+        );
+    }
+}
