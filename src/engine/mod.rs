@@ -1,1 +1,255 @@
-//! The engine: probe -> plan -> apply.
+//! The engine: probe (read-only) -> plan (pure) -> apply (the only mutator).
+//!
+//! `check` and `apply` call the same `Phase::plan`, so they cannot disagree; after `apply`
+//! each phase is planned again and must be empty, or the run fails with "did not converge".
+
+pub mod change;
+pub mod exec;
+pub mod facts;
+pub mod phase;
+pub mod plan;
+pub mod render;
+pub mod roles;
+
+use crate::inventory::{Host, Inventory};
+use crate::ssh::{ConnectOptions, Session};
+use futures::stream::{self, StreamExt};
+use miette::{miette, Result};
+use phase::{Phase, PhasePlan};
+use roles::RoleSource;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Progress events, rendered by the CLI edge (bars on a terminal, lines otherwise).
+pub trait Observer: Send + Sync {
+    fn phase_started(&self, _phase: &str, _hosts: usize) {}
+    fn host_status(&self, _host: &str, _status: &str) {}
+    fn phase_finished(&self, _phase: &str, _changes: usize, _elapsed: Duration) {}
+    fn message(&self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Everything a run shares: inventory, connections, roles, generated values.
+pub struct Ctx {
+    pub inv: Inventory,
+    pub hosts: Vec<Host>,
+    pub sessions: BTreeMap<String, Session>,
+    pub roles: RoleSource,
+    /// Values merged into every template context (secrets, tls paths, resolved versions).
+    pub vars: RwLock<Value>,
+    /// Per-host values merged over `vars` (e.g. the host's certificate paths).
+    pub host_vars: RwLock<BTreeMap<String, Value>>,
+    /// Secret values to redact from any output.
+    pub secret_values: Vec<String>,
+    pub forks: usize,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Ctx {
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| miette!("internal: unknown host {name}"))
+    }
+    pub fn session(&self, name: &str) -> Result<&Session> {
+        self.sessions
+            .get(name)
+            .ok_or_else(|| miette!("{name}: not connected"))
+    }
+    pub fn vars(&self) -> Value {
+        self.vars.read().map(|v| v.clone()).unwrap_or(Value::Null)
+    }
+    /// `vars` with the host's own values merged over them.
+    pub fn vars_for(&self, host: &str) -> Value {
+        let mut v = self.vars();
+        if let Ok(hv) = self.host_vars.read() {
+            if let Some(extra) = hv.get(host) {
+                render::merge(&mut v, extra);
+            }
+        }
+        v
+    }
+    /// Set (or with `Value::Null`, clear) a value for one host's templates.
+    pub fn set_host_var(&self, host: &str, key: &str, value: Value) {
+        if let Ok(mut hv) = self.host_vars.write() {
+            let e = hv
+                .entry(host.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(m) = e {
+                if value.is_null() {
+                    m.remove(key);
+                } else {
+                    m.insert(key.to_string(), value);
+                }
+            }
+        }
+    }
+    /// Set a value visible to later templates, e.g. `set_var(&["postgres","debian_version"], ..)`.
+    pub fn set_var(&self, path: &[&str], value: Value) {
+        if let Ok(mut v) = self.vars.write() {
+            let mut cur = &mut *v;
+            for (i, k) in path.iter().enumerate() {
+                if !cur.is_object() {
+                    *cur = Value::Object(Default::default());
+                }
+                let Value::Object(m) = cur else { return };
+                if i + 1 == path.len() {
+                    m.insert(k.to_string(), value);
+                    return;
+                }
+                cur = m
+                    .entry(k.to_string())
+                    .or_insert(Value::Object(Default::default()));
+            }
+        }
+    }
+    pub fn observe(&self, host: &str, status: &str) {
+        self.observer.host_status(host, status);
+    }
+    pub fn redact(&self, text: &str) -> String {
+        change::redact(text, &self.secret_values)
+    }
+}
+
+/// Run futures with at most `limit` at once; the first error wins, results keep their order.
+pub async fn bounded<T, F>(limit: usize, futs: Vec<F>) -> Result<Vec<T>>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let sem = tokio::sync::Semaphore::new(limit.max(1));
+    let sem = &sem;
+    let mut wrapped = Vec::with_capacity(futs.len());
+    for f in futs {
+        wrapped.push(async move {
+            let _permit = sem
+                .acquire()
+                .await
+                .map_err(|_| miette!("internal: semaphore closed"))?;
+            f.await
+        });
+    }
+    futures::future::try_join_all(wrapped).await
+}
+
+/// Connect to every host in parallel. All failures are reported at once.
+pub async fn connect_all(
+    hosts: &[Host],
+    opts: &ConnectOptions,
+    forks: usize,
+) -> Result<BTreeMap<String, Session>> {
+    let results: Vec<(String, std::result::Result<Session, crate::ssh::SshError>)> =
+        stream::iter(hosts.iter())
+            .map(|h| async move { (h.name.clone(), Session::connect(h, opts).await) })
+            .buffer_unordered(forks.max(1))
+            .collect()
+            .await;
+    let mut ok = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(s) => {
+                ok.insert(name, s);
+            }
+            Err(e) => errors.push(format!("  - {e}{}", help_of(&e))),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort();
+        return Err(miette!(
+            help = "nothing was changed on any host",
+            "cannot connect to {} of {} hosts:\n{}",
+            errors.len(),
+            hosts.len(),
+            errors.join("\n")
+        ));
+    }
+    Ok(ok)
+}
+
+fn help_of(e: &dyn miette::Diagnostic) -> String {
+    e.help()
+        .map(|h| format!("\n      hint: {h}"))
+        .unwrap_or_default()
+}
+
+/// Plan every phase (read-only). Every phase sees the hosts as they are now, so the phases
+/// are planned concurrently; the result keeps their order.
+pub async fn check(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
+    let mut futs = Vec::new();
+    for p in phases {
+        futs.push(async move {
+            let t = Instant::now();
+            ctx.observer.phase_started(p.name(), ctx.hosts.len());
+            let plan = p.plan(ctx).await?;
+            ctx.observer
+                .phase_finished(p.name(), plan.change_count(), t.elapsed());
+            Ok::<_, miette::Report>(plan)
+        });
+    }
+    futures::future::try_join_all(futs).await
+}
+
+/// What one phase of `apply` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseOutcome {
+    pub plan: PhasePlan,
+    pub seconds: f64,
+}
+
+/// Apply phase by phase (a barrier between phases); re-plan each phase after applying it and
+/// fail with "did not converge" if anything is left. `on_plan` is told each phase's plan
+/// before it is applied.
+pub async fn apply(
+    ctx: &Ctx,
+    phases: &[Box<dyn Phase>],
+    on_plan: &(dyn Fn(&PhasePlan) + Sync),
+) -> Result<Vec<PhaseOutcome>> {
+    let mut out = Vec::new();
+    for p in phases {
+        let t = Instant::now();
+        ctx.observer.phase_started(p.name(), ctx.hosts.len());
+        let plan = p.plan(ctx).await?;
+        if !plan.is_empty() {
+            on_plan(&plan);
+            p.apply(ctx, &plan)
+                .await
+                .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+            let again = p.plan(ctx).await?;
+            if again.change_count() > 0 {
+                let left: Vec<String> = again
+                    .hosts
+                    .iter()
+                    .flat_map(|h| {
+                        h.changes
+                            .iter()
+                            .filter(|c| !c.is_deferred())
+                            .map(move |c| format!("  {}: {}", h.host, c.summary()))
+                    })
+                    .collect();
+                return Err(miette!(
+                    help = "something on the hosts changes what pgdeploy writes (another tool, or a package script); see the changes above",
+                    "phase {} did not converge: after apply, the plan still has {} change(s):\n{}",
+                    p.name(),
+                    left.len(),
+                    left.join("\n")
+                ));
+            }
+        }
+        p.after_apply(ctx)
+            .await
+            .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+        ctx.observer
+            .phase_finished(p.name(), plan.change_count(), t.elapsed());
+        out.push(PhaseOutcome {
+            plan,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}

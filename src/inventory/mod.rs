@@ -1,32 +1,33 @@
 //! Inventory: model, loading (YAML with file/line/column errors) and validation.
+//!
+//! [`load`] reads a file, [`load_str`] text already in memory. Both report YAML syntax and type
+//! errors (one, the first) and semantic problems (all at once) as an [`InventoryError`] inside a
+//! `miette::Report`, and return non-fatal [`Warning`]s with the inventory. [`render_plain`]
+//! renders any diagnostic deterministically (no colours, fixed width).
 
+mod diag;
+mod load;
 mod model;
+mod tree;
+mod validate;
+
+pub use diag::{render_plain, InventoryError, Problem};
+pub use load::{load, load_str};
 pub use model::*;
+pub use validate::{
+    check_address, fqdn, in_zone, is_env_var_name, is_valid_cluster_name, is_valid_fqdn,
+    is_valid_host_name, is_valid_parameter_name, is_valid_postgres_version, is_valid_user_name,
+    parse_dns_server, parse_jump_host, patroni_timing_ok, postgres_major, JumpHost, DNS_PROVIDERS,
+    MANAGED_PARAMETERS, TSIG_ALGORITHMS,
+};
 
-use std::path::Path;
-
-/// Warnings that do not stop a run (e.g. an even number of etcd members).
-#[derive(Debug, Clone)]
+/// Warnings that do not stop a run (e.g. an even number of etcd members). The text starts with
+/// `file:line:column: ` when the warning concerns a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning(pub String);
 
-/// Load, default and validate an inventory file. Errors are miette reports that name the file,
-/// line and column with a snippet; nothing is touched on any host.
-pub fn load(path: &Path) -> miette::Result<(Inventory, Vec<Warning>)> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| miette::miette!("cannot read inventory {}: {e}", path.display()))?;
-    let mut inv: Inventory =
-        serde_saphyr::from_str(&text).map_err(|e| miette::miette!("{}: {e}", path.display()))?;
-    inv.path = path.to_path_buf();
-    inv.base_dir = path
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    Ok((inv, Vec::new()))
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }

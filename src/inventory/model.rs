@@ -357,7 +357,10 @@ impl Groups {
 }
 
 impl Inventory {
-    /// Every distinct host, in first-appearance order (etcd, patroni, haproxy), merged across groups.
+    /// Every distinct host, in first-appearance order (etcd, patroni, haproxy), merged across
+    /// groups: groups, parameters and vars accumulate; `address6` comes from the first entry that
+    /// has one; `ssh` overrides come from the host's first entry (the validator rejects
+    /// different ones on later entries).
     pub fn hosts(&self) -> Vec<Host> {
         let mut out: Vec<Host> = Vec::new();
         for g in Group::ALL {
@@ -365,6 +368,11 @@ impl Inventory {
                 if let Some(h) = out.iter_mut().find(|h| h.name == e.name) {
                     if !h.groups.contains(&g) {
                         h.groups.push(g);
+                    }
+                    // address6 may be written on any of the host's entries (typically the
+                    // haproxy one, where it becomes an AAAA record).
+                    if h.address6.is_none() {
+                        h.address6 = e.address6.clone();
                     }
                     for (k, v) in &e.postgres_parameters {
                         h.postgres_parameters.insert(k.clone(), v.clone());

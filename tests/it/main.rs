@@ -3,6 +3,7 @@
 mod bundle_tests;
 mod cluster;
 mod dns;
+mod e2e;
 mod engine;
 mod inventory;
 mod lab;

@@ -1,0 +1,186 @@
+//! Executing changes on one host: the only code that mutates hosts for the generic steps.
+
+use super::change::{Change, UnitAction};
+use super::facts::{sh_quote, PENDING_DIR};
+use crate::ssh::Session;
+use miette::{miette, Result};
+
+/// Apply `changes` on one host, in order. Unit restarts/reloads are included; callers that
+/// orchestrate restarts across hosts pass only the part they want run now.
+pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
+    // Packages are installed in one apt transaction, holds in one apt-mark call.
+    let pkgs: Vec<(&String, &String)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Package { name, to, .. } => Some((name, to)),
+            _ => None,
+        })
+        .collect();
+    if !pkgs.is_empty() {
+        install_packages(s, &pkgs).await?;
+    }
+    for c in changes {
+        match c {
+            Change::Directory {
+                path,
+                mode,
+                owner,
+                group,
+                ..
+            } => {
+                let p = sh_quote(path);
+                s.run(&format!(
+                    "mkdir -p {p} && chown {}:{} {p} && chmod {mode:o} {p}",
+                    sh_quote(owner),
+                    sh_quote(group)
+                ))
+                .await?;
+            }
+            Change::File {
+                path,
+                mode,
+                owner,
+                group,
+                new,
+                validate,
+                notify,
+                ..
+            } => {
+                if !notify.is_empty() {
+                    mark_pending(s, notify).await?;
+                }
+                match validate {
+                    None => {
+                        s.write_file(path, new, *mode, owner, group).await?;
+                    }
+                    Some(cmd) => {
+                        let tmp = format!("{path}.pgdeploy-new");
+                        s.write_file(&tmp, new, *mode, owner, group).await?;
+                        let check = cmd.replace("{}", &sh_quote(&tmp));
+                        let out = s.exec(&check, None).await?;
+                        if !out.ok() {
+                            let _ = s.exec(&format!("rm -f {}", sh_quote(&tmp)), None).await;
+                            return Err(miette!(
+                                help = "the running service keeps its current configuration; fix the template or inventory value",
+                                "{}: the new {path} failed validation (`{cmd}`):\n{}{}",
+                                s.host(),
+                                out.stdout_str(),
+                                out.stderr_str()
+                            ));
+                        }
+                        s.run(&format!("mv -f {} {}", sh_quote(&tmp), sh_quote(path)))
+                            .await?;
+                    }
+                }
+            }
+            Change::Hold { name, hold } => {
+                let verb = if *hold { "hold" } else { "unhold" };
+                s.run(&format!("apt-mark {verb} {} >/dev/null", sh_quote(name)))
+                    .await?;
+            }
+            Change::Sysctl { name, to, .. } => {
+                let out = s
+                    .exec(
+                        &format!("sysctl -w {}={}", sh_quote(name), sh_quote(to)),
+                        None,
+                    )
+                    .await?;
+                if !out.ok() {
+                    return Err(miette!(
+                        help = "the host may not allow this kernel parameter (containers often keep /proc/sys read-only)",
+                        "{}: cannot set sysctl {name}={to}: {}",
+                        s.host(),
+                        out.stderr_str().trim()
+                    ));
+                }
+            }
+            Change::Unit { unit, action, .. } => run_unit(s, unit, *action).await?,
+            Change::Command { command, .. } => {
+                s.run(command).await?;
+            }
+            Change::Package { .. }
+            | Change::Deferred { .. }
+            | Change::Dns { .. }
+            | Change::Upload { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Run one systemctl action (and clear the unit's pending-restart marker).
+pub async fn run_unit(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
+    let q = sh_quote(unit);
+    let cmd = match action {
+        UnitAction::DaemonReload => "systemctl daemon-reload".to_string(),
+        UnitAction::Enable => format!("systemctl enable --quiet {q}"),
+        UnitAction::Disable => format!("systemctl disable --quiet {q}"),
+        UnitAction::Start => format!("systemctl start {q}"),
+        UnitAction::Stop => format!("systemctl stop {q}"),
+        UnitAction::Restart => format!("systemctl restart {q}"),
+        UnitAction::Reload => format!("systemctl reload {q}"),
+    };
+    let out = s.exec(&cmd, None).await?;
+    if !out.ok() {
+        let journal = s
+            .exec(
+                &format!("journalctl -u {q} -n 15 --no-pager 2>/dev/null"),
+                None,
+            )
+            .await
+            .map(|o| o.stdout_str())
+            .unwrap_or_default();
+        return Err(miette!(
+            help = "see the unit's log above; fix the cause and run `pgdeploy apply` again",
+            "{}: `{cmd}` failed: {}\n{journal}",
+            s.host(),
+            out.stderr_str().trim()
+        ));
+    }
+    if matches!(
+        action,
+        UnitAction::Restart | UnitAction::Reload | UnitAction::Start | UnitAction::Stop
+    ) {
+        s.exec(&format!("rm -f {PENDING_DIR}/{q}"), None).await?;
+    }
+    Ok(())
+}
+
+async fn mark_pending(s: &Session, units: &[String]) -> Result<()> {
+    let mut cmd = format!("mkdir -p {PENDING_DIR}");
+    for u in units {
+        cmd.push_str(&format!(" && touch {PENDING_DIR}/{}", sh_quote(u)));
+    }
+    s.run(&cmd).await?;
+    Ok(())
+}
+
+/// Install packages at exact versions, without prompts and without starting services that a
+/// policy-rc.d on the host forbids.
+pub async fn install_packages(s: &Session, pkgs: &[(&String, &String)]) -> Result<()> {
+    let mut args = Vec::new();
+    for (name, ver) in pkgs {
+        if ver.starts_with('(') {
+            args.push(sh_quote(name));
+        } else {
+            args.push(sh_quote(&format!("{name}={ver}")));
+        }
+    }
+    let cmd = format!(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+         --allow-downgrades --allow-change-held-packages \
+         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} 2>&1",
+        args.join(" ")
+    );
+    let out = s.exec(&cmd, None).await?;
+    if !out.ok() {
+        let text = out.stdout_str();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        return Err(miette!(
+            help = "check the package source (bundle or the host's apt sources) and run `pgdeploy apply` again",
+            "{}: package installation failed:\n{}",
+            s.host(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok(())
+}

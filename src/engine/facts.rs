@@ -1,0 +1,409 @@
+//! Facts: read-only probes. Each probe is a shell command plus a pure parser of its output, so
+//! parsers are tested from fixtures ("this output in, this fact out").
+
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Quote a string for POSIX sh.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PathKind {
+    Absent,
+    File,
+    Dir,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathFact {
+    pub kind: PathKind,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub sha256: Option<String>,
+    /// Content, fetched only for files whose hash differs from the desired one.
+    #[serde(skip)]
+    pub content: Option<Vec<u8>>,
+}
+
+impl PathFact {
+    pub fn absent() -> Self {
+        PathFact {
+            kind: PathKind::Absent,
+            mode: 0,
+            owner: String::new(),
+            group: String::new(),
+            sha256: None,
+            content: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitFact {
+    /// `systemctl is-enabled` output (enabled, disabled, static, not-found, ...).
+    pub enabled: String,
+    /// `systemctl is-active` output (active, inactive, failed, ...).
+    pub active: String,
+}
+
+/// Everything the generic role steps know about one host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostFacts {
+    pub paths: BTreeMap<String, PathFact>,
+    /// Installed packages: name -> version.
+    pub packages: BTreeMap<String, String>,
+    pub held: BTreeSet<String>,
+    pub units: BTreeMap<String, UnitFact>,
+    pub sysctls: BTreeMap<String, String>,
+    /// Units with a restart still owed from an earlier, interrupted run.
+    pub pending: BTreeSet<String>,
+    /// Whether systemctl exists on the host.
+    pub has_systemd: bool,
+}
+
+/// Where pending-restart markers live on hosts.
+pub const PENDING_DIR: &str = "/var/lib/pgdeploy/pending";
+
+/// What to probe on one host.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeRequest {
+    pub paths: Vec<String>,
+    pub packages: Vec<String>,
+    pub units: Vec<String>,
+    pub sysctls: Vec<String>,
+}
+
+/// One batched command for all of a host's facts (one round trip).
+pub fn probe_command(req: &ProbeRequest) -> String {
+    let mut s = String::from("export LC_ALL=C\n");
+    for (i, p) in req.paths.iter().enumerate() {
+        let q = sh_quote(p);
+        s.push_str(&format!(
+            "echo '@P {i}'; if [ -e {q} ] || [ -L {q} ]; then stat -c '%F|%a|%U|%G' -- {q}; \
+             if [ -f {q} ]; then sha256sum -- {q} | cut -c1-64; fi; else echo absent; fi\n"
+        ));
+    }
+    if !req.packages.is_empty() {
+        let names: Vec<String> = req.packages.iter().map(|p| sh_quote(p)).collect();
+        s.push_str(&format!(
+            "echo '@PKG'; dpkg-query -W -f='${{Package}}|${{Version}}|${{db:Status-Abbrev}}\\n' {} 2>/dev/null; \
+             echo '@HOLD'; apt-mark showhold 2>/dev/null\n",
+            names.join(" ")
+        ));
+    }
+    s.push_str("echo '@SYSTEMD'; command -v systemctl >/dev/null 2>&1 && echo yes || echo no\n");
+    for (i, u) in req.units.iter().enumerate() {
+        let q = sh_quote(u);
+        s.push_str(&format!(
+            "echo '@U {i}'; systemctl is-enabled {q} 2>/dev/null || true; echo '|'; systemctl is-active {q} 2>/dev/null || true\n"
+        ));
+    }
+    for (i, k) in req.sysctls.iter().enumerate() {
+        s.push_str(&format!(
+            "echo '@S {i}'; sysctl -n {} 2>/dev/null || echo '@UNSET'\n",
+            sh_quote(k)
+        ));
+    }
+    s.push_str(&format!(
+        "echo '@PENDING'; ls -1 {PENDING_DIR} 2>/dev/null || true\n"
+    ));
+    s.push_str("echo '@END'\n");
+    s
+}
+
+/// Parse the output of [`probe_command`].
+pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
+    let mut facts = HostFacts::default();
+    let mut section: Option<(String, usize)> = None;
+    let mut buf: Vec<&str> = Vec::new();
+    let mut saw_end = false;
+
+    let flush = |section: &Option<(String, usize)>,
+                 buf: &mut Vec<&str>,
+                 facts: &mut HostFacts|
+     -> Result<(), String> {
+        let Some((kind, idx)) = section else {
+            buf.clear();
+            return Ok(());
+        };
+        match kind.as_str() {
+            "P" => {
+                let path = req.paths.get(*idx).ok_or_else(|| {
+                    format!("probe output names path #{idx}, which was not asked")
+                })?;
+                facts.paths.insert(path.clone(), parse_path_fact(buf)?);
+            }
+            "PKG" => {
+                for l in buf.iter() {
+                    let parts: Vec<&str> = l.split('|').collect();
+                    if parts.len() == 3 && parts[2].starts_with("ii")
+                        || parts.len() == 3 && parts[2].starts_with("hi")
+                    {
+                        facts
+                            .packages
+                            .insert(parts[0].to_string(), parts[1].to_string());
+                    }
+                }
+            }
+            "HOLD" => {
+                for l in buf.iter() {
+                    let l = l.trim();
+                    if !l.is_empty() {
+                        facts.held.insert(l.to_string());
+                    }
+                }
+            }
+            "SYSTEMD" => {
+                facts.has_systemd = buf.first().map(|l| l.trim() == "yes").unwrap_or(false)
+            }
+            "U" => {
+                let unit = req.units.get(*idx).ok_or_else(|| {
+                    format!("probe output names unit #{idx}, which was not asked")
+                })?;
+                let joined = buf.join("\n");
+                let (en, act) = joined.split_once('|').unwrap_or((&joined, ""));
+                let en = en.trim();
+                let act = act.trim();
+                facts.units.insert(
+                    unit.clone(),
+                    UnitFact {
+                        enabled: if en.is_empty() {
+                            "not-found".into()
+                        } else {
+                            en.to_string()
+                        },
+                        active: if act.is_empty() {
+                            "inactive".into()
+                        } else {
+                            act.to_string()
+                        },
+                    },
+                );
+            }
+            "S" => {
+                let key = req.sysctls.get(*idx).ok_or_else(|| {
+                    format!("probe output names sysctl #{idx}, which was not asked")
+                })?;
+                let v = buf.join(" ");
+                let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
+                if v != "@UNSET" {
+                    facts.sysctls.insert(key.clone(), v);
+                }
+            }
+            "PENDING" => {
+                for l in buf.iter() {
+                    let l = l.trim();
+                    if !l.is_empty() {
+                        facts.pending.insert(l.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+        buf.clear();
+        Ok(())
+    };
+
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix('@') {
+            let mut it = rest.split_whitespace();
+            let kind = it.next().unwrap_or("");
+            if matches!(
+                kind,
+                "P" | "PKG" | "HOLD" | "SYSTEMD" | "U" | "S" | "PENDING" | "END"
+            ) {
+                flush(&section, &mut buf, &mut facts)?;
+                if kind == "END" {
+                    saw_end = true;
+                    section = None;
+                    continue;
+                }
+                let idx = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                section = Some((kind.to_string(), idx));
+                continue;
+            }
+        }
+        buf.push(line);
+    }
+    flush(&section, &mut buf, &mut facts)?;
+    if !saw_end {
+        return Err("probe output ended early (no end marker): the command was cut off".into());
+    }
+    Ok(facts)
+}
+
+fn parse_path_fact(lines: &[&str]) -> Result<PathFact, String> {
+    let first = lines.first().map(|l| l.trim()).unwrap_or("absent");
+    if first == "absent" {
+        return Ok(PathFact::absent());
+    }
+    let parts: Vec<&str> = first.split('|').collect();
+    if parts.len() != 4 {
+        return Err(format!("unexpected stat output: {first:?}"));
+    }
+    let kind = match parts[0] {
+        "regular file" | "regular empty file" => PathKind::File,
+        "directory" => PathKind::Dir,
+        _ => PathKind::Other,
+    };
+    let mode = u32::from_str_radix(parts[1], 8).map_err(|_| format!("bad mode in {first:?}"))?;
+    let sha256 = lines
+        .get(1)
+        .map(|l| l.trim().to_string())
+        .filter(|s| s.len() == 64);
+    Ok(PathFact {
+        kind,
+        mode,
+        owner: parts[2].to_string(),
+        group: parts[3].to_string(),
+        sha256,
+        content: None,
+    })
+}
+
+/// Command that prints the given files base64-encoded, one `@C i` section each.
+pub fn content_command(paths: &[String]) -> String {
+    let mut s = String::new();
+    for (i, p) in paths.iter().enumerate() {
+        s.push_str(&format!(
+            "echo '@C {i}'; base64 -w0 -- {} 2>/dev/null; echo\n",
+            sh_quote(p)
+        ));
+    }
+    s.push_str("echo '@END'\n");
+    s
+}
+
+/// Parse [`content_command`] output into path -> content.
+pub fn parse_contents(paths: &[String], out: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    use base64::Engine;
+    let mut map = BTreeMap::new();
+    let mut cur: Option<usize> = None;
+    let mut ended = false;
+    for line in out.lines() {
+        if let Some(n) = line.strip_prefix("@C ") {
+            cur = n.trim().parse().ok();
+            continue;
+        }
+        if line == "@END" {
+            ended = true;
+            break;
+        }
+        if let Some(i) = cur.take() {
+            let p = paths.get(i).ok_or("content output names an unknown file")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(line.trim())
+                .map_err(|e| format!("bad base64 for {p}: {e}"))?;
+            map.insert(p.clone(), bytes);
+        }
+    }
+    if !ended {
+        return Err("content output ended early".into());
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> ProbeRequest {
+        ProbeRequest {
+            paths: vec!["/etc/a".into(), "/etc/d".into(), "/etc/missing".into()],
+            packages: vec!["haproxy".into(), "etcd-server".into()],
+            units: vec!["haproxy.service".into(), "nope.service".into()],
+            sysctls: vec!["net.ipv4.tcp_keepalive_time".into(), "kernel.nope".into()],
+        }
+    }
+
+    const OUT: &str = "@P 0
+regular file|644|root|root
+0f343b0931126a20f133d67c2b018a3b5f6b0d2c3ab1aaf3b8bd7e3a9b5f4a00
+@P 1
+directory|750|postgres|postgres
+@P 2
+absent
+@PKG
+haproxy|2.6.12-1+deb12u1|ii 
+etcd-server|3.4.23-4+b6|un 
+@HOLD
+haproxy
+@SYSTEMD
+yes
+@U 0
+enabled
+|
+active
+@U 1
+|
+inactive
+@S 0
+60
+@S 1
+@UNSET
+@PENDING
+haproxy.service
+@END
+";
+
+    #[test]
+    fn parses_a_full_probe() {
+        let f = parse_probe(&req(), OUT).unwrap();
+        let a = &f.paths["/etc/a"];
+        assert_eq!(a.kind, PathKind::File);
+        assert_eq!(a.mode, 0o644);
+        assert_eq!(a.sha256.as_deref().map(|s| s.len()), Some(64));
+        assert_eq!(f.paths["/etc/d"].kind, PathKind::Dir);
+        assert_eq!(f.paths["/etc/d"].owner, "postgres");
+        assert_eq!(f.paths["/etc/missing"].kind, PathKind::Absent);
+        assert_eq!(
+            f.packages.get("haproxy").map(String::as_str),
+            Some("2.6.12-1+deb12u1")
+        );
+        assert!(
+            !f.packages.contains_key("etcd-server"),
+            "not-installed package is absent"
+        );
+        assert!(f.held.contains("haproxy"));
+        assert!(f.has_systemd);
+        assert_eq!(f.units["haproxy.service"].enabled, "enabled");
+        assert_eq!(f.units["haproxy.service"].active, "active");
+        assert_eq!(f.units["nope.service"].enabled, "not-found");
+        assert_eq!(f.sysctls["net.ipv4.tcp_keepalive_time"], "60");
+        assert!(!f.sysctls.contains_key("kernel.nope"));
+        assert!(f.pending.contains("haproxy.service"));
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        let cut = &OUT[..OUT.find("@PENDING").unwrap()];
+        assert!(parse_probe(&req(), cut).is_err());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("/etc/a.conf"), "/etc/a.conf");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn contents_roundtrip() {
+        let paths = vec!["/a".to_string(), "/b".to_string()];
+        let out = "@C 0\naGVsbG8K\n@C 1\n\n@END\n";
+        let m = parse_contents(&paths, out).unwrap();
+        assert_eq!(m["/a"], b"hello\n");
+        assert_eq!(m["/b"], b"");
+    }
+}

@@ -1,0 +1,260 @@
+//! Phases: ordered steps of a run. Each phase plans (probe + pure plan) and applies.
+
+use super::change::{Change, UnitAction};
+use super::exec::{apply_changes, run_unit};
+use super::facts::{content_command, parse_contents, parse_probe, probe_command, HostFacts};
+use super::plan::{plan_packages, plan_resources, Desired};
+use super::render::{context, desired_for, role_applies};
+use super::{bounded, Ctx};
+use async_trait::async_trait;
+use miette::{miette, Result};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// The plan of one host in one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub changes: Vec<Change>,
+}
+
+/// The plan of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhasePlan {
+    pub phase: String,
+    pub hosts: Vec<HostPlan>,
+}
+
+impl PhasePlan {
+    /// Number of real (non-deferred) changes.
+    pub fn change_count(&self) -> usize {
+        self.hosts
+            .iter()
+            .map(|h| h.changes.iter().filter(|c| !c.is_deferred()).count())
+            .sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.hosts.iter().all(|h| h.changes.is_empty())
+    }
+}
+
+#[async_trait]
+pub trait Phase: Send + Sync {
+    fn name(&self) -> &str;
+    /// Read-only: probe the hosts and compute the changes.
+    async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan>;
+    /// Execute a plan made by `plan` in this same run.
+    async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()>;
+    /// Run by `apply` after the phase converged, even when it had nothing to change
+    /// (end-to-end checks such as the verify phase). Never run by `check`.
+    async fn after_apply(&self, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A health gate used between one-at-a-time restarts.
+#[async_trait]
+pub trait Gate: Send + Sync {
+    async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()>;
+}
+
+/// How unit restarts of a role phase are run across hosts.
+#[derive(Clone)]
+pub enum RestartPolicy {
+    /// All hosts at once.
+    Parallel,
+    /// One host at a time, each followed by the gate.
+    Rolling(Option<Arc<dyn Gate>>),
+}
+
+/// A phase made of role data: directories, files, sysctls, units (not packages).
+pub struct RolePhase {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub restarts: RestartPolicy,
+}
+
+impl RolePhase {
+    pub fn new(name: &str, roles: &[&str]) -> Self {
+        RolePhase {
+            name: name.to_string(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            restarts: RestartPolicy::Parallel,
+        }
+    }
+    pub fn rolling(mut self, gate: Option<Arc<dyn Gate>>) -> Self {
+        self.restarts = RestartPolicy::Rolling(gate);
+        self
+    }
+}
+
+/// Render every role of `roles` that applies to `host` into one Desired.
+pub fn desired_for_host(ctx: &Ctx, roles: &[String], host_name: &str) -> Result<Desired> {
+    let host = ctx.host(host_name)?;
+    let vars = ctx.vars_for(host_name);
+    let tctx = context(&ctx.inv, host, &vars);
+    let mut d = Desired::default();
+    for r in roles {
+        let Some(spec) = ctx.roles.role(r)? else {
+            continue;
+        };
+        if !role_applies(&spec, host) {
+            continue;
+        }
+        let one = desired_for(&ctx.roles, r, &spec, &tctx, host)?;
+        d.dirs.extend(one.dirs);
+        d.files.extend(one.files);
+        d.packages.extend(one.packages);
+        d.sysctls.extend(one.sysctls);
+        d.units.extend(one.units);
+    }
+    Ok(d)
+}
+
+/// Probe what `desired` needs on one host (two round trips at most).
+pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts> {
+    let s = ctx.session(host)?;
+    let req = desired.probe_request();
+    let out = s.exec(&probe_command(&req), None).await?;
+    let mut facts = parse_probe(&req, &out.stdout_str())
+        .map_err(|e| miette!("{host}: cannot read the host's state: {e}"))?;
+    let differing = desired.differing_files(&facts);
+    if !differing.is_empty() {
+        let out = s.exec(&content_command(&differing), None).await?;
+        let contents = parse_contents(&differing, &out.stdout_str())
+            .map_err(|e| miette!("{host}: cannot read current files: {e}"))?;
+        for (p, c) in contents {
+            if let Some(f) = facts.paths.get_mut(&p) {
+                f.content = Some(c);
+            }
+        }
+    }
+    Ok(facts)
+}
+
+/// Hosts to which any of `roles` applies, in inventory order.
+pub fn hosts_for_roles(ctx: &Ctx, roles: &[String]) -> Result<Vec<String>> {
+    let mut specs = Vec::new();
+    for r in roles {
+        if let Some(s) = ctx.roles.role(r)? {
+            specs.push(s);
+        }
+    }
+    Ok(ctx
+        .hosts
+        .iter()
+        .filter(|h| specs.iter().any(|s| role_applies(s, h)))
+        .map(|h| h.name.clone())
+        .collect())
+}
+
+/// Plan the role resources of a set of hosts, in parallel (bounded by --forks).
+pub async fn plan_roles(ctx: &Ctx, roles: &[String], packages: bool) -> Result<Vec<HostPlan>> {
+    let hosts = hosts_for_roles(ctx, roles)?;
+    let mut futs = Vec::new();
+    for h in hosts {
+        futs.push(async move {
+            ctx.observe(&h, "probing");
+            let desired = desired_for_host(ctx, roles, &h)?;
+            let facts = probe(ctx, &h, &desired).await?;
+            let changes = if packages {
+                plan_packages(&desired.packages, &facts)
+            } else {
+                plan_resources(&desired, &facts, &ctx.secret_values)
+            };
+            Ok::<_, miette::Report>(HostPlan { host: h, changes })
+        });
+    }
+    bounded(ctx.forks, futs).await
+}
+
+fn is_restart(c: &Change) -> bool {
+    matches!(
+        c,
+        Change::Unit {
+            action: UnitAction::Restart | UnitAction::Reload,
+            ..
+        }
+    )
+}
+
+/// Apply host plans: everything but restarts in parallel, then restarts by policy.
+pub async fn apply_host_plans(ctx: &Ctx, plans: &[HostPlan], policy: &RestartPolicy) -> Result<()> {
+    let mut futs = Vec::new();
+    for p in plans {
+        if p.changes.is_empty() {
+            continue;
+        }
+        let host = p.host.clone();
+        let now: Vec<Change> = p
+            .changes
+            .iter()
+            .filter(|c| !is_restart(c))
+            .cloned()
+            .collect();
+        futs.push(async move {
+            ctx.observe(&host, "applying");
+            let s = ctx.session(&host)?;
+            apply_changes(s, &now).await
+        });
+    }
+    bounded(ctx.forks, futs).await?;
+    let mut restarts: Vec<(String, Vec<Change>)> = Vec::new();
+    for p in plans {
+        let r: Vec<Change> = p
+            .changes
+            .iter()
+            .filter(|c| is_restart(c))
+            .cloned()
+            .collect();
+        if !r.is_empty() {
+            restarts.push((p.host.clone(), r));
+        }
+    }
+    match policy {
+        RestartPolicy::Parallel => {
+            let mut futs = Vec::new();
+            for (h, rs) in restarts {
+                futs.push(async move { restart_all(ctx, &h, &rs).await });
+            }
+            bounded(ctx.forks, futs).await?;
+        }
+        RestartPolicy::Rolling(gate) => {
+            for (h, rs) in &restarts {
+                restart_all(ctx, h, rs).await?;
+                if let Some(g) = gate {
+                    ctx.observe(h, "waiting until healthy");
+                    g.wait_healthy(ctx, h).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn restart_all(ctx: &Ctx, host: &str, rs: &[Change]) -> Result<()> {
+    let s = ctx.session(host)?;
+    for c in rs {
+        if let Change::Unit { unit, action, .. } = c {
+            ctx.observe(host, &format!("{} {unit}", action.verb()));
+            run_unit(s, unit, *action).await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Phase for RolePhase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
+        Ok(PhasePlan {
+            phase: self.name.clone(),
+            hosts: plan_roles(ctx, &self.roles, false).await?,
+        })
+    }
+    async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
+        apply_host_plans(ctx, &plan.hosts, &self.restarts).await
+    }
+}

@@ -1,0 +1,197 @@
+//! Operations: what the commands do, given parsed options. No printing here except through
+//! the observer and the returned values.
+
+use crate::engine::phase::{Phase, PhasePlan};
+use crate::engine::roles::RoleSource;
+use crate::engine::{self, Ctx, Observer, PhaseOutcome};
+use crate::inventory::{self, Inventory, Warning};
+use crate::ssh::ConnectOptions;
+use miette::{miette, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// Options shared by `check` and `apply`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub inventory: PathBuf,
+    pub roles_dir: Option<PathBuf>,
+    pub forks: usize,
+    pub connect: ConnectOptions,
+    /// Only these phases (empty: all).
+    pub only: Vec<String>,
+    /// Override the inventory's pinned PostgreSQL minor (`pgdeploy upgrade --postgres`).
+    pub postgres_version: Option<String>,
+    /// Upgrade bounds (`pgdeploy upgrade`).
+    pub max_lag_bytes: Option<u64>,
+    pub max_xact_age_secs: Option<u64>,
+}
+
+impl RunOptions {
+    pub fn new(inventory: PathBuf) -> Self {
+        RunOptions {
+            inventory,
+            roles_dir: None,
+            forks: 10,
+            connect: ConnectOptions::default(),
+            only: vec![],
+            postgres_version: None,
+            max_lag_bytes: None,
+            max_xact_age_secs: None,
+        }
+    }
+}
+
+/// The ordered phases of a full run.
+pub fn phases(inv: &Inventory) -> Vec<Box<dyn Phase>> {
+    crate::phases::all(inv)
+}
+
+pub fn phase_names(inv: &Inventory) -> Vec<String> {
+    phases(inv).iter().map(|p| p.name().to_string()).collect()
+}
+
+fn select(inv: &Inventory, only: &[String]) -> Result<Vec<Box<dyn Phase>>> {
+    let all = phases(inv);
+    if only.is_empty() {
+        return Ok(all);
+    }
+    let names: Vec<String> = all.iter().map(|p| p.name().to_string()).collect();
+    for o in only {
+        if !names.contains(o) {
+            return Err(miette!(
+                help = format!("phases are: {}", names.join(", ")),
+                "unknown phase {o:?} in --only"
+            ));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|p| only.iter().any(|o| o == p.name()))
+        .collect())
+}
+
+/// Load the inventory, connect to every host and build the run context.
+pub async fn prepare(
+    opts: &RunOptions,
+    observer: Arc<dyn Observer>,
+) -> Result<(Ctx, Vec<Warning>, Vec<Box<dyn Phase>>)> {
+    let (mut inv, warnings) = inventory::load(&opts.inventory)?;
+    if let Some(v) = &opts.postgres_version {
+        let ok = v.split('.').count() == 2
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        if !ok {
+            return Err(miette!("--postgres {v:?}: give MAJOR.MINOR, like 15.20"));
+        }
+        if v.split('.').next() != inv.postgres.version.split('.').next() {
+            return Err(miette!(
+                help = "a major upgrade needs pg_upgrade and is not a rolling operation",
+                "--postgres {v}: only minor upgrades within PostgreSQL {} are supported",
+                inv.postgres.version.split('.').next().unwrap_or("")
+            ));
+        }
+        inv.postgres.version = v.clone();
+    }
+    let phases = select(&inv, &opts.only)?;
+    let roles = RoleSource::new(opts.roles_dir.clone());
+    // Every role must load and every template render before any host is contacted.
+    for name in roles.role_names() {
+        roles.role(&name)?;
+    }
+    let hosts = inv.hosts();
+    observer.message(&format!("connecting to {} hosts", hosts.len()));
+    let sessions = engine::connect_all(&hosts, &opts.connect, opts.forks.max(1)).await?;
+    let (vars, host_vars, secret_values) = crate::phases::run_vars(&inv)?;
+    let mut vars = vars;
+    if let Value::Object(m) = &mut vars {
+        m.insert(
+            "upgrade".into(),
+            serde_json::json!({
+                "max_lag_bytes": opts.max_lag_bytes,
+                "max_xact_age_secs": opts.max_xact_age_secs,
+            }),
+        );
+    }
+    let ctx = Ctx {
+        inv,
+        hosts,
+        sessions,
+        roles,
+        vars: RwLock::new(vars),
+        host_vars: RwLock::new(host_vars),
+        secret_values,
+        forks: opts.forks.max(1),
+        observer,
+    };
+    if phases
+        .iter()
+        .any(|p| matches!(p.name(), "packages" | "patroni" | "verify"))
+    {
+        crate::phases::resolve_postgres_version(&ctx).await?;
+    }
+    Ok((ctx, warnings, phases))
+}
+
+/// `pgdeploy check`: the plan of every phase.
+pub async fn check(
+    opts: &RunOptions,
+    observer: Arc<dyn Observer>,
+) -> Result<(Vec<PhasePlan>, Vec<Warning>)> {
+    let (ctx, warnings, phases) = prepare(opts, observer).await?;
+    let plans = engine::check(&ctx, &phases).await;
+    close(&ctx).await;
+    Ok((plans?, warnings))
+}
+
+/// `pgdeploy apply`: execute the plan phase by phase.
+pub async fn apply(
+    opts: &RunOptions,
+    observer: Arc<dyn Observer>,
+    on_plan: &(dyn Fn(&PhasePlan) + Sync),
+) -> Result<(Vec<PhaseOutcome>, Vec<Warning>)> {
+    let (ctx, warnings, phases) = prepare(opts, observer).await?;
+    let out = engine::apply(&ctx, &phases, on_plan).await;
+    close(&ctx).await;
+    Ok((out?, warnings))
+}
+
+/// Replace the pinned PostgreSQL version in the inventory file, keeping everything else
+/// (comments, layout) as it is.
+pub fn pin_postgres_version(path: &std::path::Path, new: &str) -> Result<bool> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| miette!("cannot read {}: {e}", path.display()))?;
+    let mut in_postgres = false;
+    let mut changed = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if indent == 0 && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            in_postgres = line.trim_start().starts_with("postgres:");
+        }
+        if in_postgres && !changed && indent > 0 && line.trim_start().starts_with("version:") {
+            let comment = line.find(" #").map(|i| &line[i..]).unwrap_or("");
+            out.push(format!("{}version: \"{new}\"{comment}", &line[..indent]));
+            changed = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    if changed {
+        let mut body = out.join("\n");
+        if text.ends_with('\n') {
+            body.push('\n');
+        }
+        let tmp = path.with_extension("yaml.pgdeploy-tmp");
+        std::fs::write(&tmp, body).map_err(|e| miette!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| miette!("cannot replace {}: {e}", path.display()))?;
+    }
+    Ok(changed)
+}
+
+async fn close(ctx: &Ctx) {
+    for s in ctx.sessions.values() {
+        s.close().await;
+    }
+}

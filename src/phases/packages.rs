@@ -1,0 +1,327 @@
+//! Packages: PostgreSQL at the pinned minor, Patroni, etcd, HAProxy, held with apt-mark.
+//!
+//! With the `bundle` source, the local repository built by `pgdeploy bundle` is pushed to each
+//! host (only the files it lacks, streamed) and apt installs from that repository alone. With
+//! `apt`, hosts install from their own configured repositories.
+
+use crate::bundle::Manifest;
+use crate::engine::change::Change;
+use crate::engine::exec::apply_changes;
+use crate::engine::facts::{parse_probe, probe_command, sh_quote};
+use crate::engine::phase::{desired_for_host, hosts_for_roles, HostPlan, Phase, PhasePlan};
+use crate::engine::plan::{plan_packages, plan_resources, Desired, DesiredFile};
+use crate::engine::{bounded, Ctx};
+use crate::inventory::PackageSource;
+use async_trait::async_trait;
+use miette::{miette, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use super::{REPO_DIR, REPO_LIST};
+
+pub struct Packages {
+    pub roles: Vec<String>,
+}
+
+/// apt options that make apt see the bundle and nothing else.
+fn bundle_apt_opts() -> String {
+    format!("-o Dir::Etc::sourcelist={REPO_LIST} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0")
+}
+
+/// Pure: which bundle files a host lacks, given `name size` lines of what it has.
+pub fn missing_files(manifest: &Manifest, have: &str) -> Vec<(String, u64)> {
+    let present: BTreeMap<&str, u64> = have
+        .lines()
+        .filter_map(|l| {
+            let (n, s) = l.rsplit_once(' ')?;
+            Some((n.rsplit('/').next()?, s.trim().parse().ok()?))
+        })
+        .collect();
+    manifest
+        .debs
+        .iter()
+        .filter(|f| present.get(f.name.as_str()) != Some(&f.size))
+        .map(|f| (f.name.clone(), f.size))
+        .collect()
+}
+
+impl Packages {
+    fn bundle_dir(ctx: &Ctx) -> PathBuf {
+        ctx.inv.resolve_path(&ctx.inv.packages.bundle_dir)
+    }
+
+    fn manifest(ctx: &Ctx) -> Result<Option<Manifest>> {
+        if ctx.inv.packages.source != PackageSource::Bundle {
+            return Ok(None);
+        }
+        let dir = Self::bundle_dir(ctx);
+        Manifest::load(&dir).map(Some).map_err(|e| {
+            miette!(
+                help = format!("build it first: pgdeploy bundle {}", ctx.inv.path.display()),
+                "no usable package bundle in {}: {e}",
+                dir.display()
+            )
+        })
+    }
+}
+
+/// Resolve `postgres.version` to the Debian version (from the bundle's manifest, or the
+/// first Patroni host's apt sources) and make it visible to templates.
+pub async fn resolve_postgres_version(ctx: &Ctx) -> Result<()> {
+    let want = ctx.inv.postgres.version.clone();
+    let major = want.split('.').next().unwrap_or("").to_string();
+    match ctx.inv.packages.source {
+        PackageSource::Bundle => {
+            let dir = Packages::bundle_dir(ctx);
+            let m = Packages::manifest(ctx)?.expect("bundle source has a manifest");
+            let Some(rel) = m.postgres.iter().find(|p| p.version == want) else {
+                let have: Vec<&str> = m.postgres.iter().map(|p| p.version.as_str()).collect();
+                return Err(miette!(
+                    help = format!(
+                        "rebuild it with that version: pgdeploy bundle {} (add --also-postgres to keep several)",
+                        ctx.inv.path.display()
+                    ),
+                    "the bundle in {} has PostgreSQL {} but {want} is asked for",
+                    dir.display(),
+                    have.join(", ")
+                ));
+            };
+            ctx.set_var(
+                &["postgres", "debian_version"],
+                rel.debian_version.clone().into(),
+            );
+        }
+        PackageSource::Apt => {
+            let Some(first) = ctx
+                .inv
+                .group_hosts(crate::inventory::Group::Patroni)
+                .into_iter()
+                .next()
+            else {
+                return Ok(());
+            };
+            let s = ctx.session(&first.name)?;
+            let pkg = format!("postgresql-{major}");
+            let out = s
+                .exec(&format!("apt-cache madison {pkg} 2>/dev/null"), None)
+                .await?;
+            let v = crate::bundle::match_version(&out.stdout_str(), &pkg, &want).map_err(|e| {
+                miette!(
+                    help = "run `apt-get update` on the hosts, add a repository that has it, or choose an available minor",
+                    "{}: {e}",
+                    first.name
+                )
+            })?;
+            ctx.set_var(&["postgres", "debian_version"], v.into());
+        }
+    }
+    Ok(())
+}
+
+fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<DesiredFile>> {
+    let mut v = Vec::new();
+    for f in &manifest.index {
+        if f.name != "Packages" {
+            continue;
+        }
+        let p = bundle_dir.join(&f.name);
+        let content = std::fs::read(&p).map_err(|e| miette!("cannot read {}: {e}", p.display()))?;
+        v.push(DesiredFile {
+            path: format!("{REPO_DIR}/Packages"),
+            content,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            secret: false,
+            notify: vec![],
+            validate: None,
+            before_packages: true,
+        });
+    }
+    v.push(DesiredFile {
+        path: REPO_LIST.into(),
+        content: format!(
+            "# Managed by pgdeploy: the offline bundle (built and checksummed by `pgdeploy bundle`).\n\
+             deb [trusted=yes] file:{REPO_DIR} ./\n"
+        )
+        .into_bytes(),
+        mode: 0o644,
+        owner: "root".into(),
+        group: "root".into(),
+        secret: false,
+        notify: vec![],
+        validate: None,
+        before_packages: true,
+    });
+    Ok(v)
+}
+
+#[async_trait]
+impl Phase for Packages {
+    fn name(&self) -> &str {
+        "packages"
+    }
+
+    async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
+        let hosts = hosts_for_roles(ctx, &self.roles)?;
+        let manifest = Self::manifest(ctx)?;
+        let manifest = &manifest;
+        let bundle_dir = Self::bundle_dir(ctx);
+        let bundle_dir = &bundle_dir;
+        let mut futs = Vec::new();
+        for h in hosts {
+            futs.push(async move {
+                ctx.observe(&h, "probing packages");
+                let full = desired_for_host(ctx, &self.roles, &h)?;
+                let mut desired = Desired {
+                    dirs: full.dirs.into_iter().filter(|d| d.before_packages).collect(),
+                    files: full.files.into_iter().filter(|f| f.before_packages).collect(),
+                    packages: full.packages,
+                    ..Default::default()
+                };
+                if let Some(m) = manifest {
+                    desired.files.extend(extra_files(m, bundle_dir)?);
+                }
+                let s = ctx.session(&h)?;
+                let req = desired.probe_request();
+                let mut cmd = probe_command(&req);
+                cmd.push_str(&format!(
+                    "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n"
+                ));
+                let out = s.exec(&cmd, None).await?;
+                let text = out.stdout_str();
+                let (main, repo) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let mut facts = parse_probe(&req, main)
+                    .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?;
+                // Contents for diffs of the few small files here.
+                for f in desired.differing_files(&facts) {
+                    if let Some(c) = s.read_file(&f).await? {
+                        if let Some(pf) = facts.paths.get_mut(&f) {
+                            pf.content = Some(c);
+                        }
+                    }
+                }
+                let mut changes = Vec::new();
+                if let Some(m) = manifest {
+                    let missing = missing_files(m, repo);
+                    if !missing.is_empty() {
+                        changes.push(Change::Upload {
+                            dest: REPO_DIR.into(),
+                            bytes: missing.iter().map(|(_, s)| s).sum(),
+                            files: missing.into_iter().map(|(n, _)| n).collect(),
+                            reason: "the host lacks these packages of the bundle".into(),
+                        });
+                    }
+                }
+                changes.extend(plan_resources(&desired, &facts, &ctx.secret_values));
+                for c in plan_packages(&desired.packages, &facts) {
+                    match &c {
+                        // An installed PostgreSQL moves member by member in the patroni phase.
+                        Change::Package { name, from: Some(f), to }
+                            if super::upgrade::is_postgres_package(name) =>
+                        {
+                            changes.push(Change::Deferred {
+                                what: format!("{name} {f} -> {to}"),
+                                why: "upgraded member by member (rolling) in the patroni phase".into(),
+                            })
+                        }
+                        _ => changes.push(c),
+                    }
+                }
+                Ok::<_, miette::Report>(HostPlan { host: h, changes })
+            });
+        }
+        Ok(PhasePlan {
+            phase: "packages".into(),
+            hosts: bounded(ctx.forks, futs).await?,
+        })
+    }
+
+    async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
+        let bundle_dir = Self::bundle_dir(ctx);
+        let bundle_dir = &bundle_dir;
+        let source = ctx.inv.packages.source;
+        let mut futs = Vec::new();
+        for hp in plan.hosts.iter().filter(|h| !h.changes.is_empty()) {
+            futs.push(async move {
+                let s = ctx.session(&hp.host)?;
+                for c in &hp.changes {
+                    if let Change::Upload { dest, files, .. } = c {
+                        ctx.observe(&hp.host, &format!("uploading {} packages", files.len()));
+                        s.run(&format!("mkdir -p {}", sh_quote(dest))).await?;
+                        for f in files {
+                            s.upload(&bundle_dir.join(f), &format!("{dest}/{f}"), 0o644)
+                                .await?;
+                        }
+                    }
+                }
+                // Files first (apt source, index, settings that must exist before install).
+                let files: Vec<Change> = hp
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::File { .. } | Change::Directory { .. }))
+                    .cloned()
+                    .collect();
+                apply_changes(s, &files).await?;
+                let pkgs: Vec<&Change> = hp
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Package { .. }))
+                    .collect();
+                if !pkgs.is_empty() {
+                    ctx.observe(&hp.host, &format!("installing {} packages", pkgs.len()));
+                    install(s, &pkgs, source).await?;
+                }
+                let holds: Vec<Change> = hp
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Hold { .. }))
+                    .cloned()
+                    .collect();
+                apply_changes(s, &holds).await
+            });
+        }
+        bounded(ctx.forks, futs).await?;
+        Ok(())
+    }
+}
+
+/// Install with services kept from starting with their distribution defaults (policy-rc.d
+/// during the transaction only), from the bundle alone when the source is `bundle`.
+async fn install(s: &crate::ssh::Session, pkgs: &[&Change], source: PackageSource) -> Result<()> {
+    let mut args = Vec::new();
+    for c in pkgs {
+        if let Change::Package { name, to, .. } = c {
+            if to.starts_with('(') {
+                args.push(sh_quote(name));
+            } else {
+                args.push(sh_quote(&format!("{name}={to}")));
+            }
+        }
+    }
+    let opts = match source {
+        PackageSource::Bundle => bundle_apt_opts(),
+        PackageSource::Apt => String::new(),
+    };
+    let cmd = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
+         printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+         trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+         apt-get {opts} update -q >/dev/null 2>&1 || apt-get {opts} update; \
+         apt-get {opts} install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages \
+         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} 2>&1",
+        args.join(" ")
+    );
+    let out = s.exec(&cmd, None).await?;
+    if !out.ok() {
+        let text = out.stdout_str() + &out.stderr_str();
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        return Err(miette!(
+            help = "check the package source (bundle or the host's apt sources) and run `pgdeploy apply` again",
+            "{}: package installation failed:\n{}",
+            s.host(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Preflight: before anything changes, every host must be reachable with root rights, run
+//! Debian 12, keep its clock close to ours, have its ports free (or already ours) and enough
+//! disk. All failures of all hosts are reported at once.
+
+use crate::engine::phase::{HostPlan, Phase, PhasePlan};
+use crate::engine::{bounded, Ctx};
+use crate::inventory::{Group, Host, Inventory};
+use async_trait::async_trait;
+use miette::{miette, Result};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub struct Preflight;
+
+/// What one host told us.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreflightFacts {
+    pub uid: Option<u32>,
+    pub os_id: String,
+    pub os_version: String,
+    pub os_pretty: String,
+    pub arch: String,
+    /// Remote clock, seconds since the epoch.
+    pub remote_time: f64,
+    /// (port, process name) of TCP listeners.
+    pub listeners: Vec<(u16, String)>,
+    /// Free KiB on the file system holding /var/lib.
+    pub free_kib: u64,
+}
+
+pub const PREFLIGHT_COMMAND: &str = "export LC_ALL=C; echo '@ID'; id -u; \
+echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
+echo '@ARCH'; dpkg --print-architecture 2>/dev/null; \
+echo '@TIME'; date +%s.%N; \
+echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
+echo '@DISK'; df -Pk /var/lib | tail -n 1; echo '@END'";
+
+/// Pure parser of [`PREFLIGHT_COMMAND`]'s output.
+pub fn parse(out: &str) -> Result<PreflightFacts, String> {
+    let mut f = PreflightFacts::default();
+    let mut sec = "";
+    let mut ended = false;
+    for line in out.lines() {
+        if let Some(s) = line.strip_prefix('@') {
+            sec = match s {
+                "ID" => "ID",
+                "OS" => "OS",
+                "ARCH" => "ARCH",
+                "TIME" => "TIME",
+                "PORTS" => "PORTS",
+                "DISK" => "DISK",
+                "END" => {
+                    ended = true;
+                    ""
+                }
+                _ => sec,
+            };
+            continue;
+        }
+        match sec {
+            "ID" => f.uid = line.trim().parse().ok(),
+            "OS" => {
+                let p: Vec<&str> = line.splitn(3, '|').collect();
+                f.os_id = p.first().unwrap_or(&"").to_string();
+                f.os_version = p.get(1).unwrap_or(&"").to_string();
+                f.os_pretty = p.get(2).unwrap_or(&"").to_string();
+            }
+            "ARCH" => f.arch = line.trim().to_string(),
+            "TIME" => {
+                f.remote_time = line
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad time {line:?}"))?
+            }
+            "PORTS" => {
+                // State Recv-Q Send-Q Local:Port Peer:Port Process
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() < 4 {
+                    continue;
+                }
+                let local = cols[3];
+                let Some(port) = local.rsplit(':').next().and_then(|p| p.parse().ok()) else {
+                    continue;
+                };
+                let proc_name = line
+                    .split("((\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("")
+                    .to_string();
+                f.listeners.push((port, proc_name));
+            }
+            "DISK" => {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                f.free_kib = cols.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    if !ended {
+        return Err("output ended early".into());
+    }
+    Ok(f)
+}
+
+/// Ports a host needs, each with the process names that may already hold it (ours).
+pub fn required_ports(
+    inv: &Inventory,
+    h: &Host,
+) -> Vec<(u16, &'static str, &'static [&'static str])> {
+    let mut v = Vec::new();
+    if h.in_group(Group::Etcd) {
+        v.push((inv.etcd.client_port, "etcd client", &["etcd"][..]));
+        v.push((inv.etcd.peer_port, "etcd peer", &["etcd"][..]));
+    }
+    if h.in_group(Group::Patroni) {
+        v.push((inv.postgres.port, "PostgreSQL", &["postgres"][..]));
+        v.push((
+            inv.patroni.restapi_port,
+            "Patroni REST API",
+            &["patroni", "python3"][..],
+        ));
+    }
+    if h.in_group(Group::Haproxy) {
+        v.push((
+            inv.haproxy.primary_port,
+            "HAProxy primary",
+            &["haproxy"][..],
+        ));
+        v.push((
+            inv.haproxy.replica_port,
+            "HAProxy replicas",
+            &["haproxy"][..],
+        ));
+        v.push((inv.haproxy.stats_port, "HAProxy stats", &["haproxy"][..]));
+    }
+    v
+}
+
+/// Pure: every problem of one host. `skew` is remote minus local clock, `rtt` the round trip.
+pub fn problems(inv: &Inventory, h: &Host, f: &PreflightFacts, skew: f64, rtt: f64) -> Vec<String> {
+    let mut p = Vec::new();
+    if f.uid != Some(0) {
+        p.push(format!(
+            "commands do not run as root (uid {}): set `become: sudo` for this user, or connect as root",
+            f.uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into())
+        ));
+    }
+    if f.os_id != "debian" || f.os_version != "12" {
+        p.push(format!(
+            "unsupported operating system {:?}: pgdeploy supports Debian 12 (bookworm) only",
+            if f.os_pretty.is_empty() {
+                &f.os_id
+            } else {
+                &f.os_pretty
+            }
+        ));
+    }
+    if !f.arch.is_empty() && f.arch != "amd64" {
+        p.push(format!(
+            "unsupported architecture {}: pgdeploy's bundles are amd64",
+            f.arch
+        ));
+    }
+    // The measured skew is only known within half the round trip.
+    if skew.abs() - rtt / 2.0 > 0.5 {
+        p.push(format!(
+            "clock differs from this machine's by {:.2} s (limit 0.5 s): synchronise it (e.g. systemd-timesyncd or chrony)",
+            skew
+        ));
+    }
+    for (port, what, ours) in required_ports(inv, h) {
+        for (lp, name) in &f.listeners {
+            if *lp == port && !ours.contains(&name.as_str()) {
+                p.push(format!(
+                    "port {port} ({what}) is already used by {}: stop that service or choose another port in the inventory",
+                    if name.is_empty() { "another process" } else { name }
+                ));
+            }
+        }
+    }
+    let need_kib: u64 = if h.in_group(Group::Patroni) {
+        1024 * 1024
+    } else {
+        300 * 1024
+    };
+    if f.free_kib < need_kib {
+        p.push(format!(
+            "only {} MiB free under /var/lib, {} MiB needed",
+            f.free_kib / 1024,
+            need_kib / 1024
+        ));
+    }
+    p
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[async_trait]
+impl Phase for Preflight {
+    fn name(&self) -> &str {
+        "preflight"
+    }
+    async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
+        let mut futs = Vec::new();
+        for h in &ctx.hosts {
+            futs.push(async move {
+                ctx.observe(&h.name, "checking");
+                let s = ctx.session(&h.name)?;
+                let t0 = now();
+                let out = s.exec(PREFLIGHT_COMMAND, None).await?;
+                let t1 = now();
+                let facts = parse(&out.stdout_str())
+                    .map_err(|e| miette!("{}: cannot read preflight facts: {e}", h.name))?;
+                let skew = facts.remote_time - (t0 + t1) / 2.0;
+                Ok::<_, miette::Report>((
+                    h.name.clone(),
+                    problems(&ctx.inv, h, &facts, skew, t1 - t0),
+                ))
+            });
+        }
+        let results = bounded(ctx.forks, futs).await?;
+        let mut lines = Vec::new();
+        for (host, probs) in &results {
+            for p in probs {
+                lines.push(format!("  {host}: {p}"));
+            }
+        }
+        if !lines.is_empty() {
+            return Err(miette!(
+                help = "nothing was changed; fix these and run again",
+                "preflight failed on {} host(s):\n{}",
+                results.iter().filter(|(_, p)| !p.is_empty()).count(),
+                lines.join("\n")
+            ));
+        }
+        Ok(PhasePlan {
+            phase: "preflight".into(),
+            hosts: results
+                .into_iter()
+                .map(|(host, _)| HostPlan {
+                    host,
+                    changes: vec![],
+                })
+                .collect(),
+        })
+    }
+    async fn apply(&self, _ctx: &Ctx, _plan: &PhasePlan) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "@ID\n0\n@OS\ndebian|12|Debian GNU/Linux 12 (bookworm)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
+
+    fn inv() -> Inventory {
+        let text = "cluster: {name: t}\ngroups:\n  etcd: [{name: a, address: 10.0.0.1}]\n  patroni: [{name: a, address: 10.0.0.1}]\n  haproxy: [{name: a, address: 10.0.0.1}]\n";
+        serde_saphyr::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn parses_preflight_output() {
+        let f = parse(OUT).unwrap();
+        assert_eq!(f.uid, Some(0));
+        assert_eq!(f.os_id, "debian");
+        assert_eq!(f.os_version, "12");
+        assert_eq!(f.arch, "amd64");
+        assert_eq!(f.listeners.len(), 3);
+        assert_eq!(f.listeners[1], (2379, "etcd".to_string()));
+        assert_eq!(f.free_kib, 84000000);
+    }
+
+    #[test]
+    fn our_own_listeners_are_fine_others_are_not() {
+        let inv = inv();
+        let h = &inv.hosts()[0];
+        let f = parse(OUT).unwrap();
+        let p = problems(&inv, h, &f, 0.01, 0.002);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("port 5000") && p[0].contains("nginx"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_os_user_and_clock_are_all_reported() {
+        let inv = inv();
+        let h = &inv.hosts()[0];
+        let mut f = parse(OUT).unwrap();
+        f.listeners.clear();
+        f.uid = Some(1000);
+        f.os_id = "ubuntu".into();
+        f.os_version = "24.04".into();
+        f.os_pretty = "Ubuntu 24.04".into();
+        let p = problems(&inv, h, &f, 2.0, 0.01);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p.iter().any(|x| x.contains("become: sudo")));
+        assert!(p.iter().any(|x| x.contains("Ubuntu 24.04")));
+        assert!(p.iter().any(|x| x.contains("clock")));
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        assert!(parse("@ID\n0\n").is_err());
+    }
+}

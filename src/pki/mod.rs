@@ -1,0 +1,540 @@
+//! The cluster's private PKI: one CA (ECDSA P-256, 10 years) kept in the state directory, and
+//! one certificate per host (server + client usage) for etcd client/peer TLS, Patroni's
+//! REST API and Patroni's etcd client.
+//!
+//! Layout under `<state dir>/tls/` (directory 0700, files 0600):
+//! `ca.crt`, `ca.key`, `<host>.crt`, `<host>.key`.
+//!
+//! Re-runs reuse what is there: a host certificate is re-issued only when its SANs differ
+//! from the requested ones, it expires within [`RENEW_BEFORE_DAYS`], it was not signed by the
+//! current CA, or its files are missing/unreadable. That keeps an unchanged plan unchanged.
+
+use crate::secrets::{ensure_private_dir, tighten_mode, write_private};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::GeneralName;
+
+/// Validity of the CA.
+pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// Validity of host certificates.
+pub const HOST_VALIDITY_DAYS: i64 = 825;
+/// A host certificate closer than this to its expiry is re-issued.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+/// not_before is set this far in the past, to tolerate clock skew between hosts.
+const BACKDATE: Duration = Duration::hours(1);
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum PkiError {
+    #[error("cannot create {path}: {source}")]
+    #[diagnostic(help("check that the inventory directory is writable by this user"))]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    #[diagnostic(help("check free space and permissions of the state directory"))]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable CA ({reason})")]
+    #[diagnostic(help(
+        "restore ca.crt and ca.key from a backup. Deleting both creates a new CA; every host \
+         certificate is then re-issued and all services are restarted by the next apply"
+    ))]
+    BadCa { path: PathBuf, reason: String },
+    #[error("{path} exists but {missing} is missing")]
+    #[diagnostic(help(
+        "restore the missing file from a backup, or delete both to create a new CA"
+    ))]
+    HalfCa { path: PathBuf, missing: PathBuf },
+    #[error("invalid host name {name:?} for a certificate file")]
+    #[diagnostic(help("host names may contain only letters, digits, '-', '_' and '.'"))]
+    BadHostName { name: String },
+    #[error("cannot issue the certificate for {host}: {source}")]
+    Issue { host: String, source: rcgen::Error },
+}
+
+/// A host certificate and its key (PEM), and whether this call created it.
+#[derive(Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// True when the certificate was (re-)issued by this call, false when reused.
+    pub reissued: bool,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .field("reissued", &self.reissued)
+            .finish()
+    }
+}
+
+/// The loaded CA.
+pub struct Pki {
+    dir: PathBuf,
+    ca_cert_pem: String,
+    ca_spki_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").field("dir", &self.dir).finish()
+    }
+}
+
+fn io_read(path: &Path) -> Result<Option<String>, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write(path: &Path, data: &str) -> Result<(), PkiError> {
+    write_private(path, data.as_bytes()).map_err(|source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&b)
+}
+
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    if p.label != "CERTIFICATE" {
+        return None;
+    }
+    Some(p.contents)
+}
+
+/// The normalized SAN set of a certificate request: IPs and lower-cased DNS names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum San {
+    Ip(IpAddr),
+    Dns(String),
+}
+
+fn wanted_sans(ips: &[IpAddr], dns_names: &[String]) -> BTreeSet<San> {
+    ips.iter()
+        .map(|i| San::Ip(*i))
+        .chain(dns_names.iter().map(|d| San::Dns(d.to_ascii_lowercase())))
+        .collect()
+}
+
+impl Pki {
+    /// Load the CA from `<state_dir>/tls/`, or create it there if neither file exists.
+    pub fn load_or_create(state_dir: &Path) -> Result<Pki, PkiError> {
+        let dir = state_dir.join("tls");
+        ensure_private_dir(&dir).map_err(|source| PkiError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let cert_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        let cert = io_read(&cert_path)?;
+        let key = io_read(&key_path)?;
+        let (cert_pem, key_pem) = match (cert, key) {
+            (Some(c), Some(k)) => {
+                for p in [&cert_path, &key_path] {
+                    tighten_mode(p).map_err(|source| PkiError::Write {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                (c, k)
+            }
+            (None, None) => {
+                let (c, k) = Self::create_ca()?;
+                // Key first: a crash in between leaves a key without cert -> HalfCa error,
+                // never a cert whose key is lost.
+                write(&key_path, &k)?;
+                write(&cert_path, &c)?;
+                (c, k)
+            }
+            (Some(_), None) => {
+                return Err(PkiError::HalfCa {
+                    path: cert_path,
+                    missing: key_path,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(PkiError::HalfCa {
+                    path: key_path,
+                    missing: cert_path,
+                })
+            }
+        };
+        let bad = |reason: String| PkiError::BadCa {
+            path: cert_path.clone(),
+            reason,
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("ca.key: {e}")))?;
+        let der = pem_to_der(&cert_pem).ok_or_else(|| bad("not a PEM certificate".into()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("cannot parse: {e}")))?;
+        if !x509.is_ca() {
+            return Err(bad("not a CA certificate".into()));
+        }
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(bad("ca.key does not belong to ca.crt".into()));
+        }
+        let ca_spki_der = x509.public_key().raw.to_vec();
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(format!("{e}")))?;
+        Ok(Pki {
+            dir,
+            ca_cert_pem: cert_pem,
+            ca_spki_der,
+            issuer,
+        })
+    }
+
+    fn create_ca() -> Result<(String, String), PkiError> {
+        let err = |source| PkiError::Issue {
+            host: "CA".into(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "pgdeploy");
+        dn.push(DnType::CommonName, "pgdeploy cluster CA");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+        p.serial_number = Some(random_serial());
+        let cert = p.self_signed(&key).map_err(err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The CA certificate (PEM), to be installed on every host as /etc/pgdeploy/tls/ca.crt.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// Directory holding the CA and host certificates.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The certificate of `host_name` with exactly these SANs, valid for TLS server and
+    /// client authentication. Reuses the stored one when it still fits (see module docs).
+    pub fn issue(
+        &self,
+        host_name: &str,
+        ips: &[IpAddr],
+        dns_names: &[String],
+    ) -> Result<IssuedCert, PkiError> {
+        if host_name.is_empty()
+            || host_name.starts_with('.')
+            || !host_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(PkiError::BadHostName {
+                name: host_name.to_string(),
+            });
+        }
+        let cert_path = self.dir.join(format!("{host_name}.crt"));
+        let key_path = self.dir.join(format!("{host_name}.key"));
+        let want = wanted_sans(ips, dns_names);
+        if let (Some(c), Some(k)) = (io_read(&cert_path)?, io_read(&key_path)?) {
+            if self.still_fits(&c, &k, &want) {
+                for p in [&cert_path, &key_path] {
+                    tighten_mode(p).map_err(|source| PkiError::Write {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                return Ok(IssuedCert {
+                    cert_pem: c,
+                    key_pem: k,
+                    reissued: false,
+                });
+            }
+        }
+        let err = |source| PkiError::Issue {
+            host: host_name.to_string(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "pgdeploy");
+        dn.push(DnType::CommonName, host_name);
+        p.distinguished_name = dn;
+        p.subject_alt_names = want
+            .iter()
+            .map(|s| match s {
+                San::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+                San::Dns(d) => d.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = now + Duration::days(HOST_VALIDITY_DAYS);
+        p.serial_number = Some(random_serial());
+        let cert = p.signed_by(&key, &self.issuer).map_err(err)?;
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        write(&key_path, &key_pem)?;
+        write(&cert_path, &cert_pem)?;
+        Ok(IssuedCert {
+            cert_pem,
+            key_pem,
+            reissued: true,
+        })
+    }
+
+    /// Does the stored certificate match the request, belong to the key, come from this CA and
+    /// have enough validity left?
+    fn still_fits(&self, cert_pem: &str, key_pem: &str, want: &BTreeSet<San>) -> bool {
+        let Some(der) = pem_to_der(cert_pem) else {
+            return false;
+        };
+        let Ok((_, x509)) = x509_parser::parse_x509_certificate(&der) else {
+            return false;
+        };
+        let Ok(key) = KeyPair::from_pem(key_pem) else {
+            return false;
+        };
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+            return false;
+        }
+        let Ok((_, ca_spki)) =
+            <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+                x509_parser::error::X509Error,
+            >>::from_der(&self.ca_spki_der)
+        else {
+            return false;
+        };
+        if x509.verify_signature(Some(&ca_spki)).is_err() {
+            return false;
+        }
+        match x509.validity().time_to_expiration() {
+            Some(left) if left.whole_days() >= RENEW_BEFORE_DAYS => {}
+            _ => return false,
+        }
+        cert_sans(&x509).as_ref() == Some(want)
+    }
+}
+
+fn cert_sans(x509: &x509_parser::certificate::X509Certificate<'_>) -> Option<BTreeSet<San>> {
+    let ext = x509.subject_alternative_name().ok()??;
+    let mut out = BTreeSet::new();
+    for n in &ext.value.general_names {
+        match n {
+            GeneralName::DNSName(d) => {
+                out.insert(San::Dns(d.to_ascii_lowercase()));
+            }
+            GeneralName::IPAddress(b) => {
+                let ip = match b.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(*b).ok()?),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(*b).ok()?),
+                    _ => return None,
+                };
+                out.insert(San::Ip(ip));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::*;
+
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter().map(|i| i.parse().unwrap()).collect()
+    }
+
+    fn parse(pem: &str) -> Vec<u8> {
+        super::pem_to_der(pem).unwrap()
+    }
+
+    #[test]
+    fn ca_is_created_once_with_explicit_validity() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Pki::load_or_create(d.path()).unwrap();
+        let b = Pki::load_or_create(d.path()).unwrap();
+        assert_eq!(a.ca_cert_pem(), b.ca_cert_pem());
+        let der = parse(a.ca_cert_pem());
+        let (_, c) = parse_x509_certificate(&der).unwrap();
+        assert!(c.is_ca());
+        let nb = c.validity().not_before.timestamp();
+        let na = c.validity().not_after.timestamp();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(nb <= now && nb > now - 2 * 3600);
+        let days = (na - now) / 86400;
+        assert!(
+            (CA_VALIDITY_DAYS - 1..=CA_VALIDITY_DAYS).contains(&days),
+            "{days}"
+        );
+        c.verify_signature(None).unwrap();
+        for f in ["ca.crt", "ca.key"] {
+            let m = fs::metadata(d.path().join("tls").join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        let m = fs::metadata(d.path().join("tls")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn host_cert_has_sans_usages_and_chains_to_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(d.path()).unwrap();
+        let c = pki
+            .issue(
+                "pg1",
+                &ips(&["10.0.0.21", "127.0.0.1"]),
+                &["pg1".into(), "localhost".into()],
+            )
+            .unwrap();
+        assert!(c.reissued);
+        assert!(c.key_pem.contains("PRIVATE KEY"));
+        assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+        let der = parse(&c.cert_pem);
+        let (_, x) = parse_x509_certificate(&der).unwrap();
+        assert!(!x.is_ca());
+        let ca_der = parse(pki.ca_cert_pem());
+        let (_, ca) = parse_x509_certificate(&ca_der).unwrap();
+        x.verify_signature(Some(ca.public_key())).unwrap();
+        assert_eq!(x.issuer(), ca.subject());
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let sans = cert_sans(&x).unwrap();
+        assert_eq!(
+            sans,
+            wanted_sans(
+                &ips(&["127.0.0.1", "10.0.0.21"]),
+                &["LOCALHOST".into(), "pg1".into()]
+            )
+        );
+        assert!(x.subject().to_string().contains("CN=pg1"));
+        let m = fs::metadata(d.path().join("tls/pg1.key")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn reissue_only_when_needed() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(d.path()).unwrap();
+        let a = pki
+            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .unwrap();
+        // Same request (also after reloading the CA): reused, byte for byte.
+        let pki2 = Pki::load_or_create(d.path()).unwrap();
+        let b = pki2
+            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .unwrap();
+        assert!(!b.reissued);
+        assert_eq!(a.cert_pem, b.cert_pem);
+        assert_eq!(a.key_pem, b.key_pem);
+        // SAN change: re-issued.
+        let c = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
+        assert!(c.reissued);
+        assert_ne!(b.cert_pem, c.cert_pem);
+        // A cert from another CA is replaced.
+        let other = tempfile::tempdir().unwrap();
+        let foreign = Pki::load_or_create(other.path()).unwrap();
+        let f = foreign
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
+        fs::write(d.path().join("tls/h1.crt"), &f.cert_pem).unwrap();
+        fs::write(d.path().join("tls/h1.key"), &f.key_pem).unwrap();
+        let g = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
+        assert!(g.reissued);
+        // Garbage on disk: replaced.
+        fs::write(d.path().join("tls/h1.crt"), "junk").unwrap();
+        assert!(
+            pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+                .unwrap()
+                .reissued
+        );
+    }
+
+    #[test]
+    fn near_expiry_is_reissued() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(d.path()).unwrap();
+        // Hand-make a cert from the same CA that expires in 10 days.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(vec!["h2".to_string()]).unwrap();
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(10);
+        let cert = p.signed_by(&key, &pki.issuer).unwrap();
+        fs::write(d.path().join("tls/h2.crt"), cert.pem()).unwrap();
+        fs::write(d.path().join("tls/h2.key"), key.serialize_pem()).unwrap();
+        let r = pki.issue("h2", &[], &["h2".into()]).unwrap();
+        assert!(r.reissued);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(d.path()).unwrap();
+        assert!(matches!(
+            pki.issue("../x", &[], &[]),
+            Err(PkiError::BadHostName { .. })
+        ));
+        fs::remove_file(d.path().join("tls/ca.key")).unwrap();
+        assert!(matches!(
+            Pki::load_or_create(d.path()),
+            Err(PkiError::HalfCa { .. })
+        ));
+        fs::write(d.path().join("tls/ca.key"), "junk").unwrap();
+        let e = Pki::load_or_create(d.path()).unwrap_err();
+        assert!(matches!(e, PkiError::BadCa { .. }), "{e}");
+    }
+}
