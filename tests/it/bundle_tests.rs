@@ -17,7 +17,7 @@ fn inventory(dir: &Path, version: &str) -> pgdeploy::inventory::Inventory {
     std::fs::write(
         &path,
         format!(
-            "cluster:\n  name: bundletest\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd:\n    - {{name: e1, address: 10.231.9.11}}\n"
+            "cluster:\n  name: bundletest\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd: [{{name: n1, address: 192.0.2.1}}]\n  patroni: [{{name: n1, address: 192.0.2.1}}]\n  haproxy: [{{name: n1, address: 192.0.2.1}}]\n"
         ),
     )
     .unwrap();
