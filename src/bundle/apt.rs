@@ -170,7 +170,14 @@ impl PrivateApt {
 
     /// `apt-cache madison PACKAGE` output.
     pub fn madison(&self, package: &str) -> Result<String, BundleError> {
-        self.run("apt-cache", &["madison", package])
+        self.madison_many(&[package])
+    }
+
+    /// `apt-cache madison P1 P2 ...` output (one cache load for several packages).
+    pub fn madison_many(&self, packages: &[&str]) -> Result<String, BundleError> {
+        let mut args = vec!["madison"];
+        args.extend_from_slice(packages);
+        self.run("apt-cache", &args)
     }
 
     /// The closure apt installs for `requests` on an empty system (`apt-get install -s`).
@@ -195,6 +202,23 @@ impl PrivateApt {
         self.run("apt-get", &args).map(|_| ())
     }
 
+    /// SHA-256 of each package as published in the (signed) indexes: `apt-cache show`.
+    pub fn published_hashes<'a>(
+        &self,
+        packages: impl IntoIterator<Item = &'a ResolvedPackage>,
+    ) -> Result<PublishedHashes, BundleError> {
+        let specs: Vec<String> = packages
+            .into_iter()
+            .map(|p| format!("{}:{}={}", p.name, p.architecture, p.version))
+            .collect();
+        if specs.is_empty() {
+            return Ok(PublishedHashes::default());
+        }
+        let mut args = vec!["show"];
+        args.extend(specs.iter().map(String::as_str));
+        Ok(parse_published_hashes(&self.run("apt-cache", &args)?))
+    }
+
     /// Release files of the private lists: (Origin, Label, Codename, Version) of each.
     pub fn releases(&self) -> Vec<ReleaseInfo> {
         let mut out = Vec::new();
@@ -217,6 +241,33 @@ impl PrivateApt {
         }
         out
     }
+}
+
+/// (package, version, architecture) -> SHA-256 values published for it.
+pub type PublishedHashes = std::collections::BTreeMap<(String, String, String), Vec<String>>;
+
+/// Parse `apt-cache show` paragraphs into published SHA-256 values.
+pub fn parse_published_hashes(text: &str) -> PublishedHashes {
+    let mut out = PublishedHashes::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(p), Some(v), Some(a), Some(h)) = (
+            field("Package"),
+            field("Version"),
+            field("Architecture"),
+            field("SHA256"),
+        ) {
+            let e = out.entry((p, v, a)).or_default();
+            if !e.contains(&h) {
+                e.push(h);
+            }
+        }
+    }
+    out
 }
 
 /// The interesting fields of a Release file.
@@ -432,6 +483,19 @@ Conf libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64])
         );
         assert_eq!(p[2].bundle_file_name(), "zlib1g_1.2.13.dfsg-1_amd64.deb");
         assert_eq!(p[3].architecture, "all");
+    }
+
+    #[test]
+    fn published_hashes_parse() {
+        let text = "Package: zlib1g\nVersion: 1:1.2.13.dfsg-1\nArchitecture: amd64\nSize: 86684\nSHA256: d7dd\nDescription: x\n more\n\nPackage: zlib1g\nVersion: 1:1.2.13.dfsg-1\nArchitecture: amd64\nSHA256: d7dd\n\nPackage: tzdata\nVersion: 2026f-0+deb12u1\nArchitecture: all\nSHA256: beef\n";
+        let h = parse_published_hashes(text);
+        assert_eq!(h.len(), 2);
+        let k = (
+            "zlib1g".to_string(),
+            "1:1.2.13.dfsg-1".to_string(),
+            "amd64".to_string(),
+        );
+        assert_eq!(h[&k], ["d7dd"]);
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct BuildSummary {
     pub downloaded: usize,
     pub elapsed: Duration,
     pub postgres: Vec<PostgresRelease>,
+    /// The published bundle already matched: nothing was rewritten.
+    pub up_to_date: bool,
 }
 
 /// Resolve a PostgreSQL "MAJOR.MINOR" (or a full Debian version) to the Debian version of
@@ -316,6 +318,48 @@ fn requests_for(pg: &PostgresRelease, libpq_pinned: bool) -> Vec<String> {
     r
 }
 
+fn is_published(published: &apt::PublishedHashes, p: &ResolvedPackage, sha256: &str) -> bool {
+    published
+        .get(&(p.name.clone(), p.version.clone(), p.architecture.clone()))
+        .is_some_and(|hs| hs.iter().any(|h| h == sha256))
+}
+
+/// All requests, in order, without duplicates.
+fn flatten_requests(request_sets: &[Vec<String>]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    request_sets
+        .iter()
+        .flatten()
+        .filter(|r| seen.insert(r.to_string()))
+        .cloned()
+        .collect()
+}
+
+/// The published bundle already holds exactly this closure for these requests, intact.
+fn up_to_date(
+    target: &Path,
+    pgs: &[PostgresRelease],
+    request_sets: &[Vec<String>],
+    closure: &BTreeSet<ResolvedPackage>,
+    architecture: &str,
+) -> Option<Manifest> {
+    let old = Manifest::load(target).ok()?;
+    let old_set: BTreeSet<(String, String, String)> = old
+        .debs
+        .iter()
+        .map(|f| (f.package.clone(), f.version.clone(), f.architecture.clone()))
+        .collect();
+    let new_set: BTreeSet<(String, String, String)> = closure
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone(), p.architecture.clone()))
+        .collect();
+    let same = old.postgres == pgs
+        && old.requested == flatten_requests(request_sets)
+        && old.architecture == architecture
+        && old_set == new_set;
+    (same && old.verify(target).is_ok()).then_some(old)
+}
+
 /// Build (or rebuild) the bundle. `progress` receives one line per step.
 pub fn build(
     opts: &BuildOptions,
@@ -380,16 +424,30 @@ pub fn build(
     apt.update()?;
 
     // Resolve versions and closures.
+    let mut queried: Vec<String> = vec!["libpq5".into()];
+    for v in &opts.postgres_versions {
+        let p = format!("postgresql-{}", postgres_major(v)?);
+        if !queried.contains(&p) {
+            queried.push(p);
+        }
+    }
+    let madison = apt.madison_many(&queried.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut pgs = Vec::new();
     for v in &opts.postgres_versions {
-        let pg = resolve_postgres_version(&apt, v)?;
+        let major = postgres_major(v)?;
+        let package = format!("postgresql-{major}");
+        let pg = PostgresRelease {
+            version: v.clone(),
+            debian_version: match_version(&madison, &package, v)?,
+            major,
+        };
         progress(&format!(
-            "postgresql-{} {} -> {}",
-            pg.major, pg.version, pg.debian_version
+            "{package} {} -> {}",
+            pg.version, pg.debian_version
         ));
         pgs.push(pg);
     }
-    let libpq_versions = madison_versions(&apt.madison("libpq5")?, "libpq5");
+    let libpq_versions = madison_versions(&madison, "libpq5");
     let mut request_sets = Vec::new();
     let mut closure: BTreeSet<ResolvedPackage> = BTreeSet::new();
     for pg in &pgs {
@@ -413,11 +471,40 @@ pub fn build(
         }
     }
 
+    if let Some(m) = up_to_date(target, &pgs, &request_sets, &closure, &opts.architecture) {
+        progress(&format!(
+            "{} packages in the closure; the bundle is up to date",
+            closure.len()
+        ));
+        return Ok(BuildSummary {
+            bundle_dir: target.clone(),
+            packages: m.debs.len(),
+            bytes: m.total_size(),
+            downloaded: 0,
+            elapsed: start.elapsed(),
+            postgres: pgs,
+            up_to_date: true,
+        });
+    }
+
+    // Cached archives must match the hashes of the signed indexes (a damaged cache file is
+    // dropped and downloaded again; apt itself only compares sizes of cached files).
+    let published = apt.published_hashes(&closure)?;
     let archives = apt.archives_dir();
-    let cached = closure
-        .iter()
-        .filter(|p| archives.join(p.apt_cache_file_name()).is_file())
-        .count();
+    let mut cached = 0;
+    for p in &closure {
+        let f = archives.join(p.apt_cache_file_name());
+        if !f.is_file() {
+            continue;
+        }
+        let (_, sha) = hash_file(&f)?;
+        if is_published(&published, p, &sha) {
+            cached += 1;
+        } else {
+            progress(&format!("dropping damaged cache file {}", f.display()));
+            std::fs::remove_file(&f).map_err(io("remove", &f))?;
+        }
+    }
     let downloaded = closure.len() - cached;
     progress(&format!(
         "{} packages in the closure; {} to download",
@@ -433,7 +520,14 @@ pub fn build(
     // Assemble the repository in a temporary directory next to the target.
     let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
     std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
-    let result = assemble(opts, &apt, &closure, &pgs, &request_sets, &tmp, progress);
+    let plan = Plan {
+        closure,
+        published,
+        pgs,
+        request_sets,
+    };
+    let result = assemble(opts, &apt, &plan, &tmp, progress);
+    let Plan { closure, pgs, .. } = plan;
     let manifest = match result {
         Ok(m) => m,
         Err(e) => {
@@ -476,19 +570,33 @@ pub fn build(
         downloaded,
         elapsed: start.elapsed(),
         postgres: pgs,
+        up_to_date: false,
     })
+}
+
+/// What a build resolved: the PostgreSQL versions, apt requests, the closure and its published
+/// hashes.
+struct Plan {
+    closure: BTreeSet<ResolvedPackage>,
+    published: apt::PublishedHashes,
+    pgs: Vec<PostgresRelease>,
+    request_sets: Vec<Vec<String>>,
 }
 
 /// Fill `tmp` with the .debs, the index and the manifest.
 fn assemble(
     opts: &BuildOptions,
     apt: &PrivateApt,
-    closure: &BTreeSet<ResolvedPackage>,
-    pgs: &[PostgresRelease],
-    request_sets: &[Vec<String>],
+    plan: &Plan,
     tmp: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Manifest, BundleError> {
+    let Plan {
+        closure,
+        published,
+        pgs,
+        request_sets,
+    } = plan;
     let archives = apt.archives_dir();
     let mut debs = Vec::new();
     for p in closure {
@@ -504,6 +612,15 @@ fn assemble(
         let to = tmp.join(&name);
         link_or_copy(&from, &to)?;
         let (size, sha256) = hash_file(&to)?;
+        if !is_published(published, p, &sha256) {
+            return Err(BundleError::Corrupt {
+                path: from,
+                message: format!(
+                    "sha256 {sha256} differs from the package index of the sources for {} {}",
+                    p.name, p.version
+                ),
+            });
+        }
         debs.push(BundleFile {
             name,
             package: p.name.clone(),
@@ -594,10 +711,7 @@ fn assemble(
         suites,
     };
 
-    let mut requested: Vec<String> = request_sets.iter().flatten().cloned().collect();
-    requested.dedup();
-    let mut seen = BTreeSet::new();
-    requested.retain(|r| seen.insert(r.clone()));
+    let requested = flatten_requests(request_sets);
 
     let manifest = Manifest {
         format: manifest::MANIFEST_FORMAT,
@@ -648,7 +762,12 @@ pub async fn run(args: Args) -> miette::Result<()> {
             .await
             .map_err(|e| miette::miette!("bundle build task failed: {e}"))??;
     eprintln!(
-        "bundle ready: {} packages, {:.1} MB, {} downloaded, {:.1} s -> {}",
+        "bundle {}: {} packages, {:.1} MB, {} downloaded, {:.1} s -> {}",
+        if summary.up_to_date {
+            "up to date"
+        } else {
+            "ready"
+        },
         summary.packages,
         summary.bytes as f64 / 1_000_000.0,
         summary.downloaded,
@@ -657,4 +776,72 @@ pub async fn run(args: Args) -> miette::Result<()> {
     );
     eprintln!("hosts use it as: deb [trusted=yes] file:{HOST_REPO_DIR} ./");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_sources_are_used_as_written() {
+        let text = private_sources(
+            &SourceChoice::Given(vec![
+                "deb [signed-by=/k.gpg] http://m.example/mirror bookworm main\n\
+                 deb-src http://m.example/mirror bookworm main"
+                    .into(),
+                "Types: deb\nURIs: http://m.example/sec\nSuites: bookworm-security\nComponents: main\n"
+                    .into(),
+            ]),
+            "bookworm",
+        )
+        .unwrap();
+        let back = parse_deb822(&text, "x").unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].uris, ["http://m.example/mirror"]);
+        assert_eq!(back[0].option("Signed-By"), Some("/k.gpg"));
+        assert_eq!(back[1].suites, ["bookworm-security"]);
+    }
+
+    #[test]
+    fn no_debian_source_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sources.list.d")).unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/vendor.list"),
+            "deb https://vendor.example/apt stable main\n",
+        )
+        .unwrap();
+        let e = private_sources(&SourceChoice::System(d.path().into()), "bookworm").unwrap_err();
+        assert!(matches!(e, BundleError::NoDebianSources { .. }), "{e}");
+        assert!(e.to_string().contains("sources.list.d"), "{e}");
+        let e = private_sources(
+            &SourceChoice::Given(vec!["deb-src http://m.example/debian bookworm main".into()]),
+            "bookworm",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("packages.debian_sources"), "{e}");
+    }
+
+    #[test]
+    fn requests_pin_server_client_and_libpq() {
+        let pg = PostgresRelease {
+            version: "15.18".into(),
+            major: "15".into(),
+            debian_version: "15.18-0+deb12u1".into(),
+        };
+        let r = requests_for(&pg, true);
+        assert_eq!(
+            &r[..3],
+            [
+                "postgresql-15=15.18-0+deb12u1",
+                "postgresql-client-15=15.18-0+deb12u1",
+                "libpq5=15.18-0+deb12u1"
+            ]
+        );
+        assert!(r.contains(&"python3-etcd".to_string()));
+        assert_eq!(
+            flatten_requests(&[r.clone(), vec!["patroni".into(), "x=1".into()]]).len(),
+            r.len() + 1
+        );
+    }
 }

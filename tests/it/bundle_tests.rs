@@ -17,7 +17,7 @@ fn inventory(dir: &Path, version: &str) -> pgdeploy::inventory::Inventory {
     std::fs::write(
         &path,
         format!(
-            "cluster:\n  name: bundletest\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd:\n    - {{name: e1, address: 10.231.9.11}}\n"
+            "cluster:\n  name: bundletest\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd: [{{name: n1, address: 192.0.2.1}}]\n  patroni: [{{name: n1, address: 192.0.2.1}}]\n  haproxy: [{{name: n1, address: 192.0.2.1}}]\n"
         ),
     )
     .unwrap();
@@ -145,10 +145,25 @@ fn bundle_pins_postgres_indexes_and_hashes_every_file() {
         assert!(repo.join(n).is_file(), "{n} missing");
     }
 
-    // a rebuild with nothing changed downloads nothing
+    // a rebuild with nothing changed downloads nothing (and cleans an interrupted build's
+    // temporary directory)
+    let stale = scratch.path().join(".repo.tmp-999999");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("half.deb"), b"partial").unwrap();
     let warm = build_quiet(&opts).unwrap();
     assert_eq!(warm.downloaded, 0);
+    assert!(warm.up_to_date);
     assert_eq!(warm.packages, cold.packages);
+
+    // a damaged file in the bundle (and so in the hard-linked cache) is detected and fetched again
+    let zlib = m.debs.iter().find(|f| f.package == "zlib1g").unwrap();
+    let mut data = std::fs::read(repo.join(&zlib.name)).unwrap();
+    data.extend_from_slice(b"damage");
+    std::fs::write(repo.join(&zlib.name), data).unwrap();
+    let repaired = build_quiet(&opts).unwrap();
+    assert!(!repaired.up_to_date);
+    assert_eq!(repaired.downloaded, 1);
+    Manifest::load(&repo).unwrap().verify(&repo).unwrap();
     eprintln!(
         "cold: {} packages, {} bytes, {:?}; warm: {:?}",
         cold.packages, cold.bytes, cold.elapsed, warm.elapsed
