@@ -182,6 +182,9 @@ pub fn template_context(
         "tls": tls,
         "client_addresses": client_addresses(inv),
         "sysctls": [],
+        // Set per member during a rolling upgrade (keeps it out of failover and of the
+        // replica pool while it restarts).
+        "patroni_tags": { "nofailover": false, "noloadbalance": false },
     })
 }
 

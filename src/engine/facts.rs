@@ -65,6 +65,8 @@ pub struct HostFacts {
     pub held: BTreeSet<String>,
     pub units: BTreeMap<String, UnitFact>,
     pub sysctls: BTreeMap<String, String>,
+    /// Kernel parameters that can be set at runtime (containers keep /proc/sys read-only).
+    pub sysctl_writable: BTreeSet<String>,
     /// Units with a restart still owed from an earlier, interrupted run.
     pub pending: BTreeSet<String>,
     /// Whether systemctl exists on the host.
@@ -110,8 +112,10 @@ pub fn probe_command(req: &ProbeRequest) -> String {
     }
     for (i, k) in req.sysctls.iter().enumerate() {
         s.push_str(&format!(
-            "echo '@S {i}'; sysctl -n {} 2>/dev/null || echo '@UNSET'\n",
-            sh_quote(k)
+            "echo '@S {i}'; sysctl -n {q} 2>/dev/null || echo '@UNSET'; \
+             test -w /proc/sys/{p} && echo '@RW' || true\n",
+            q = sh_quote(k),
+            p = sh_quote(&k.replace('.', "/"))
         ));
     }
     s.push_str(&format!(
@@ -194,7 +198,11 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
                 let key = req.sysctls.get(*idx).ok_or_else(|| {
                     format!("probe output names sysctl #{idx}, which was not asked")
                 })?;
-                let v = buf.join(" ");
+                if buf.iter().any(|l| l.trim() == "@RW") {
+                    facts.sysctl_writable.insert(key.clone());
+                }
+                let v: Vec<&str> = buf.iter().copied().filter(|l| l.trim() != "@RW").collect();
+                let v = v.join(" ");
                 let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
                 if v != "@UNSET" {
                     facts.sysctls.insert(key.clone(), v);
@@ -349,6 +357,7 @@ active
 inactive
 @S 0
 60
+@RW
 @S 1
 @UNSET
 @PENDING
@@ -380,6 +389,8 @@ haproxy.service
         assert_eq!(f.units["haproxy.service"].active, "active");
         assert_eq!(f.units["nope.service"].enabled, "not-found");
         assert_eq!(f.sysctls["net.ipv4.tcp_keepalive_time"], "60");
+        assert!(f.sysctl_writable.contains("net.ipv4.tcp_keepalive_time"));
+        assert!(!f.sysctl_writable.contains("kernel.nope"));
         assert!(!f.sysctls.contains_key("kernel.nope"));
         assert!(f.pending.contains("haproxy.service"));
     }

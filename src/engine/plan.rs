@@ -170,11 +170,18 @@ pub fn plan_resources(desired: &Desired, facts: &HostFacts, secrets: &[String]) 
     for (k, v) in &desired.sysctls {
         let cur = facts.sysctls.get(k);
         if cur.map(|c| norm_ws(c)) != Some(norm_ws(v)) {
-            out.push(Change::Sysctl {
-                name: k.clone(),
-                from: cur.cloned(),
-                to: v.clone(),
-            });
+            if facts.sysctl_writable.contains(k) {
+                out.push(Change::Sysctl {
+                    name: k.clone(),
+                    from: cur.cloned(),
+                    to: v.clone(),
+                });
+            } else {
+                out.push(Change::Deferred {
+                    what: format!("sysctl {k} = {v} at runtime"),
+                    why: "this host keeps /proc/sys read-only (a container); the file in /etc/sysctl.d applies it where the kernel allows".into(),
+                });
+            }
         }
     }
     // Units.
@@ -357,6 +364,18 @@ mod tests {
         f.sysctls
             .insert("net.ipv4.tcp_keepalive_time".into(), "60".into());
         assert_eq!(plan_resources(&d, &f, &[]), vec![]);
+        // A read-only /proc/sys turns a differing value into a deferred note, not a change.
+        f.sysctls
+            .insert("net.ipv4.tcp_keepalive_time".into(), "7200".into());
+        let p = plan_resources(&d, &f, &[]);
+        assert!(p.len() == 1 && p[0].is_deferred(), "{p:?}");
+        f.sysctl_writable
+            .insert("net.ipv4.tcp_keepalive_time".into());
+        let p = plan_resources(&d, &f, &[]);
+        assert!(
+            matches!(&p[0], Change::Sysctl { to, .. } if to == "60"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -241,6 +241,8 @@ impl RoleSource {
 /// Render a template string with a context; errors name the template and line.
 pub fn render(name: &str, source: &str, ctx: &minijinja::Value) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    // Config files are not HTML or JSON documents: never escape.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     env.add_template(name, source)

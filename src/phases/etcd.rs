@@ -5,7 +5,11 @@
 //! member at a time, each gated on that member's health; the phase ends when the whole
 //! cluster is healthy.
 
-use crate::engine::phase::{apply_host_plans, plan_roles, Gate, Phase, PhasePlan, RestartPolicy};
+use crate::engine::change::{Change, UnitAction};
+use crate::engine::facts::{sh_quote, PENDING_DIR};
+use crate::engine::phase::{
+    apply_host_plans, plan_roles, Gate, HostPlan, Phase, PhasePlan, RestartPolicy,
+};
 use crate::engine::Ctx;
 use crate::inventory::Group;
 use async_trait::async_trait;
@@ -136,10 +140,37 @@ impl Phase for Etcd {
         })
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        // Starts (first bootstrap) run on all members at once; restarts one at a time.
+        // A new member's start blocks until a quorum is up, so members start without
+        // waiting (all at once) and the phase then waits for health; restarts of running
+        // members go one at a time, each gated on that member's health.
+        let hosts: Vec<HostPlan> = plan
+            .hosts
+            .iter()
+            .map(|hp| HostPlan {
+                host: hp.host.clone(),
+                changes: hp
+                    .changes
+                    .iter()
+                    .map(|c| match c {
+                        Change::Unit {
+                            unit,
+                            action: UnitAction::Start,
+                            reason,
+                        } => Change::Command {
+                            command: format!(
+                                "systemctl start --no-block {u} && rm -f {PENDING_DIR}/{u}",
+                                u = sh_quote(unit)
+                            ),
+                            reason: reason.clone(),
+                        },
+                        other => other.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
         apply_host_plans(
             ctx,
-            &plan.hosts,
+            &hosts,
             &RestartPolicy::Rolling(Some(Arc::new(MemberHealthy))),
         )
         .await?;

@@ -23,7 +23,7 @@ pub struct Packages {
     pub roles: Vec<String>,
 }
 
-/// apt options that make apt see the bundle and nothing else.
+/// apt options that make apt see the bundle (the role data's source list) and nothing else.
 fn bundle_apt_opts() -> String {
     format!("-o Dir::Etc::sourcelist={REPO_LIST} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0")
 }
@@ -138,21 +138,6 @@ fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<
             before_packages: true,
         });
     }
-    v.push(DesiredFile {
-        path: REPO_LIST.into(),
-        content: format!(
-            "# Managed by pgdeploy: the offline bundle (built and checksummed by `pgdeploy bundle`).\n\
-             deb [trusted=yes] file:{REPO_DIR} ./\n"
-        )
-        .into_bytes(),
-        mode: 0o644,
-        owner: "root".into(),
-        group: "root".into(),
-        secret: false,
-        notify: vec![],
-        validate: None,
-        before_packages: true,
-    });
     Ok(v)
 }
 
