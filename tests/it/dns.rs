@@ -1,1 +1,449 @@
-//! Integration tests: dns.
+//! Integration tests: dns. A real BIND 9 (`named`) on 127.0.0.1 with a TSIG key and a test zone.
+
+use pgdeploy::dns::rfc2136::Rfc2136;
+use pgdeploy::dns::tsig::{load_key, Algorithm};
+use pgdeploy::dns::{self, DnsError, DnsPlan, HostHealth, Provider, RecordSet};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ZONE: &str = "db.test.";
+const NAME: &str = "pg.db.test.";
+const KEY: &str = "pgdeploy-test";
+const KEY512: &str = "pgdeploy-test512";
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running `named`, killed by PID on drop.
+struct Bind {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bind {
+    fn start() -> Bind {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for (name, alg) in [(KEY, "hmac-sha256"), (KEY512, "hmac-sha512")] {
+            let out = Command::new("tsig-keygen")
+                .args(["-a", alg, name])
+                .output()
+                .expect("run tsig-keygen (install bind9-utils / bind9)");
+            assert!(out.status.success(), "tsig-keygen failed");
+            std::fs::write(d.join(format!("{name}.key")), &out.stdout).expect("write key");
+        }
+        std::fs::write(
+            d.join("db.test.zone"),
+            "$TTL 300\n@ IN SOA ns.db.test. hostmaster.db.test. 1 3600 600 86400 60\n@ IN NS ns.db.test.\nns IN A 127.0.0.1\n",
+        )
+        .expect("write zone");
+        let port = free_port();
+        let conf = format!(
+            r#"options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    allow-query {{ any; }};
+}};
+controls {{ }};
+include "{dir}/{KEY}.key";
+include "{dir}/{KEY512}.key";
+zone "db.test" {{
+    type primary;
+    file "{dir}/db.test.zone";
+    update-policy {{
+        grant {KEY} name pg.db.test. A AAAA;
+        grant {KEY512} name pg.db.test. A AAAA;
+    }};
+}};
+"#,
+            dir = d.display()
+        );
+        let conf_path = d.join("named.conf");
+        std::fs::write(&conf_path, conf).expect("write named.conf");
+        let log = std::fs::File::create(d.join("named.log")).expect("log");
+        let child = Command::new("named")
+            .args(["-g", "-c"])
+            .arg(&conf_path)
+            .args(["-p", &port.to_string(), "-n", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start named (install bind9)");
+        let b = Bind { child, dir, port };
+        b.wait_ready();
+        b
+    }
+
+    fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn key_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.key"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("dig")
+                .args(["+tcp", "+short", "+time=1", "+tries=1", "-p", &self.port.to_string(), "@127.0.0.1", "db.test.", "SOA"])
+                .output()
+                .expect("run dig (install bind9-dnsutils)");
+            if out.status.success() && !out.stdout.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "named did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn provider(&self) -> Rfc2136 {
+        self.provider_with(KEY)
+    }
+
+    fn provider_with(&self, key: &str) -> Rfc2136 {
+        let k = load_key(key, "hmac-sha256", Some(&self.key_file(key)), None).expect("load key");
+        Rfc2136::new(&self.server(), NAME, ZONE, Some(k), Duration::from_secs(3)).expect("provider")
+    }
+
+    /// The addresses as `dig` sees them (an independent reader).
+    fn dig(&self) -> BTreeSet<IpAddr> {
+        let mut out = BTreeSet::new();
+        for t in ["A", "AAAA"] {
+            let o = Command::new("dig")
+                .args(["+tcp", "+short", "-p", &self.port.to_string(), "@127.0.0.1", NAME, t])
+                .output()
+                .expect("dig");
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                if let Ok(ip) = l.trim().parse() {
+                    out.insert(ip);
+                }
+            }
+        }
+        out
+    }
+
+    /// Change the records behind our back with BIND's own nsupdate.
+    fn nsupdate(&self, commands: &str) {
+        use std::io::Write;
+        let mut c = Command::new("nsupdate")
+            .arg("-k")
+            .arg(self.key_file(KEY))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nsupdate");
+        let script = format!("server 127.0.0.1 {}\nzone {ZONE}\n{commands}\nsend\n", self.port);
+        c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
+        let o = c.wait_with_output().expect("nsupdate");
+        assert!(o.status.success(), "nsupdate failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn set(v: &[&str]) -> BTreeSet<IpAddr> {
+    v.iter().map(|s| ip(s)).collect()
+}
+
+fn hosts(up: &[(&str, bool)]) -> Vec<HostHealth> {
+    up.iter()
+        .enumerate()
+        .map(|(i, (a, ok))| HostHealth {
+            name: format!("haproxy{}", i + 1),
+            publish: a.split(',').map(ip).collect(),
+            healthy: *ok,
+            reason: if *ok { "ok".into() } else { "down".into() },
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn query_of_an_empty_name() {
+    let b = Bind::start();
+    let rs = b.provider().read().await.expect("query");
+    assert_eq!(rs, RecordSet::default());
+}
+
+#[tokio::test]
+async fn publish_noop_shrink() {
+    let b = Bind::start();
+    let p = b.provider();
+    let three = hosts(&[("10.231.0.31,fd00::31", true), ("10.231.0.32", true), ("10.231.0.33", true)]);
+
+    let t0 = Instant::now();
+    let r = dns::sync(&p, &three, 30, false).await.expect("publish");
+    let took = t0.elapsed();
+    eprintln!("first sync (publish 3 A + 1 AAAA): {took:?}");
+    assert!(r.applied);
+    let want = set(&["10.231.0.31", "fd00::31", "10.231.0.32", "10.231.0.33"]);
+    assert_eq!(b.dig(), want);
+    let rs = p.read().await.expect("read");
+    assert_eq!(rs.addrs, want);
+    assert_eq!(rs.ttl, Some(30));
+
+    // second run: no UPDATE at all (the SOA serial does not move)
+    let serial = p.soa_serial().await.expect("serial");
+    let t0 = Instant::now();
+    let r = dns::sync(&p, &three, 30, false).await.expect("second");
+    eprintln!("no-op sync: {:?}", t0.elapsed());
+    assert!(!r.applied);
+    assert!(r.plan.is_empty());
+    assert_eq!(p.soa_serial().await.expect("serial"), serial);
+
+    // shrink: haproxy2 goes down
+    let two = hosts(&[("10.231.0.31,fd00::31", true), ("10.231.0.32", false), ("10.231.0.33", true)]);
+    let r = dns::sync(&p, &two, 30, false).await.expect("shrink");
+    assert!(r.applied);
+    assert_eq!(r.plan.remove, vec![ip("10.231.0.32")]);
+    assert!(r.plan.add.is_empty());
+    assert_eq!(b.dig(), set(&["10.231.0.31", "fd00::31", "10.231.0.33"]));
+    assert!(p.soa_serial().await.expect("serial") > serial);
+
+    // TTL change only
+    let r = dns::sync(&p, &two, 60, false).await.expect("ttl");
+    assert_eq!(r.plan.ttl_change, Some((30, 60)));
+    assert_eq!(p.read().await.expect("read").ttl, Some(60));
+
+    // a hmac-sha512 key works too
+    let p512 = b.provider_with(KEY512);
+    let r = dns::sync(&p512, &three, 60, false).await.expect("sha512");
+    assert!(r.applied);
+    assert_eq!(b.dig(), want);
+}
+
+#[tokio::test]
+async fn all_down_leaves_records_with_a_warning() {
+    let b = Bind::start();
+    let p = b.provider();
+    dns::sync(&p, &hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]), 30, false)
+        .await
+        .expect("publish");
+    let serial = p.soa_serial().await.expect("serial");
+    let r = dns::sync(&p, &hosts(&[("10.231.0.31", false), ("10.231.0.32", false)]), 30, false)
+        .await
+        .expect("all down");
+    assert!(!r.applied);
+    assert!(r.plan.is_empty());
+    assert!(r.plan.warnings.iter().any(|w| w.contains("no HAProxy host passed")), "{:?}", r.plan.warnings);
+    assert_eq!(b.dig(), set(&["10.231.0.31", "10.231.0.32"]));
+    assert_eq!(p.soa_serial().await.expect("serial"), serial);
+}
+
+#[tokio::test]
+async fn wrong_key_is_a_clear_error_and_changes_nothing() {
+    let b = Bind::start();
+    let p = b.provider();
+    dns::sync(&p, &hosts(&[("10.231.0.31", true)]), 30, false).await.expect("publish");
+    let two = hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]);
+
+    // right name, wrong secret => BADSIG
+    let bad = pgdeploy::dns::TsigKey {
+        name: KEY.into(),
+        algorithm: Algorithm::HmacSha256,
+        secret: pgdeploy::dns::Secret::new(b"not the secret at all, 32 bytes".to_vec()),
+    };
+    let pb = Rfc2136::new(&b.server(), NAME, ZONE, Some(bad), Duration::from_secs(3)).expect("p");
+    let e = dns::sync(&pb, &two, 30, false).await.expect_err("must fail");
+    let msg = e.to_string();
+    assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
+    assert!(msg.contains("TSIG key rejected by 127.0.0.1:") && msg.contains("check key name, algorithm and secret"), "{msg}");
+    assert!(msg.contains("BADSIG"), "{msg}");
+
+    // unknown key name => BADKEY
+    let unknown = pgdeploy::dns::TsigKey {
+        name: "nobody".into(),
+        algorithm: Algorithm::HmacSha256,
+        secret: pgdeploy::dns::Secret::new(vec![7; 32]),
+    };
+    let pu = Rfc2136::new(&b.server(), NAME, ZONE, Some(unknown), Duration::from_secs(3)).expect("p");
+    let e = dns::sync(&pu, &two, 30, false).await.expect_err("must fail");
+    assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
+    assert!(e.to_string().contains("BADKEY"), "{e}");
+
+    // right secret, wrong algorithm => rejected too
+    let k = load_key(KEY, "hmac-sha256", Some(&b.key_file(KEY)), None).expect("key");
+    let wrong_alg = pgdeploy::dns::TsigKey { algorithm: Algorithm::HmacSha512, ..k };
+    let pa = Rfc2136::new(&b.server(), NAME, ZONE, Some(wrong_alg), Duration::from_secs(3)).expect("p");
+    let e = dns::sync(&pa, &two, 30, false).await.expect_err("must fail");
+    assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
+
+    assert_eq!(b.dig(), set(&["10.231.0.31"]));
+}
+
+#[tokio::test]
+async fn name_outside_the_zone_is_refused_before_sending() {
+    // a listener that would see any connection
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let server = l.local_addr().expect("addr").to_string();
+    let e = Rfc2136::new(&server, "pg.elsewhere.test.", ZONE, None, Duration::from_secs(1))
+        .expect_err("must fail");
+    assert!(matches!(e, DnsError::NameOutsideZone { .. }), "{e:?}");
+    assert!(e.to_string().contains("pg.elsewhere.test. is not inside zone db.test."), "{e}");
+    // and through the inventory
+    let dir = tempfile::tempdir().expect("tmp");
+    let inv = write_inventory(dir.path(), &server, "pg.elsewhere.test.", "secret_file: none.key", &["10.231.0.31"], (5000, 7000));
+    let (inv, _) = pgdeploy::inventory::load(&inv).expect("load");
+    // the name is checked first (the key file does not even exist)
+    let e = dns::DnsConfig::from_inventory(&inv).expect_err("must fail");
+    assert!(matches!(e, DnsError::NameOutsideZone { .. }), "{e:?}");
+    match l.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("something connected to the server: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_not_listening_or_silent() {
+    let port = free_port();
+    let p = Rfc2136::new(&format!("127.0.0.1:{port}"), NAME, ZONE, None, Duration::from_secs(2)).expect("p");
+    let e = p.read().await.expect_err("nobody listens");
+    assert!(matches!(e, DnsError::Unreachable { .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("DNS server 127.0.0.1:{port} is unreachable")), "{e}");
+
+    // accepts TCP but never answers => timeout
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let p = Rfc2136::new(&addr.to_string(), NAME, ZONE, None, Duration::from_secs(1)).expect("p");
+    let t0 = Instant::now();
+    let e = p.read().await.expect_err("silent server");
+    assert!(matches!(e, DnsError::Timeout { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn zone_not_served_is_a_clear_error() {
+    let b = Bind::start();
+    let k = load_key(KEY, "hmac-sha256", Some(&b.key_file(KEY)), None).expect("key");
+    let p = Rfc2136::new(&b.server(), "pg.other.test.", "other.test.", Some(k), Duration::from_secs(3)).expect("p");
+    let e = p.read().await.expect_err("query of a zone it does not serve");
+    assert!(matches!(e, DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }), "{e:?}");
+    eprintln!("query of a foreign zone: {e}");
+    let cur = RecordSet::default();
+    let want = RecordSet::new([ip("10.231.0.31")], Some(30));
+    let e = p.update(&cur, &want).await.expect_err("update of a zone it does not serve");
+    assert!(matches!(e, DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }), "{e:?}");
+    eprintln!("update of a foreign zone: {e}");
+}
+
+#[tokio::test]
+async fn concurrent_change_fails_the_prerequisite() {
+    let b = Bind::start();
+    let p = b.provider();
+    let healthy = hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]);
+
+    // 1. "RRset does not exist": we read nothing, someone adds a record, our update must fail
+    let before = p.read().await.expect("read");
+    let plan = dns::plan(&before, &[ip("10.231.0.31"), ip("10.231.0.32")], &[], 30);
+    b.nsupdate(&format!("update add {NAME} 30 A 10.9.9.9"));
+    let e = p.apply(&before, &plan).await.expect_err("stale read");
+    assert!(e.is_prerequisite_failure(), "{e:?}");
+    assert!(e.to_string().contains("changed on"), "{e}");
+    assert_eq!(b.dig(), set(&["10.9.9.9"]));
+
+    // 2. "RRset exists (value dependent)": read, someone changes it, our update must fail
+    let before = p.read().await.expect("read");
+    let plan = dns::plan(&before, &[ip("10.231.0.31"), ip("10.231.0.32")], &[], 30);
+    b.nsupdate(&format!("update add {NAME} 30 A 10.8.8.8"));
+    let e = p.apply(&before, &plan).await.expect_err("stale read");
+    assert!(e.is_prerequisite_failure(), "{e:?}");
+    assert_eq!(b.dig(), set(&["10.9.9.9", "10.8.8.8"]));
+
+    // 3. sync() re-reads and converges
+    let r = dns::sync(&p, &healthy, 30, false).await.expect("sync");
+    assert!(r.applied);
+    assert_eq!(b.dig(), set(&["10.231.0.31", "10.231.0.32"]));
+}
+
+#[test]
+fn plan_rules() {
+    let all = [ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")];
+    let cur = RecordSet::new(all, Some(30));
+    // unchanged => empty plan
+    let p = dns::plan(&cur, &all, &all, 30);
+    assert!(p.is_empty());
+    assert_eq!(p, DnsPlan { ttl: 30, ..DnsPlan::default() });
+    // all down => nothing, with a warning
+    let p = dns::plan(&cur, &[], &all, 30);
+    assert!(p.is_empty());
+    assert_eq!(p.warnings.len(), 1);
+    // one down => remove it
+    let p = dns::plan(&cur, &all[..2], &all, 30);
+    assert_eq!(p.remove, vec![all[2]]);
+    assert!(p.add.is_empty());
+    assert_eq!(p.desired(&cur).addrs, all[..2].iter().copied().collect());
+    // the last healthy one stays even when every other goes
+    let p = dns::plan(&cur, &all[2..], &all, 30);
+    assert_eq!(p.desired(&cur).addrs, all[2..].iter().copied().collect());
+    // from empty => add all, no ttl change
+    let p = dns::plan(&RecordSet::default(), &all, &all, 30);
+    assert_eq!(p.add.len(), 3);
+    assert_eq!(p.ttl_change, None);
+    // ttl differs => ttl change only
+    let p = dns::plan(&cur, &all, &all, 60);
+    assert_eq!(p.ttl_change, Some((30, 60)));
+    assert!(p.add.is_empty() && p.remove.is_empty());
+    // a foreign record is removed with a warning
+    let foreign = RecordSet::new([all[0], ip("192.0.2.9")], Some(30));
+    let p = dns::plan(&foreign, &all[..1], &all, 30);
+    assert_eq!(p.remove, vec![ip("192.0.2.9")]);
+    assert!(p.warnings.iter().any(|w| w.contains("192.0.2.9")));
+    // unknown ttl (dyndns2) never asks for a ttl change
+    let p = dns::plan(&RecordSet::new(all, None), &all, &all, 30);
+    assert!(p.is_empty());
+}
+
+fn write_inventory(
+    dir: &Path,
+    server: &str,
+    name: &str,
+    secret: &str,
+    haproxy: &[&str],
+    ports: (u16, u16),
+) -> PathBuf {
+    let mut hosts = String::new();
+    for (i, a) in haproxy.iter().enumerate() {
+        hosts.push_str(&format!("    - {{ name: haproxy{}, address: \"{a}\" }}\n", i + 1));
+    }
+    let text = format!(
+        "cluster: {{ name: t }}\nhaproxy: {{ primary_port: {}, stats_port: {} }}\ndns:\n  name: {name}\n  zone: {ZONE}\n  server: \"{server}\"\n  ttl: 30\n  tsig:\n    key_name: {KEY}\n    {secret}\ngroups:\n  haproxy:\n{hosts}",
+        ports.0,
+        ports.1
+    );
+    let p = dir.join("inventory.yml");
+    std::fs::write(&p, text).expect("write inventory");
+    p
+}
