@@ -108,6 +108,17 @@ impl Dyndns2 {
             msg: format!("`dns.server` `{server}` is not a URL: {e}"),
             help: "for dyndns2 set `dns.server` to the service's base URL, e.g. https://members.example.com".into(),
         })?;
+        let hostname = name.trim_end_matches('.');
+        if hostname.is_empty()
+            || !hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(DnsError::Config {
+                msg: format!("`dns.name` `{name}` is not a valid host name"),
+                help: "use letters, digits, '-' and '.', e.g. pg.example.com.".into(),
+            });
+        }
         Ok(Dyndns2 {
             base,
             hostname: name.trim_end_matches('.').to_string(),
@@ -126,9 +137,8 @@ impl Dyndns2 {
             url.set_path("/nic/update");
         }
         let myip: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        url.query_pairs_mut()
-            .append_pair("hostname", &self.hostname)
-            .append_pair("myip", &myip.join(","));
+        // hostname is checked to be letters, digits, '-' and '.', addresses need no escaping
+        url.set_query(Some(&format!("hostname={}&myip={}", self.hostname, myip.join(","))));
         Ok(url)
     }
 

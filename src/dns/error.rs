@@ -59,7 +59,7 @@ pub enum DnsError {
         detail: String,
     },
 
-    #[error("{server} refused the {what} for {zone}")]
+    #[error("{server} refused the {what} (zone {zone})")]
     #[diagnostic(
         code(pgdeploy::dns::refused),
         help("allow the key on the server (BIND: `update-policy` or `allow-update {{ key ...; }}` in the zone) and check `dns.zone`")

@@ -274,6 +274,7 @@ async fn wrong_key_is_a_clear_error_and_changes_nothing() {
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
     assert!(msg.contains("TSIG key rejected by 127.0.0.1:") && msg.contains("check key name, algorithm and secret"), "{msg}");
     assert!(msg.contains("BADSIG"), "{msg}");
+    eprintln!("wrong secret: {:?}", miette::Report::new(e));
 
     // unknown key name => BADKEY
     let unknown = pgdeploy::dns::TsigKey {
@@ -285,6 +286,7 @@ async fn wrong_key_is_a_clear_error_and_changes_nothing() {
     let e = dns::sync(&pu, &two, 30, false).await.expect_err("must fail");
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
     assert!(e.to_string().contains("BADKEY"), "{e}");
+    eprintln!("unknown key: {e}");
 
     // right secret, wrong algorithm => rejected too
     let k = load_key(KEY, "hmac-sha256", Some(&b.key_file(KEY)), None).expect("key");
@@ -292,6 +294,7 @@ async fn wrong_key_is_a_clear_error_and_changes_nothing() {
     let pa = Rfc2136::new(&b.server(), NAME, ZONE, Some(wrong_alg), Duration::from_secs(3)).expect("p");
     let e = dns::sync(&pa, &two, 30, false).await.expect_err("must fail");
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
+    eprintln!("wrong algorithm: {e}");
 
     assert_eq!(b.dig(), set(&["10.231.0.31"]));
 }
@@ -446,4 +449,182 @@ fn write_inventory(
     let p = dir.join("inventory.yml");
     std::fs::write(&p, text).expect("write inventory");
     p
+}
+
+/// A tiny dyndns2 peer: answers each request with the next canned (status, body) and records
+/// the request heads.
+async fn dyndns2_server(
+    replies: Vec<(u16, &'static str)>,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for (status, body) in replies {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn dyndns2_provider() {
+    use pgdeploy::dns::dyndns2::Dyndns2;
+    use pgdeploy::dns::Secret;
+    let (url, mut rx) = dyndns2_server(vec![
+        (200, "good 10.231.0.31,10.231.0.32\n"),
+        (200, "nochg 10.231.0.31,10.231.0.32\n"),
+        (200, "badauth\n"),
+        (200, "nohost\n"),
+        (401, "unauthorized\n"),
+    ])
+    .await;
+    // the name does not resolve, so the provider reads an empty set and plans to add both
+    let p = Dyndns2::new(&url, "pg.nonexistent.invalid.", "user", Secret::new(b"pa:ss".to_vec()), Duration::from_secs(3))
+        .expect("provider");
+    let health = hosts(&[("10.231.0.31", true), ("10.231.0.32", true), ("10.231.0.33", false)]);
+    let r = dns::sync(&p, &health, 30, false).await.expect("good");
+    assert!(r.applied);
+    let head = rx.recv().await.expect("request");
+    assert!(
+        head.starts_with("GET /nic/update?hostname=pg.nonexistent.invalid&myip=10.231.0.31,10.231.0.32 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    // basic auth of user:pa:ss
+    assert!(head.to_ascii_lowercase().contains("authorization: basic dxnlcjpwytpzcw=="), "{head}");
+    dns::sync(&p, &health, 30, false).await.expect("nochg is fine");
+    for code in ["badauth", "nohost", "401"] {
+        let e = dns::sync(&p, &health, 30, false).await.expect_err(code);
+        match &e {
+            DnsError::Dyndns2 { code: c, .. } => assert_eq!(c, code),
+            other => panic!("{other:?}"),
+        }
+        eprintln!("dyndns2 {code}: {e}");
+    }
+    // nothing listening
+    let port = free_port();
+    let p = Dyndns2::new(&format!("http://127.0.0.1:{port}"), "pg.nonexistent.invalid.", "u", Secret::new(b"p".to_vec()), Duration::from_secs(2))
+        .expect("provider");
+    let e = dns::sync(&p, &health, 30, false).await.expect_err("unreachable");
+    assert!(matches!(e, DnsError::Http { .. }), "{e:?}");
+}
+
+/// A fake HAProxy host for the health check: the primary port accepts, the stats port serves a
+/// CSV whose `primary` backend has `up` servers UP.
+async fn fake_haproxy(addr: &str, primary: u16, stats: u16, up: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = tokio::net::TcpListener::bind((addr, primary)).await.expect("bind primary");
+    let s = tokio::net::TcpListener::bind((addr, stats)).await.expect("bind stats");
+    let mut csv = String::from("# pxname,svname,qcur,status,weight\nprimary,FRONTEND,,OPEN,\n");
+    for i in 0..3 {
+        csv.push_str(&format!("primary,pg{},0,{},1\n", i + 1, if i < up { "UP" } else { "DOWN" }));
+    }
+    csv.push_str("primary,BACKEND,0,UP,1\n");
+    vec![
+        tokio::spawn(async move {
+            while let Ok((c, _)) = p.accept().await {
+                drop(c);
+            }
+        }),
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = s.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = c.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{csv}",
+                    csv.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            }
+        }),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sync_end_to_end() {
+    let b = Bind::start();
+    let primary = free_port();
+    let stats = free_port();
+    let mut tasks = Vec::new();
+    tasks.extend(fake_haproxy("127.0.0.31", primary, stats, 1).await);
+    tasks.extend(fake_haproxy("127.0.0.32", primary, stats, 1).await);
+    tasks.extend(fake_haproxy("127.0.0.33", primary, stats, 0).await); // no leader behind it
+    let dir = tempfile::tempdir().expect("tmp");
+    let secret = format!("secret_file: {}", b.key_file(KEY).display());
+    let inv = write_inventory(
+        dir.path(),
+        &b.server(),
+        NAME,
+        &secret,
+        &["127.0.0.31", "127.0.0.32", "127.0.0.33", "127.0.0.34"], // .34: nothing there
+        (primary, stats),
+    );
+    let bin = env!("CARGO_BIN_EXE_pgdeploy");
+    let run = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new(bin);
+        c.args(["dns", "sync"]).arg(&inv).args(extra).kill_on_drop(true);
+        c
+    };
+
+    let o = run(&["--dry-run"]).output().await.expect("run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("dry run: nothing sent"), "{out}");
+    assert!(b.dig().is_empty());
+
+    let t0 = Instant::now();
+    let o = run(&[]).output().await.expect("run");
+    let took = t0.elapsed();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("pgdeploy dns sync (process, 4 health checks, 1 update): {took:?}\n{out}");
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("+ A 127.0.0.31") && out.contains("+ A 127.0.0.32"), "{out}");
+    assert!(out.contains("haproxy3 (127.0.0.33): DOWN: no server is UP"), "{out}");
+    assert!(out.contains("haproxy4 (127.0.0.34): DOWN"), "{out}");
+    assert_eq!(b.dig(), set(&["127.0.0.31", "127.0.0.32"]));
+
+    let o = run(&[]).output().await.expect("run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && out.contains("no change"), "{out}");
+
+    // --watch: someone adds a record; the watcher removes it; Ctrl-C ends it cleanly
+    let child = run(&["--watch", "--interval", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    b.nsupdate(&format!("update add {NAME} 30 A 10.9.9.9"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.dig() != set(&["127.0.0.31", "127.0.0.32"]) {
+        assert!(Instant::now() < deadline, "the watcher did not repair the records");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: plain kill(2) of the child we started
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let o = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("watcher stops on SIGINT")
+        .expect("wait");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("- A 10.9.9.9"), "{out}");
+    for t in tasks {
+        t.abort();
+    }
 }
