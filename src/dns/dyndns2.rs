@@ -27,7 +27,11 @@ pub enum Reply {
 
 /// Parse the body of a dyndns2 answer (one line per hostname; the first decides).
 pub fn parse_reply(body: &str) -> Reply {
-    let line = body.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     let code = line.split_whitespace().next().unwrap_or("").to_string();
     let (meaning, help) = match code.as_str() {
         "good" => return Reply::Good,
@@ -74,7 +78,11 @@ pub fn parse_reply(body: &str) -> Reply {
         ),
     };
     Reply::Error {
-        code: if code.is_empty() { "(empty)".into() } else { code },
+        code: if code.is_empty() {
+            "(empty)".into()
+        } else {
+            code
+        },
         meaning: meaning.into(),
         help: help.into(),
     }
@@ -138,7 +146,11 @@ impl Dyndns2 {
         }
         let myip: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         // hostname is checked to be letters, digits, '-' and '.', addresses need no escaping
-        url.set_query(Some(&format!("hostname={}&myip={}", self.hostname, myip.join(","))));
+        url.set_query(Some(&format!(
+            "hostname={}&myip={}",
+            self.hostname,
+            myip.join(",")
+        )));
         Ok(url)
     }
 
@@ -167,7 +179,11 @@ impl Dyndns2 {
         let reply = parse_reply(&body);
         match &reply {
             Reply::Good | Reply::NoChange => Ok(reply),
-            Reply::Error { code, meaning, help } => {
+            Reply::Error {
+                code,
+                meaning,
+                help,
+            } => {
                 if status == reqwest::StatusCode::UNAUTHORIZED && code != "badauth" {
                     return Err(DnsError::Dyndns2 {
                         url: shown,
@@ -239,7 +255,9 @@ mod tests {
     fn replies() {
         assert_eq!(parse_reply("good 10.0.0.1,10.0.0.2\n"), Reply::Good);
         assert_eq!(parse_reply("\nnochg 10.0.0.1"), Reply::NoChange);
-        for code in ["badauth", "nohost", "notfqdn", "abuse", "911", "dnserr", "!donator"] {
+        for code in [
+            "badauth", "nohost", "notfqdn", "abuse", "911", "dnserr", "!donator",
+        ] {
             let Reply::Error { code: c, .. } = parse_reply(code) else {
                 panic!("{code} parsed as success")
             };

@@ -12,7 +12,9 @@ pub enum DnsError {
     #[error("name {name} is not inside zone {zone}")]
     #[diagnostic(
         code(pgdeploy::dns::name_outside_zone),
-        help("set `dns.name` to a name that ends with `dns.zone` (nothing was sent to the server)")
+        help(
+            "set `dns.name` to a name that ends with `dns.zone` (nothing was sent to the server)"
+        )
     )]
     NameOutsideZone { name: String, zone: String },
 
@@ -82,7 +84,10 @@ pub enum DnsError {
     },
 
     #[error("{server} answered {rcode} to the {what}")]
-    #[diagnostic(code(pgdeploy::dns::server_error), help("see the server's log for details"))]
+    #[diagnostic(
+        code(pgdeploy::dns::server_error),
+        help("see the server's log for details")
+    )]
     Server {
         server: String,
         what: String,

@@ -38,9 +38,9 @@ pub fn backend_servers_up(csv: &str, backend: &str) -> Result<usize, String> {
     let header = lines
         .next()
         .ok_or_else(|| "the stats page is empty".to_string())?;
-    let header = header
-        .strip_prefix('#')
-        .ok_or_else(|| "the stats page is not HAProxy's CSV (no `# pxname,...` header)".to_string())?;
+    let header = header.strip_prefix('#').ok_or_else(|| {
+        "the stats page is not HAProxy's CSV (no `# pxname,...` header)".to_string()
+    })?;
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     let idx = |n: &str| {
         cols.iter()
@@ -82,10 +82,19 @@ pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
     match tokio::time::timeout(ports.timeout, tokio::net::TcpStream::connect(primary)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return verdict(false, format!("port {primary}: {e}")),
-        Err(_) => return verdict(false, format!("port {primary}: no answer within {:?}", ports.timeout)),
+        Err(_) => {
+            return verdict(
+                false,
+                format!("port {primary}: no answer within {:?}", ports.timeout),
+            )
+        }
     }
     let url = format!("http://{}/;csv", SocketAddr::new(t.check_addr, ports.stats));
-    let client = match reqwest::Client::builder().timeout(ports.timeout).no_proxy().build() {
+    let client = match reqwest::Client::builder()
+        .timeout(ports.timeout)
+        .no_proxy()
+        .build()
+    {
         Ok(c) => c,
         Err(e) => return verdict(false, format!("HTTP client: {e}")),
     };
@@ -100,8 +109,14 @@ pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
     };
     match backend_servers_up(&body, "primary") {
         Ok(1) => verdict(true, "ok".into()),
-        Ok(0) => verdict(false, "no server is UP in backend `primary` (no leader?)".into()),
-        Ok(n) => verdict(false, format!("{n} servers are UP in backend `primary` (expected exactly one leader)")),
+        Ok(0) => verdict(
+            false,
+            "no server is UP in backend `primary` (no leader?)".into(),
+        ),
+        Ok(n) => verdict(
+            false,
+            format!("{n} servers are UP in backend `primary` (expected exactly one leader)"),
+        ),
         Err(e) => verdict(false, format!("{url}: {e}")),
     }
 }
@@ -131,7 +146,10 @@ replicas,pg3,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,1\n";
         assert!(backend_servers_up(CSV, "nope").is_err());
         assert!(backend_servers_up("<html>", "primary").is_err());
         assert!(backend_servers_up("", "primary").is_err());
-        let going_down = CSV.replace("pg2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1", "pg2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP 1/3,1");
+        let going_down = CSV.replace(
+            "pg2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1",
+            "pg2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP 1/3,1",
+        );
         assert_eq!(backend_servers_up(&going_down, "primary"), Ok(2));
     }
 }

@@ -41,7 +41,10 @@ pub enum Credentials {
     None,
     Tsig(TsigKey),
     /// dyndns2: user name (`tsig.key_name`) and password (`tsig.secret_file`/`secret_env`, raw).
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
 }
 
 /// The inventory's `dns` section with its secret loaded.
@@ -74,7 +77,11 @@ impl DnsConfig {
             (_, None) => Credentials::None,
             ("dyndns2", Some(t)) => Credentials::Basic {
                 username: t.key_name.clone(),
-                password: load_password(&t.key_name, secret_path.as_deref(), t.secret_env.as_deref())?,
+                password: load_password(
+                    &t.key_name,
+                    secret_path.as_deref(),
+                    t.secret_env.as_deref(),
+                )?,
             },
             (_, Some(t)) => Credentials::Tsig(tsig::load_key(
                 &t.key_name,
@@ -169,13 +176,19 @@ pub fn haproxy_targets(inv: &Inventory) -> Result<Vec<HealthTarget>, DnsError> {
     let mut out = Vec::new();
     for h in inv.group_hosts(Group::Haproxy) {
         let ip: IpAddr = h.address.parse().map_err(|_| DnsError::Config {
-            msg: format!("HAProxy host {}: address `{}` is not an IP address", h.name, h.address),
+            msg: format!(
+                "HAProxy host {}: address `{}` is not an IP address",
+                h.name, h.address
+            ),
             help: "the DNS records need IP addresses: write the host's `address` as an IP".into(),
         })?;
         let mut publish = vec![ip];
         if let Some(a6) = &h.address6 {
             let ip6: IpAddr = a6.parse().map_err(|_| DnsError::Config {
-                msg: format!("HAProxy host {}: address6 `{a6}` is not an IPv6 address", h.name),
+                msg: format!(
+                    "HAProxy host {}: address6 `{a6}` is not an IPv6 address",
+                    h.name
+                ),
                 help: "write `address6` as an IPv6 address or leave it out".into(),
             })?;
             publish.push(ip6);
@@ -215,7 +228,10 @@ pub async fn sync(
         .filter(|h| h.healthy)
         .flat_map(|h| h.publish.iter().copied())
         .collect();
-    let all: Vec<IpAddr> = health.iter().flat_map(|h| h.publish.iter().copied()).collect();
+    let all: Vec<IpAddr> = health
+        .iter()
+        .flat_map(|h| h.publish.iter().copied())
+        .collect();
     let mut notes = Vec::new();
     let mut attempt = 0;
     loop {
@@ -289,7 +305,8 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
     }
     let cfg = DnsConfig::from_inventory(&inv)?.ok_or_else(|| {
         miette::miette!(
-            help = "add a `dns:` section (provider, name, zone, server, ttl, tsig) to the inventory",
+            help =
+                "add a `dns:` section (provider, name, zone, server, ttl, tsig) to the inventory",
             "{} has no `dns` section",
             a.inventory.display()
         )
@@ -308,7 +325,12 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
         stats: inv.haproxy.stats_port,
         timeout: Duration::from_secs(2),
     };
-    println!("{} {} via {}", if a.dry_run { "planning" } else { "syncing" }, cfg.name, provider.describe());
+    println!(
+        "{} {} via {}",
+        if a.dry_run { "planning" } else { "syncing" },
+        cfg.name,
+        provider.describe()
+    );
     if !a.watch {
         let t0 = Instant::now();
         let health = check_all(&targets, ports).await;

@@ -87,7 +87,7 @@ impl fmt::Display for DnsPlan {
         let mut first = true;
         let mut sep = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
             if !first {
-                write!(f, "\n")?;
+                writeln!(f)?;
             }
             first = false;
             Ok(())

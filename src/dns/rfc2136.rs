@@ -47,7 +47,10 @@ pub async fn resolve_server(server: &str) -> Result<SocketAddr, DnsError> {
     if let Ok(sa) = server.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    if let Ok(ip) = server.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+    if let Ok(ip) = server
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, 53));
     }
     let target = if server.contains(':') {
@@ -116,11 +119,19 @@ impl Rfc2136 {
     }
 
     fn key_name(&self) -> String {
-        self.key.as_ref().map(|k| k.name.clone()).unwrap_or_default()
+        self.key
+            .as_ref()
+            .map(|k| k.name.clone())
+            .unwrap_or_default()
     }
 
     /// Send one message over TCP and read the answer; checks TSIG on the answer.
-    async fn exchange(&self, mut msg: Message, sign: bool, what: &str) -> Result<Message, DnsError> {
+    async fn exchange(
+        &self,
+        mut msg: Message,
+        sign: bool,
+        what: &str,
+    ) -> Result<Message, DnsError> {
         let server = self.server.clone();
         let signer = if sign { self.signer()? } else { None };
         let mut verifier = None;
@@ -144,10 +155,12 @@ impl Rfc2136 {
         })?;
         let addr = resolve_server(&server).await?;
         let io = async {
-            let mut s = TcpStream::connect(addr).await.map_err(|e| DnsError::Unreachable {
-                server: server.clone(),
-                detail: e.to_string(),
-            })?;
+            let mut s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| DnsError::Unreachable {
+                    server: server.clone(),
+                    detail: e.to_string(),
+                })?;
             let mut out = Vec::with_capacity(bytes.len() + 2);
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&bytes);
@@ -162,12 +175,13 @@ impl Rfc2136 {
             s.read_exact(&mut buf).await.map_err(ioerr)?;
             Ok::<Vec<u8>, DnsError>(buf)
         };
-        let buf = tokio::time::timeout(self.timeout, io)
-            .await
-            .map_err(|_| DnsError::Timeout {
-                server: server.clone(),
-                secs: self.timeout.as_secs().max(1),
-            })??;
+        let buf =
+            tokio::time::timeout(self.timeout, io)
+                .await
+                .map_err(|_| DnsError::Timeout {
+                    server: server.clone(),
+                    secs: self.timeout.as_secs().max(1),
+                })??;
         let resp = Message::from_vec(&buf).map_err(|e| DnsError::Protocol {
             server: server.clone(),
             detail: format!("undecodable answer to the {what}: {e}"),
@@ -182,7 +196,9 @@ impl Rfc2136 {
             if let Some(err) = sig.data.error {
                 let detail = match err {
                     TsigError::BadSig => "BADSIG: wrong secret".to_string(),
-                    TsigError::BadKey => "BADKEY: the server does not know this key name/algorithm".to_string(),
+                    TsigError::BadKey => {
+                        "BADKEY: the server does not know this key name/algorithm".to_string()
+                    }
                     TsigError::BadTime => "BADTIME: the clocks differ too much".to_string(),
                     TsigError::BadTrunc => "BADTRUNC".to_string(),
                     TsigError::Unknown(c) => format!("TSIG error {c}"),
@@ -207,7 +223,10 @@ impl Rfc2136 {
                 });
             }
         }
-        if sign && resp.metadata.response_code == ResponseCode::NotAuth && resp.signature().is_none() {
+        if sign
+            && resp.metadata.response_code == ResponseCode::NotAuth
+            && resp.signature().is_none()
+        {
             return Err(DnsError::KeyRejected {
                 server,
                 key: self.key_name(),

@@ -152,7 +152,14 @@ pub fn parse_key_file(text: &str) -> Result<KeyFile, String> {
             }
             let value = next(&mut i)?;
             if next(&mut i)? != ";" {
-                return Err(format!("expected `;` after `{field} {}` in key \"{name}\"", if field == "secret" { "\"...\"" } else { value.as_str() }));
+                return Err(format!(
+                    "expected `;` after `{field} {}` in key \"{name}\"",
+                    if field == "secret" {
+                        "\"...\""
+                    } else {
+                        value.as_str()
+                    }
+                ));
             }
             match field.as_str() {
                 "algorithm" => algorithm = Some(value),
@@ -305,8 +312,8 @@ pub fn load_key(
                         ))
                     })?;
                 if let Some(a) = &entry.algorithm {
-                    alg = Algorithm::parse(a)
-                        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    alg =
+                        Algorithm::parse(a).map_err(|e| err(format!("{}: {e}", path.display())))?;
                 }
                 Secret::from_base64(&entry.secret)
                     .map_err(|e| err(format!("{}: {e}", path.display())))?
@@ -334,7 +341,10 @@ mod tests {
     fn bare_secret() {
         let k = parse_key_file("  c2VjcmV0\n").unwrap();
         assert_eq!(k, KeyFile::Bare("c2VjcmV0".into()));
-        assert_eq!(Secret::from_base64("c2Vj cmV0").unwrap().expose(), b"secret");
+        assert_eq!(
+            Secret::from_base64("c2Vj cmV0").unwrap().expose(),
+            b"secret"
+        );
     }
 
     #[test]
@@ -381,7 +391,10 @@ mod tests {
 
     #[test]
     fn algorithms() {
-        assert_eq!(Algorithm::parse("HMAC-SHA384.").unwrap(), Algorithm::HmacSha384);
+        assert_eq!(
+            Algorithm::parse("HMAC-SHA384.").unwrap(),
+            Algorithm::HmacSha384
+        );
         assert!(Algorithm::parse("hmac-md5").is_err());
     }
 }

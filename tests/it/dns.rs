@@ -108,13 +108,27 @@ zone "db.test" {{
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new("dig")
-                .args(["+tcp", "+short", "+time=1", "+tries=1", "-p", &self.port.to_string(), "@127.0.0.1", "db.test.", "SOA"])
+                .args([
+                    "+tcp",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "-p",
+                    &self.port.to_string(),
+                    "@127.0.0.1",
+                    "db.test.",
+                    "SOA",
+                ])
                 .output()
                 .expect("run dig (install bind9-dnsutils)");
             if out.status.success() && !out.stdout.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "named did not come up:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "named did not come up:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -133,7 +147,15 @@ zone "db.test" {{
         let mut out = BTreeSet::new();
         for t in ["A", "AAAA"] {
             let o = Command::new("dig")
-                .args(["+tcp", "+short", "-p", &self.port.to_string(), "@127.0.0.1", NAME, t])
+                .args([
+                    "+tcp",
+                    "+short",
+                    "-p",
+                    &self.port.to_string(),
+                    "@127.0.0.1",
+                    NAME,
+                    t,
+                ])
                 .output()
                 .expect("dig");
             for l in String::from_utf8_lossy(&o.stdout).lines() {
@@ -156,10 +178,21 @@ zone "db.test" {{
             .stderr(Stdio::piped())
             .spawn()
             .expect("nsupdate");
-        let script = format!("server 127.0.0.1 {}\nzone {ZONE}\n{commands}\nsend\n", self.port);
-        c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
+        let script = format!(
+            "server 127.0.0.1 {}\nzone {ZONE}\n{commands}\nsend\n",
+            self.port
+        );
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
         let o = c.wait_with_output().expect("nsupdate");
-        assert!(o.status.success(), "nsupdate failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "nsupdate failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
@@ -194,7 +227,11 @@ async fn query_of_an_empty_name() {
 async fn publish_noop_shrink() {
     let b = Bind::start();
     let p = b.provider();
-    let three = hosts(&[("10.231.0.31,fd00::31", true), ("10.231.0.32", true), ("10.231.0.33", true)]);
+    let three = hosts(&[
+        ("10.231.0.31,fd00::31", true),
+        ("10.231.0.32", true),
+        ("10.231.0.33", true),
+    ]);
 
     let t0 = Instant::now();
     let r = dns::sync(&p, &three, 30, false).await.expect("publish");
@@ -217,7 +254,11 @@ async fn publish_noop_shrink() {
     assert_eq!(p.soa_serial().await.expect("serial"), serial);
 
     // shrink: haproxy2 goes down
-    let two = hosts(&[("10.231.0.31,fd00::31", true), ("10.231.0.32", false), ("10.231.0.33", true)]);
+    let two = hosts(&[
+        ("10.231.0.31,fd00::31", true),
+        ("10.231.0.32", false),
+        ("10.231.0.33", true),
+    ]);
     let r = dns::sync(&p, &two, 30, false).await.expect("shrink");
     assert!(r.applied);
     assert_eq!(r.plan.remove, vec![ip("10.231.0.32")]);
@@ -241,16 +282,33 @@ async fn publish_noop_shrink() {
 async fn all_down_leaves_records_with_a_warning() {
     let b = Bind::start();
     let p = b.provider();
-    dns::sync(&p, &hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]), 30, false)
-        .await
-        .expect("publish");
+    dns::sync(
+        &p,
+        &hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]),
+        30,
+        false,
+    )
+    .await
+    .expect("publish");
     let serial = p.soa_serial().await.expect("serial");
-    let r = dns::sync(&p, &hosts(&[("10.231.0.31", false), ("10.231.0.32", false)]), 30, false)
-        .await
-        .expect("all down");
+    let r = dns::sync(
+        &p,
+        &hosts(&[("10.231.0.31", false), ("10.231.0.32", false)]),
+        30,
+        false,
+    )
+    .await
+    .expect("all down");
     assert!(!r.applied);
     assert!(r.plan.is_empty());
-    assert!(r.plan.warnings.iter().any(|w| w.contains("no HAProxy host passed")), "{:?}", r.plan.warnings);
+    assert!(
+        r.plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("no HAProxy host passed")),
+        "{:?}",
+        r.plan.warnings
+    );
     assert_eq!(b.dig(), set(&["10.231.0.31", "10.231.0.32"]));
     assert_eq!(p.soa_serial().await.expect("serial"), serial);
 }
@@ -259,7 +317,9 @@ async fn all_down_leaves_records_with_a_warning() {
 async fn wrong_key_is_a_clear_error_and_changes_nothing() {
     let b = Bind::start();
     let p = b.provider();
-    dns::sync(&p, &hosts(&[("10.231.0.31", true)]), 30, false).await.expect("publish");
+    dns::sync(&p, &hosts(&[("10.231.0.31", true)]), 30, false)
+        .await
+        .expect("publish");
     let two = hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]);
 
     // right name, wrong secret => BADSIG
@@ -269,10 +329,16 @@ async fn wrong_key_is_a_clear_error_and_changes_nothing() {
         secret: pgdeploy::dns::Secret::new(b"not the secret at all, 32 bytes".to_vec()),
     };
     let pb = Rfc2136::new(&b.server(), NAME, ZONE, Some(bad), Duration::from_secs(3)).expect("p");
-    let e = dns::sync(&pb, &two, 30, false).await.expect_err("must fail");
+    let e = dns::sync(&pb, &two, 30, false)
+        .await
+        .expect_err("must fail");
     let msg = e.to_string();
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
-    assert!(msg.contains("TSIG key rejected by 127.0.0.1:") && msg.contains("check key name, algorithm and secret"), "{msg}");
+    assert!(
+        msg.contains("TSIG key rejected by 127.0.0.1:")
+            && msg.contains("check key name, algorithm and secret"),
+        "{msg}"
+    );
     assert!(msg.contains("BADSIG"), "{msg}");
     eprintln!("wrong secret: {:?}", miette::Report::new(e));
 
@@ -282,17 +348,38 @@ async fn wrong_key_is_a_clear_error_and_changes_nothing() {
         algorithm: Algorithm::HmacSha256,
         secret: pgdeploy::dns::Secret::new(vec![7; 32]),
     };
-    let pu = Rfc2136::new(&b.server(), NAME, ZONE, Some(unknown), Duration::from_secs(3)).expect("p");
-    let e = dns::sync(&pu, &two, 30, false).await.expect_err("must fail");
+    let pu = Rfc2136::new(
+        &b.server(),
+        NAME,
+        ZONE,
+        Some(unknown),
+        Duration::from_secs(3),
+    )
+    .expect("p");
+    let e = dns::sync(&pu, &two, 30, false)
+        .await
+        .expect_err("must fail");
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
     assert!(e.to_string().contains("BADKEY"), "{e}");
     eprintln!("unknown key: {e}");
 
     // right secret, wrong algorithm => rejected too
     let k = load_key(KEY, "hmac-sha256", Some(&b.key_file(KEY)), None).expect("key");
-    let wrong_alg = pgdeploy::dns::TsigKey { algorithm: Algorithm::HmacSha512, ..k };
-    let pa = Rfc2136::new(&b.server(), NAME, ZONE, Some(wrong_alg), Duration::from_secs(3)).expect("p");
-    let e = dns::sync(&pa, &two, 30, false).await.expect_err("must fail");
+    let wrong_alg = pgdeploy::dns::TsigKey {
+        algorithm: Algorithm::HmacSha512,
+        ..k
+    };
+    let pa = Rfc2136::new(
+        &b.server(),
+        NAME,
+        ZONE,
+        Some(wrong_alg),
+        Duration::from_secs(3),
+    )
+    .expect("p");
+    let e = dns::sync(&pa, &two, 30, false)
+        .await
+        .expect_err("must fail");
     assert!(matches!(e, DnsError::KeyRejected { .. }), "{e:?}");
     eprintln!("wrong algorithm: {e}");
 
@@ -305,13 +392,30 @@ async fn name_outside_the_zone_is_refused_before_sending() {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.set_nonblocking(true).expect("nonblocking");
     let server = l.local_addr().expect("addr").to_string();
-    let e = Rfc2136::new(&server, "pg.elsewhere.test.", ZONE, None, Duration::from_secs(1))
-        .expect_err("must fail");
+    let e = Rfc2136::new(
+        &server,
+        "pg.elsewhere.test.",
+        ZONE,
+        None,
+        Duration::from_secs(1),
+    )
+    .expect_err("must fail");
     assert!(matches!(e, DnsError::NameOutsideZone { .. }), "{e:?}");
-    assert!(e.to_string().contains("pg.elsewhere.test. is not inside zone db.test."), "{e}");
+    assert!(
+        e.to_string()
+            .contains("pg.elsewhere.test. is not inside zone db.test."),
+        "{e}"
+    );
     // and through the inventory
     let dir = tempfile::tempdir().expect("tmp");
-    let inv = write_inventory(dir.path(), &server, "pg.elsewhere.test.", "secret_file: none.key", &["10.231.0.31"], (5000, 7000));
+    let inv = write_inventory(
+        dir.path(),
+        &server,
+        "pg.elsewhere.test.",
+        "secret_file: none.key",
+        &["10.231.0.31"],
+        (5000, 7000),
+    );
     let (inv, _) = pgdeploy::inventory::load(&inv).expect("load");
     // the name is checked first (the key file does not even exist)
     let e = dns::DnsConfig::from_inventory(&inv).expect_err("must fail");
@@ -325,13 +429,26 @@ async fn name_outside_the_zone_is_refused_before_sending() {
 #[tokio::test]
 async fn server_not_listening_or_silent() {
     let port = free_port();
-    let p = Rfc2136::new(&format!("127.0.0.1:{port}"), NAME, ZONE, None, Duration::from_secs(2)).expect("p");
+    let p = Rfc2136::new(
+        &format!("127.0.0.1:{port}"),
+        NAME,
+        ZONE,
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("p");
     let e = p.read().await.expect_err("nobody listens");
     assert!(matches!(e, DnsError::Unreachable { .. }), "{e:?}");
-    assert!(e.to_string().contains(&format!("DNS server 127.0.0.1:{port} is unreachable")), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("DNS server 127.0.0.1:{port} is unreachable")),
+        "{e}"
+    );
 
     // accepts TCP but never answers => timeout
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -351,14 +468,39 @@ async fn server_not_listening_or_silent() {
 async fn zone_not_served_is_a_clear_error() {
     let b = Bind::start();
     let k = load_key(KEY, "hmac-sha256", Some(&b.key_file(KEY)), None).expect("key");
-    let p = Rfc2136::new(&b.server(), "pg.other.test.", "other.test.", Some(k), Duration::from_secs(3)).expect("p");
-    let e = p.read().await.expect_err("query of a zone it does not serve");
-    assert!(matches!(e, DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }), "{e:?}");
+    let p = Rfc2136::new(
+        &b.server(),
+        "pg.other.test.",
+        "other.test.",
+        Some(k),
+        Duration::from_secs(3),
+    )
+    .expect("p");
+    let e = p
+        .read()
+        .await
+        .expect_err("query of a zone it does not serve");
+    assert!(
+        matches!(
+            e,
+            DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }
+        ),
+        "{e:?}"
+    );
     eprintln!("query of a foreign zone: {e}");
     let cur = RecordSet::default();
     let want = RecordSet::new([ip("10.231.0.31")], Some(30));
-    let e = p.update(&cur, &want).await.expect_err("update of a zone it does not serve");
-    assert!(matches!(e, DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }), "{e:?}");
+    let e = p
+        .update(&cur, &want)
+        .await
+        .expect_err("update of a zone it does not serve");
+    assert!(
+        matches!(
+            e,
+            DnsError::Refused { .. } | DnsError::NotAuthoritative { .. }
+        ),
+        "{e:?}"
+    );
     eprintln!("update of a foreign zone: {e}");
 }
 
@@ -398,7 +540,13 @@ fn plan_rules() {
     // unchanged => empty plan
     let p = dns::plan(&cur, &all, &all, 30);
     assert!(p.is_empty());
-    assert_eq!(p, DnsPlan { ttl: 30, ..DnsPlan::default() });
+    assert_eq!(
+        p,
+        DnsPlan {
+            ttl: 30,
+            ..DnsPlan::default()
+        }
+    );
     // all down => nothing, with a warning
     let p = dns::plan(&cur, &[], &all, 30);
     assert!(p.is_empty());
@@ -439,7 +587,10 @@ fn write_inventory(
 ) -> PathBuf {
     let mut hosts = String::new();
     for (i, a) in haproxy.iter().enumerate() {
-        hosts.push_str(&format!("    - {{ name: haproxy{}, address: \"{a}\" }}\n", i + 1));
+        hosts.push_str(&format!(
+            "    - {{ name: haproxy{}, address: \"{a}\" }}\n",
+            i + 1
+        ));
     }
     let text = format!(
         "cluster: {{ name: t }}\nhaproxy: {{ primary_port: {}, stats_port: {} }}\ndns:\n  name: {name}\n  zone: {ZONE}\n  server: \"{server}\"\n  ttl: 30\n  tsig:\n    key_name: {KEY}\n    {secret}\ngroups:\n  haproxy:\n{hosts}",
@@ -457,12 +608,16 @@ async fn dyndns2_server(
     replies: Vec<(u16, &'static str)>,
 ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         for (status, body) in replies {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -495,9 +650,19 @@ async fn dyndns2_provider() {
     ])
     .await;
     // the name does not resolve, so the provider reads an empty set and plans to add both
-    let p = Dyndns2::new(&url, "pg.nonexistent.invalid.", "user", Secret::new(b"pa:ss".to_vec()), Duration::from_secs(3))
-        .expect("provider");
-    let health = hosts(&[("10.231.0.31", true), ("10.231.0.32", true), ("10.231.0.33", false)]);
+    let p = Dyndns2::new(
+        &url,
+        "pg.nonexistent.invalid.",
+        "user",
+        Secret::new(b"pa:ss".to_vec()),
+        Duration::from_secs(3),
+    )
+    .expect("provider");
+    let health = hosts(&[
+        ("10.231.0.31", true),
+        ("10.231.0.32", true),
+        ("10.231.0.33", false),
+    ]);
     let r = dns::sync(&p, &health, 30, false).await.expect("good");
     assert!(r.applied);
     let head = rx.recv().await.expect("request");
@@ -506,8 +671,14 @@ async fn dyndns2_provider() {
         "{head}"
     );
     // basic auth of user:pa:ss
-    assert!(head.to_ascii_lowercase().contains("authorization: basic dxnlcjpwytpzcw=="), "{head}");
-    dns::sync(&p, &health, 30, false).await.expect("nochg is fine");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: basic dxnlcjpwytpzcw=="),
+        "{head}"
+    );
+    dns::sync(&p, &health, 30, false)
+        .await
+        .expect("nochg is fine");
     for code in ["badauth", "nohost", "401"] {
         let e = dns::sync(&p, &health, 30, false).await.expect_err(code);
         match &e {
@@ -518,21 +689,42 @@ async fn dyndns2_provider() {
     }
     // nothing listening
     let port = free_port();
-    let p = Dyndns2::new(&format!("http://127.0.0.1:{port}"), "pg.nonexistent.invalid.", "u", Secret::new(b"p".to_vec()), Duration::from_secs(2))
-        .expect("provider");
-    let e = dns::sync(&p, &health, 30, false).await.expect_err("unreachable");
+    let p = Dyndns2::new(
+        &format!("http://127.0.0.1:{port}"),
+        "pg.nonexistent.invalid.",
+        "u",
+        Secret::new(b"p".to_vec()),
+        Duration::from_secs(2),
+    )
+    .expect("provider");
+    let e = dns::sync(&p, &health, 30, false)
+        .await
+        .expect_err("unreachable");
     assert!(matches!(e, DnsError::Http { .. }), "{e:?}");
 }
 
 /// A fake HAProxy host for the health check: the primary port accepts, the stats port serves a
 /// CSV whose `primary` backend has `up` servers UP.
-async fn fake_haproxy(addr: &str, primary: u16, stats: u16, up: usize) -> Vec<tokio::task::JoinHandle<()>> {
+async fn fake_haproxy(
+    addr: &str,
+    primary: u16,
+    stats: u16,
+    up: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let p = tokio::net::TcpListener::bind((addr, primary)).await.expect("bind primary");
-    let s = tokio::net::TcpListener::bind((addr, stats)).await.expect("bind stats");
+    let p = tokio::net::TcpListener::bind((addr, primary))
+        .await
+        .expect("bind primary");
+    let s = tokio::net::TcpListener::bind((addr, stats))
+        .await
+        .expect("bind stats");
     let mut csv = String::from("# pxname,svname,qcur,status,weight\nprimary,FRONTEND,,OPEN,\n");
     for i in 0..3 {
-        csv.push_str(&format!("primary,pg{},0,{},1\n", i + 1, if i < up { "UP" } else { "DOWN" }));
+        csv.push_str(&format!(
+            "primary,pg{},0,{},1\n",
+            i + 1,
+            if i < up { "UP" } else { "DOWN" }
+        ));
     }
     csv.push_str("primary,BACKEND,0,UP,1\n");
     vec![
@@ -577,13 +769,20 @@ async fn cli_sync_end_to_end() {
     let bin = env!("CARGO_BIN_EXE_pgdeploy");
     let run = |extra: &[&str]| {
         let mut c = tokio::process::Command::new(bin);
-        c.args(["dns", "sync"]).arg(&inv).args(extra).kill_on_drop(true);
+        c.args(["dns", "sync"])
+            .arg(&inv)
+            .args(extra)
+            .kill_on_drop(true);
         c
     };
 
     let o = run(&["--dry-run"]).output().await.expect("run");
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("dry run: nothing sent"), "{out}");
     assert!(b.dig().is_empty());
 
@@ -592,9 +791,19 @@ async fn cli_sync_end_to_end() {
     let took = t0.elapsed();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     eprintln!("pgdeploy dns sync (process, 4 health checks, 1 update): {took:?}\n{out}");
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("+ A 127.0.0.31") && out.contains("+ A 127.0.0.32"), "{out}");
-    assert!(out.contains("haproxy3 (127.0.0.33): DOWN: no server is UP"), "{out}");
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("+ A 127.0.0.31") && out.contains("+ A 127.0.0.32"),
+        "{out}"
+    );
+    assert!(
+        out.contains("haproxy3 (127.0.0.33): DOWN: no server is UP"),
+        "{out}"
+    );
     assert!(out.contains("haproxy4 (127.0.0.34): DOWN"), "{out}");
     assert_eq!(b.dig(), set(&["127.0.0.31", "127.0.0.32"]));
 
@@ -611,7 +820,10 @@ async fn cli_sync_end_to_end() {
     b.nsupdate(&format!("update add {NAME} 30 A 10.9.9.9"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.dig() != set(&["127.0.0.31", "127.0.0.32"]) {
-        assert!(Instant::now() < deadline, "the watcher did not repair the records");
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not repair the records"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pid = child.id().expect("pid") as i32;
@@ -622,7 +834,11 @@ async fn cli_sync_end_to_end() {
         .expect("watcher stops on SIGINT")
         .expect("wait");
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("- A 10.9.9.9"), "{out}");
     for t in tasks {
         t.abort();
