@@ -214,12 +214,20 @@ impl Rfc2136 {
             if resp.signature().is_none() && resp.metadata.response_code != ResponseCode::NoError {
                 // an unsigned error answer (e.g. FORMERR): report its rcode below
             } else if let Err(e) = v.verify(&buf) {
-                // hickory reports a MAC of the wrong size (what servers send with an error) as a
-                // "truncated HMAC"; to the user this is a rejected key.
+                // hickory reports a MAC of the wrong size (what a server sends when it rejects
+                // the key) as a "truncated HMAC" to be reported upstream; to the user this is a
+                // rejected key.
+                let e = e.to_string();
+                let detail = if e.contains("truncated") || e.contains("file an issue") {
+                    "the answer carries no valid signature: the server does not share this key"
+                        .to_string()
+                } else {
+                    format!("the answer's signature does not verify: {e}")
+                };
                 return Err(DnsError::KeyRejected {
                     server,
                     key: self.key_name(),
-                    detail: format!("the answer's signature does not verify: {e}"),
+                    detail,
                 });
             }
         }

@@ -844,3 +844,179 @@ async fn cli_sync_end_to_end() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_run_in_parallel_with_short_timeouts() {
+    use pgdeploy::dns::{HealthPorts, HealthTarget};
+    // each host: the primary port accepts, the stats port accepts but never answers
+    let mut targets = Vec::new();
+    let mut keep = Vec::new();
+    let primary = free_port();
+    let stats = free_port();
+    for last in 41..44u8 {
+        let a = format!("127.0.0.{last}");
+        keep.push(
+            tokio::net::TcpListener::bind((a.as_str(), primary))
+                .await
+                .expect("bind"),
+        );
+        keep.push(
+            tokio::net::TcpListener::bind((a.as_str(), stats))
+                .await
+                .expect("bind"),
+        );
+        targets.push(HealthTarget {
+            name: format!("h{last}"),
+            check_addr: ip(&a),
+            publish: vec![ip(&a)],
+        });
+    }
+    let ports = HealthPorts {
+        primary,
+        stats,
+        timeout: Duration::from_secs(1),
+    };
+    let t0 = Instant::now();
+    let res = dns::check_all(&targets, ports).await;
+    let took = t0.elapsed();
+    eprintln!("3 silent HAProxy hosts checked in {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "checks are not parallel: {took:?}"
+    );
+    for r in &res {
+        assert!(!r.healthy);
+        assert!(r.reason.contains("timed out"), "{}", r.reason);
+    }
+    drop(keep);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_errors_exit_non_zero_and_secret_from_env() {
+    let b = Bind::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = env!("CARGO_BIN_EXE_pgdeploy");
+    let primary = free_port();
+    let stats = free_port();
+    let tasks = fake_haproxy("127.0.0.51", primary, stats, 1).await;
+
+    // a wrong secret from the environment: clear error, exit code != 0, the secret not printed
+    let inv = write_inventory(
+        dir.path(),
+        &b.server(),
+        NAME,
+        "secret_env: PGD_TEST_TSIG",
+        &["127.0.0.51"],
+        (primary, stats),
+    );
+    let wrong = "d3Jvbmcgc2VjcmV0IHdyb25nIHNlY3JldCB3cm9uZyE=";
+    let o = tokio::process::Command::new(bin)
+        .args(["dns", "sync"])
+        .arg(&inv)
+        .env("PGD_TEST_TSIG", wrong)
+        .output()
+        .await
+        .expect("run");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("TSIG key rejected by"), "{all}");
+    assert!(!all.contains(wrong), "secret printed: {all}");
+    assert!(b.dig().is_empty());
+
+    // the right secret from the environment works
+    let text = std::fs::read_to_string(b.key_file(KEY)).expect("key");
+    let secret = text
+        .split('"')
+        .nth(3)
+        .expect("secret in key file")
+        .to_string();
+    let o = tokio::process::Command::new(bin)
+        .args(["dns", "sync"])
+        .arg(&inv)
+        .env("PGD_TEST_TSIG", &secret)
+        .output()
+        .await
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(b.dig(), set(&["127.0.0.51"]));
+
+    // server down: clear error, exit code != 0
+    let inv = write_inventory(
+        dir.path(),
+        &format!("127.0.0.1:{}", free_port()),
+        NAME,
+        "secret_env: PGD_TEST_TSIG",
+        &["127.0.0.51"],
+        (primary, stats),
+    );
+    let o = tokio::process::Command::new(bin)
+        .args(["dns", "sync"])
+        .arg(&inv)
+        .env("PGD_TEST_TSIG", &secret)
+        .output()
+        .await
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert!(err.contains("is unreachable"), "{err}");
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Injects a concurrent change right before the first update (the race a second pgdeploy run
+/// would cause); everything else goes to the real provider.
+struct Racy<'a> {
+    inner: Rfc2136,
+    bind: &'a Bind,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Provider for Racy<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn query(&self) -> Result<RecordSet, DnsError> {
+        self.inner.query().await
+    }
+    async fn apply(&self, current: &RecordSet, plan: &DnsPlan) -> Result<(), DnsError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.bind
+                .nsupdate(&format!("update add {NAME} 30 A 10.7.7.7"));
+        }
+        self.inner.apply(current, plan).await
+    }
+}
+
+#[tokio::test]
+async fn sync_rereads_after_a_failed_prerequisite() {
+    let b = Bind::start();
+    let racy = Racy {
+        inner: b.provider(),
+        bind: &b,
+        raced: false.into(),
+    };
+    let r = dns::sync(
+        &racy,
+        &hosts(&[("10.231.0.31", true), ("10.231.0.32", true)]),
+        30,
+        false,
+    )
+    .await
+    .expect("sync converges");
+    assert!(r.applied);
+    assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+    assert!(
+        r.notes[0].contains("prerequisite failed")
+            && r.notes[0].contains("reading the records again"),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(r.before.addrs, set(&["10.7.7.7"]));
+    assert_eq!(b.dig(), set(&["10.231.0.31", "10.231.0.32"]));
+}
