@@ -281,7 +281,7 @@ struct SyncArgs {
     /// Inventory file.
     #[arg(default_value = "inventory.yml")]
     inventory: PathBuf,
-    /// Keep syncing every --interval seconds until Ctrl-C, printing only changes.
+    /// Keep syncing every --interval seconds until Ctrl-C (or SIGTERM), printing only changes.
     #[arg(long)]
     watch: bool,
     /// Seconds between two syncs with --watch.
@@ -342,6 +342,13 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
     let mut last_health: Option<Vec<HostHealth>> = None;
     let mut last_error: Option<String> = None;
     let mut last_warnings: Vec<String> = Vec::new();
+    // registered once, so a Ctrl-C that arrives during a sync is not lost
+    let signal = |k| {
+        tokio::signal::unix::signal(k)
+            .map_err(|e| miette::miette!("cannot install the signal handler: {e}"))
+    };
+    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failed: bool;
     loop {
         let t0 = Instant::now();
@@ -378,7 +385,8 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
             }
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
             _ = tokio::time::sleep(Duration::from_secs(a.interval)) => {}
         }
     }
