@@ -1,9 +1,430 @@
-//! `pgdeploy dns` (to be written by its owner).
+//! DNS: the HAProxy name's A/AAAA records are exactly the HAProxy hosts that pass a health check.
+//!
+//! Layers: [`health`] (probe), [`plan()`] (pure), a [`Provider`] (apply): [`rfc2136`] (DNS UPDATE
+//! signed with TSIG, prerequisite-guarded) or [`dyndns2`] (HTTP). A new provider is one file that
+//! implements [`Provider`] plus one arm in [`DnsConfig::provider`].
+
+pub mod dyndns2;
+pub mod error;
+pub mod health;
+pub mod plan;
+pub mod rfc2136;
+pub mod tsig;
+
+pub use error::DnsError;
+pub use health::{check_all, HealthPorts, HealthTarget, HostHealth};
+pub use plan::{plan, DnsPlan, RecordSet};
+pub use tsig::{Algorithm, Secret, TsigKey};
+
+use crate::inventory::{Group, Inventory};
+use clap::Subcommand;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A place where the records of the name live.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Short description for messages, e.g. "rfc2136 10.0.0.1:53 (zone db.example.)".
+    fn describe(&self) -> String;
+    /// The records as they are now.
+    async fn query(&self) -> Result<RecordSet, DnsError>;
+    /// Apply `plan`, computed from `current` (as returned by `query`). An empty plan sends nothing.
+    /// A provider that can guard the update fails with [`DnsError::PrerequisiteFailed`] when the
+    /// records are no longer `current`.
+    async fn apply(&self, current: &RecordSet, plan: &DnsPlan) -> Result<(), DnsError>;
+}
+
+/// Credentials of the provider.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    None,
+    Tsig(TsigKey),
+    /// dyndns2: user name (`tsig.key_name`) and password (`tsig.secret_file`/`secret_env`, raw).
+    Basic {
+        username: String,
+        password: Secret,
+    },
+}
+
+/// The inventory's `dns` section with its secret loaded.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub provider: String,
+    pub name: String,
+    pub zone: String,
+    pub server: String,
+    pub ttl: u32,
+    pub credentials: Credentials,
+    /// Timeout of each DNS/HTTP exchange.
+    pub timeout: Duration,
+}
+
+impl DnsConfig {
+    /// Build from the inventory; `Ok(None)` when it has no `dns` section. Checks that the name is
+    /// inside the zone and loads the secret (nothing is sent).
+    pub fn from_inventory(inv: &Inventory) -> Result<Option<Self>, DnsError> {
+        let Some(d) = &inv.dns else { return Ok(None) };
+        if d.provider != "dyndns2" {
+            rfc2136::check_name_in_zone(&d.name, &d.zone)?;
+        }
+        let secret_path = d
+            .tsig
+            .as_ref()
+            .and_then(|t| t.secret_file.as_deref())
+            .map(|p| inv.resolve_path(p));
+        let credentials = match (d.provider.as_str(), &d.tsig) {
+            (_, None) => Credentials::None,
+            ("dyndns2", Some(t)) => Credentials::Basic {
+                username: t.key_name.clone(),
+                password: load_password(
+                    &t.key_name,
+                    secret_path.as_deref(),
+                    t.secret_env.as_deref(),
+                )?,
+            },
+            (_, Some(t)) => Credentials::Tsig(tsig::load_key(
+                &t.key_name,
+                &t.algorithm,
+                secret_path.as_deref(),
+                t.secret_env.as_deref(),
+            )?),
+        };
+        let cfg = DnsConfig {
+            provider: d.provider.clone(),
+            name: d.name.clone(),
+            zone: d.zone.clone(),
+            server: d.server.clone(),
+            ttl: d.ttl,
+            credentials,
+            timeout: Duration::from_secs(5),
+        };
+        Ok(Some(cfg))
+    }
+
+    /// The provider this configuration names.
+    pub fn provider(&self) -> Result<Box<dyn Provider>, DnsError> {
+        match self.provider.as_str() {
+            "rfc2136" => {
+                let key = match &self.credentials {
+                    Credentials::Tsig(k) => Some(k.clone()),
+                    Credentials::None => None,
+                    Credentials::Basic { .. } => None,
+                };
+                Ok(Box::new(rfc2136::Rfc2136::new(
+                    &self.server,
+                    &self.name,
+                    &self.zone,
+                    key,
+                    self.timeout,
+                )?))
+            }
+            "dyndns2" => {
+                let Credentials::Basic { username, password } = &self.credentials else {
+                    return Err(DnsError::Config {
+                        msg: "dyndns2 needs a user name and password".into(),
+                        help: "set `dns.tsig.key_name` (user name) and `dns.tsig.secret_file` or `secret_env` (password)".into(),
+                    });
+                };
+                Ok(Box::new(dyndns2::Dyndns2::new(
+                    &self.server,
+                    &self.name,
+                    username,
+                    password.clone(),
+                    self.timeout,
+                )?))
+            }
+            other => Err(DnsError::Config {
+                msg: format!("unknown provider `{other}`"),
+                help: "set `dns.provider` to rfc2136 or dyndns2".into(),
+            }),
+        }
+    }
+}
+
+fn load_password(
+    user: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Secret, DnsError> {
+    let err = |msg: String| DnsError::Secret {
+        key: user.to_string(),
+        msg,
+    };
+    let raw = if let Some(p) = file {
+        std::fs::read_to_string(p).map_err(|e| err(format!("cannot read {}: {e}", p.display())))?
+    } else if let Some(v) = env {
+        std::env::var(v).map_err(|_| err(format!("environment variable {v} is not set")))?
+    } else {
+        return Err(err("neither secret_file nor secret_env is set".into()));
+    };
+    let pw = raw.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err(err("the password is empty".into()));
+    }
+    Ok(Secret::new(pw.into_bytes()))
+}
+
+/// The current records of the name, read from the provider (for rfc2136: the authoritative
+/// server itself, not a recursive cache).
+pub async fn query(cfg: &DnsConfig) -> Result<RecordSet, DnsError> {
+    cfg.provider()?.query().await
+}
+
+/// The HAProxy hosts of the inventory as health-check targets.
+pub fn haproxy_targets(inv: &Inventory) -> Result<Vec<HealthTarget>, DnsError> {
+    let mut out = Vec::new();
+    for h in inv.group_hosts(Group::Haproxy) {
+        let ip: IpAddr = h.address.parse().map_err(|_| DnsError::Config {
+            msg: format!(
+                "HAProxy host {}: address `{}` is not an IP address",
+                h.name, h.address
+            ),
+            help: "the DNS records need IP addresses: write the host's `address` as an IP".into(),
+        })?;
+        let mut publish = vec![ip];
+        if let Some(a6) = &h.address6 {
+            let ip6: IpAddr = a6.parse().map_err(|_| DnsError::Config {
+                msg: format!(
+                    "HAProxy host {}: address6 `{a6}` is not an IPv6 address",
+                    h.name
+                ),
+                help: "write `address6` as an IPv6 address or leave it out".into(),
+            })?;
+            publish.push(ip6);
+        }
+        out.push(HealthTarget {
+            name: h.name.clone(),
+            check_addr: ip,
+            publish,
+        });
+    }
+    Ok(out)
+}
+
+/// What one sync did.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    /// The records read before the (last) plan.
+    pub before: RecordSet,
+    pub plan: DnsPlan,
+    /// True when an update was sent and accepted.
+    pub applied: bool,
+    /// Things worth telling (e.g. a failed prerequisite that caused a re-read).
+    pub notes: Vec<String>,
+}
+
+/// Read, plan and (unless `dry_run`) apply. A failed prerequisite (someone changed the records
+/// between our read and our update) is reported in `notes`, and the records are read again; after
+/// `3` such failures the error is returned.
+pub async fn sync(
+    provider: &dyn Provider,
+    health: &[HostHealth],
+    ttl: u32,
+    dry_run: bool,
+) -> Result<SyncReport, DnsError> {
+    let healthy: Vec<IpAddr> = health
+        .iter()
+        .filter(|h| h.healthy)
+        .flat_map(|h| h.publish.iter().copied())
+        .collect();
+    let all: Vec<IpAddr> = health
+        .iter()
+        .flat_map(|h| h.publish.iter().copied())
+        .collect();
+    let mut notes = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = provider.query().await?;
+        let p = plan(&before, &healthy, &all, ttl);
+        if p.is_empty() || dry_run {
+            return Ok(SyncReport {
+                before,
+                plan: p,
+                applied: false,
+                notes,
+            });
+        }
+        match provider.apply(&before, &p).await {
+            Ok(()) => {
+                return Ok(SyncReport {
+                    before,
+                    plan: p,
+                    applied: true,
+                    notes,
+                })
+            }
+            Err(e) if e.is_prerequisite_failure() && attempt < 3 => {
+                notes.push(format!("{e}; reading the records again"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Arguments of `pgdeploy dns`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-pub async fn run(_args: Args) -> miette::Result<()> {
-    Err(miette::miette!("pgdeploy dns: not implemented yet"))
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Publish the healthy HAProxy hosts as the A/AAAA records of the inventory's DNS name.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SyncArgs {
+    /// Inventory file.
+    #[arg(default_value = "inventory.yml")]
+    inventory: PathBuf,
+    /// Keep syncing every --interval seconds until Ctrl-C (or SIGTERM), printing only changes.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between two syncs with --watch.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    interval: u64,
+    /// Show the plan, send nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(args: Args) -> miette::Result<()> {
+    match args.cmd {
+        Cmd::Sync(a) => run_sync(a).await,
+    }
+}
+
+async fn run_sync(a: SyncArgs) -> miette::Result<()> {
+    let (inv, warnings) = crate::inventory::load(&a.inventory)?;
+    for w in warnings {
+        eprintln!("warning: {}", w.0);
+    }
+    let cfg = DnsConfig::from_inventory(&inv)?.ok_or_else(|| {
+        miette::miette!(
+            help =
+                "add a `dns:` section (provider, name, zone, server, ttl, tsig) to the inventory",
+            "{} has no `dns` section",
+            a.inventory.display()
+        )
+    })?;
+    let provider = cfg.provider()?;
+    let targets = haproxy_targets(&inv)?;
+    if targets.is_empty() {
+        return Err(miette::miette!(
+            help = "list the HAProxy hosts under `groups.haproxy`",
+            "{} has no HAProxy hosts",
+            a.inventory.display()
+        ));
+    }
+    let ports = HealthPorts {
+        primary: inv.haproxy.primary_port,
+        stats: inv.haproxy.stats_port,
+        timeout: Duration::from_secs(2),
+    };
+    println!(
+        "{} {} via {}",
+        if a.dry_run { "planning" } else { "syncing" },
+        cfg.name,
+        provider.describe()
+    );
+    if !a.watch {
+        let t0 = Instant::now();
+        let health = check_all(&targets, ports).await;
+        print_health(&health);
+        let r = sync(provider.as_ref(), &health, cfg.ttl, a.dry_run).await?;
+        print_report(&r, a.dry_run, t0.elapsed());
+        return Ok(());
+    }
+    let mut last_health: Option<Vec<HostHealth>> = None;
+    let mut last_error: Option<String> = None;
+    let mut last_warnings: Vec<String> = Vec::new();
+    // registered once, so a Ctrl-C that arrives during a sync is not lost
+    let signal = |k| {
+        tokio::signal::unix::signal(k)
+            .map_err(|e| miette::miette!("cannot install the signal handler: {e}"))
+    };
+    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut failed: bool;
+    loop {
+        let t0 = Instant::now();
+        let health = check_all(&targets, ports).await;
+        if last_health.as_ref() != Some(&health) {
+            print_health(&health);
+            last_health = Some(health.clone());
+        }
+        match sync(provider.as_ref(), &health, cfg.ttl, a.dry_run).await {
+            Ok(r) => {
+                failed = false;
+                if last_error.take().is_some() {
+                    println!("DNS is reachable again");
+                }
+                if r.plan.warnings != last_warnings {
+                    for w in &r.plan.warnings {
+                        println!("warning: {w}");
+                    }
+                    last_warnings = r.plan.warnings.clone();
+                }
+                if !r.plan.is_empty() || !r.notes.is_empty() {
+                    let mut r = r;
+                    r.plan.warnings.clear();
+                    print_report(&r, a.dry_run, t0.elapsed());
+                }
+            }
+            Err(e) => {
+                failed = true;
+                let msg = format!("{:?}", miette::Report::new(e));
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    eprintln!("{msg}");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tokio::time::sleep(Duration::from_secs(a.interval)) => {}
+        }
+    }
+    if failed {
+        return Err(miette::miette!("the last DNS sync failed (see above)"));
+    }
+    Ok(())
+}
+
+fn print_health(health: &[HostHealth]) {
+    for h in health {
+        let addrs: Vec<String> = h.publish.iter().map(|a| a.to_string()).collect();
+        if h.healthy {
+            println!("  {} ({}): healthy", h.name, addrs.join(", "));
+        } else {
+            println!("  {} ({}): DOWN: {}", h.name, addrs.join(", "), h.reason);
+        }
+    }
+}
+
+fn print_report(r: &SyncReport, dry_run: bool, took: Duration) {
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    for w in &r.plan.warnings {
+        println!("warning: {w}");
+    }
+    println!("current: {}", r.before);
+    if r.plan.is_empty() {
+        println!("no change ({} ms)", took.as_millis());
+        return;
+    }
+    for line in r.plan.to_string().lines() {
+        println!("  {line}");
+    }
+    if dry_run {
+        println!("dry run: nothing sent");
+    } else {
+        println!("applied ({} ms)", took.as_millis());
+    }
 }
