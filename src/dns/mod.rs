@@ -279,7 +279,7 @@ enum Cmd {
 #[derive(Debug, clap::Args)]
 struct SyncArgs {
     /// Inventory file.
-    #[arg(default_value = "inventory.yml")]
+    #[arg(default_value = "inventory.yaml")]
     inventory: PathBuf,
     /// Keep syncing every --interval seconds until Ctrl-C (or SIGTERM), printing only changes.
     #[arg(long)]

@@ -2,6 +2,7 @@
 //! verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
 //! what files, packages and units a role has is data under `roles/`.
 
+pub mod dns;
 pub mod etcd;
 pub mod haproxy;
 pub mod packages;
@@ -38,6 +39,7 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
         Box::new(patroni::Patroni),
         Box::new(haproxy::Haproxy),
         Box::new(verify::Verify),
+        Box::new(dns::Dns),
     ]
 }
 
