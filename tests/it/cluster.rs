@@ -179,4 +179,228 @@ fn production_cluster_end_to_end() {
         "check after the repaired apply:\n{}",
         out.all()
     );
+
+    dns_scenarios(&lab, &inv, &pw);
+    upgrade_scenario(&lab, &inv, &pw, true);
+}
+
+/// Records of the lab's name at the lab's authoritative server.
+fn dns_records(lab: &LabGuard) -> Vec<String> {
+    let _ = lab;
+    let o = std::process::Command::new("dig")
+        .args([
+            "+short",
+            "+norecurse",
+            "@10.231.0.1",
+            "pg.db.lab.test.",
+            "A",
+        ])
+        .output()
+        .expect("dig");
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+fn soa_serial() -> String {
+    let o = std::process::Command::new("dig")
+        .args(["+short", "+norecurse", "@10.231.0.1", "db.lab.test.", "SOA"])
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_records(lab: &LabGuard, inv: &std::path::Path, want: &[&str]) {
+    let t = Instant::now();
+    loop {
+        let out = pgdeploy(&["dns", "sync", inv.to_str().unwrap()]);
+        let got = dns_records(lab);
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "records {got:?}, want {want:?}; last sync:\n{}",
+            out.all()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn dns_scenarios(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let all = ["10.231.0.31", "10.231.0.32", "10.231.0.33"];
+    // After apply the name holds the three HAProxy addresses.
+    assert_eq!(dns_records(lab), all, "records after apply");
+    // A client resolving the name (on a lab host whose resolver is the lab's DNS) writes to
+    // the leader through it.
+    lab.ssh("pg1", "cp /etc/resolv.conf /etc/resolv.conf.pgdeploy-test 2>/dev/null; echo 'nameserver 10.231.0.1' > /etc/resolv.conf");
+    let o = lab.ssh_out(
+        "pg1",
+        &format!("PGPASSWORD='{pw}' psql 'host=pg.db.lab.test port=5000 user=postgres dbname=postgres' -AtXc 'select not pg_is_in_recovery()'"),
+    );
+    lab.ssh(
+        "pg1",
+        "mv -f /etc/resolv.conf.pgdeploy-test /etc/resolv.conf 2>/dev/null || true",
+    );
+    assert_eq!(
+        o.stdout.trim(),
+        "t",
+        "write by name went to a non-leader:\n{}",
+        o.all()
+    );
+    // A no-op apply sends no DNS update (the zone's serial does not move).
+    let serial = soa_serial();
+    assert_eq!(pgdeploy(&["apply", inv.to_str().unwrap()]).code, 0);
+    assert_eq!(serial, soa_serial(), "a no-op apply changed the zone");
+    // One load balancer powered off: it leaves the round robin; back when healthy.
+    lab.kill("haproxy1");
+    wait_records(lab, inv, &all[1..]);
+    lab.start("haproxy1");
+    wait_records(lab, inv, &all);
+    // All three down: the record set is left as it was, with a warning.
+    for h in ["haproxy1", "haproxy2", "haproxy3"] {
+        lab.kill(h);
+    }
+    let out = pgdeploy(&["dns", "sync", inv.to_str().unwrap()]);
+    assert_eq!(
+        dns_records(lab),
+        all,
+        "records must stay when all are down:\n{}",
+        out.all()
+    );
+    assert!(
+        out.all().to_lowercase().contains("warning"),
+        "{}",
+        out.all()
+    );
+    for h in ["haproxy1", "haproxy2", "haproxy3"] {
+        lab.start(h);
+    }
+    wait_records(lab, inv, &all);
+    // A wrong TSIG key: a clear error, nothing changed.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad_inv = bad_dir.path().join("inventory.yaml");
+    let text = std::fs::read_to_string(inv).unwrap();
+    let key_abs = inv.parent().unwrap().join("tsig.key");
+    std::fs::write(
+        &bad_inv,
+        text.replace(
+            "secret_file: tsig.key",
+            &format!("secret_file: {}", bad_dir.path().join("bad.key").display()),
+        ),
+    )
+    .unwrap();
+    let _ = key_abs;
+    let key_name = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key_name:"))
+        .map(|k| k.trim().trim_matches('"').to_string())
+        .expect("key_name in the lab inventory");
+    // Same key name and algorithm, another secret.
+    let fresh = std::process::Command::new("tsig-keygen")
+        .args(["-a", "hmac-sha256", &key_name])
+        .output()
+        .expect("tsig-keygen");
+    std::fs::write(bad_dir.path().join("bad.key"), &fresh.stdout).unwrap();
+    // Make the wrong key matter: take one address out by hand first, so an update is needed.
+    lab.kill("haproxy3");
+    let serial = soa_serial();
+    let out = pgdeploy(&["dns", "sync", bad_inv.to_str().unwrap()]);
+    assert_ne!(out.code, 0, "{}", out.all());
+    assert!(out.all().contains("TSIG key rejected"), "{}", out.all());
+    assert_eq!(serial, soa_serial(), "a rejected key changed the zone");
+    lab.start("haproxy3");
+    wait_records(lab, inv, &all);
+}
+
+/// Rolling minor upgrade 15.18 -> 15.20 while a writer writes through HAProxy; every
+/// acknowledged row must exist on the new leader and every replica afterwards.
+fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, synchronous: bool) {
+    let inv_s = inv.to_str().unwrap();
+    if synchronous {
+        edit_inventory(inv, "synchronous_mode: false", "synchronous_mode: true");
+        pgdeploy_ok(&["apply", inv_s]);
+    }
+    pgdeploy_ok(&["bundle", inv_s, "--also-postgres", "15.20"]);
+    let out = pgdeploy(&["upgrade", inv_s, "--postgres", "15.20", "--check"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stdout.contains("switchover"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("15.18-0+deb12u1 -> 15.20-0+deb12u1"),
+        "{}",
+        out.stdout
+    );
+    let writer = Writer::start("10.231.0.31", pw, "upgrade");
+    let t = Instant::now();
+    let out = pgdeploy(&["upgrade", inv_s, "--postgres", "15.20"]);
+    let elapsed = t.elapsed();
+    let w = writer.stop();
+    assert_eq!(out.code, 0, "upgrade failed:\n{}", out.all());
+    let mode = if synchronous { "sync" } else { "async" };
+    figure(
+        &format!("upgrade ({mode}): total seconds for three members"),
+        elapsed.as_secs_f64(),
+    );
+    figure(
+        &format!("upgrade ({mode}): longest gap between successful inserts (s)"),
+        w.longest_gap.as_secs_f64(),
+    );
+    figure(
+        &format!("upgrade ({mode}): acknowledged inserts"),
+        w.acknowledged.len() as f64,
+    );
+    // Every acknowledged row is on the leader and on every replica.
+    let leader = wait_leader(lab);
+    wait_members_running(lab, 3);
+    let acked: std::collections::BTreeSet<i64> = w.acknowledged.iter().copied().collect();
+    let mut lost_max = 0;
+    for pg in ["pg1", "pg2", "pg3"] {
+        let t = Instant::now();
+        let lost = loop {
+            let have: std::collections::BTreeSet<i64> = lab
+                .ssh(pg, "runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = 'upgrade'\"")
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let lost = acked.difference(&have).count();
+            if lost == 0 || t.elapsed() > Duration::from_secs(60) {
+                break lost;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        lost_max = lost_max.max(lost);
+    }
+    figure(
+        &format!("upgrade ({mode}): acknowledged writes lost"),
+        lost_max as f64,
+    );
+    if synchronous {
+        assert_eq!(lost_max, 0, "acknowledged writes lost in synchronous mode");
+    }
+    for pg in ["pg1", "pg2", "pg3"] {
+        let v = lab.ssh(
+            pg,
+            "runuser -u postgres -- psql -AtXc 'show server_version'",
+        );
+        assert!(v.trim().starts_with("15.20"), "{pg} runs {v}");
+        let held = lab.ssh(pg, "apt-mark showhold");
+        assert!(held.contains("postgresql-15"), "{pg}: not held: {held}");
+    }
+    let _ = leader;
+    assert!(
+        std::fs::read_to_string(inv)
+            .unwrap()
+            .contains("version: \"15.20\""),
+        "inventory not updated"
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after the upgrade:\n{}", out.all());
 }
