@@ -181,7 +181,7 @@ fn production_cluster_end_to_end() {
     );
 
     dns_scenarios(&lab, &inv, &pw);
-    upgrade_scenario(&lab, &inv, &pw, true);
+    upgrade_scenario(&lab, &inv, &pw, "10.231.0.31", true);
 }
 
 /// Records of the lab's name at the lab's authoritative server.
@@ -323,7 +323,7 @@ fn dns_scenarios(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
 
 /// Rolling minor upgrade 15.18 -> 15.20 while a writer writes through HAProxy; every
 /// acknowledged row must exist on the new leader and every replica afterwards.
-fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, synchronous: bool) {
+fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, lb: &str, synchronous: bool) {
     let inv_s = inv.to_str().unwrap();
     if synchronous {
         edit_inventory(inv, "synchronous_mode: false", "synchronous_mode: true");
@@ -338,7 +338,7 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, synchronous
         "{}",
         out.stdout
     );
-    let writer = Writer::start("10.231.0.31", pw, "upgrade");
+    let writer = Writer::start(lb, pw, "upgrade");
     let t = Instant::now();
     let out = pgdeploy(&["upgrade", inv_s, "--postgres", "15.20"]);
     let elapsed = t.elapsed();
@@ -403,4 +403,35 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, synchronous
     );
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the upgrade:\n{}", out.all());
+}
+
+/// The seed's proof of concept: 1 etcd, 3 Patroni, 1 HAProxy, colocated on three hosts; then a
+/// rolling upgrade in asynchronous mode (the figure the synchronous run is compared with).
+#[test]
+fn poc_cluster_end_to_end() {
+    let _lock = lab_lock();
+    let lab = LabGuard::up("poc");
+    let inv = lab.inventory();
+    let inv_s = inv.to_str().unwrap();
+    use_shared_bundle(&inv);
+    pgdeploy_ok(&["bundle", inv_s]);
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "apply of the PoC failed:\n{}", out.all());
+    figure(
+        "PoC apply on three bare hosts (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    let pw = lab.secret("superuser_password");
+    assert_eq!(
+        psql("10.231.0.21", 5000, &pw, "select pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    assert_eq!(
+        psql("10.231.0.21", 5001, &pw, "select pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after the PoC apply:\n{}", out.all());
+    upgrade_scenario(&lab, &inv, &pw, "10.231.0.21", false);
 }
