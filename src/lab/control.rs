@@ -959,15 +959,7 @@ pub fn teardown() -> Result<DownReport> {
             left.push(format!("{what} still running"));
         }
     }
-    for m in sys::mounts_under(state_dir) {
-        left.push(format!("mount {}", m.display()));
-    }
-    for ns in net::lab_netns().unwrap_or_default() {
-        left.push(format!("netns {ns}"));
-    }
-    if net::link_exists(net::BRIDGE) && net::bridge_is_ours() {
-        left.push(format!("bridge {}", net::BRIDGE));
-    }
+    left.extend(leftovers());
     if left.is_empty() {
         Ok(rep)
     } else {
@@ -978,4 +970,54 @@ pub fn teardown() -> Result<DownReport> {
 /// Is the base image already cached?
 pub fn base_cached(cache_dir: &Path) -> bool {
     base::base_path(cache_dir).join("etc/os-release").exists()
+}
+
+/// What of a lab exists on this machine right now: lab processes (nspawn, named), mounts under
+/// the state directory, network namespaces, veths, the bridge, cgroups, the state file.
+/// Empty after a clean `down`.
+pub fn leftovers() -> Vec<String> {
+    let state_dir = Path::new(STATE_DIR);
+    let mut left = Vec::new();
+    let hosts_prefix = format!("{}/", state_dir.join("hosts").display());
+    for p in sys::procs_with_arg_prefix(&hosts_prefix) {
+        if p.alive() {
+            left.push(format!("systemd-nspawn process {}", p.pid));
+        }
+    }
+    let named_conf = state_dir.join("named/named.conf").display().to_string();
+    for p in sys::procs_with_arg_prefix(&named_conf) {
+        if p.alive() {
+            left.push(format!("named process {}", p.pid));
+        }
+    }
+    for m in sys::mounts_under(state_dir) {
+        left.push(format!("mount {}", m.display()));
+    }
+    for ns in net::lab_netns().unwrap_or_default() {
+        left.push(format!("netns {ns}"));
+    }
+    for v in net::lab_veths() {
+        left.push(format!("veth {v}"));
+    }
+    if net::link_exists(net::BRIDGE) && net::bridge_is_ours() {
+        left.push(format!("bridge {}", net::BRIDGE));
+    }
+    for root in sys::cgroup_roots() {
+        let top = root.join(sys::CGROUP_DIR);
+        if top.exists() {
+            left.push(format!("cgroup {}", top.display()));
+        }
+    }
+    if state_path().exists() {
+        left.push(format!("state file {}", state_path().display()));
+    }
+    left
+}
+
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A process-wide lock for tests: there is one lab per machine, so tests that bring one up
+/// hold this guard for their whole scenario.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().await
 }

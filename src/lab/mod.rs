@@ -14,7 +14,7 @@ mod sys;
 
 pub use base::{base_path, cache_key, ensure_base, BaseImage, CACHE_DIR, PACKAGES, SUITE};
 pub use control::{
-    preflight_tools, teardown, DownReport, HostState, HostStatus, Lab, LabHost, LabOptions,
+    exclusive, leftovers, preflight_tools, teardown, DownReport, HostState, HostStatus, Lab, LabHost, LabOptions,
     State, Topology, UpReport, STATE_DIR,
 };
 pub use error::{LabError, Result};
