@@ -158,7 +158,10 @@ pub async fn ensure_base(cache_dir: &Path) -> Result<BaseImage> {
     let tmp = tempfile::Builder::new()
         .prefix(".build-")
         .tempdir_in(cache_dir)
-        .map_err(io(format!("cannot create a build directory in {}", cache_dir.display())))?;
+        .map_err(io(format!(
+            "cannot create a build directory in {}",
+            cache_dir.display()
+        )))?;
     let root = tmp.path().join("root");
     let result = build_into(&root).await;
     if let Err(e) = result {

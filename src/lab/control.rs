@@ -38,7 +38,11 @@ impl Topology {
                     out.push((format!("pg{i}"), a(20 + i), vec!["patroni".to_string()]));
                 }
                 for i in 1..=3u8 {
-                    out.push((format!("haproxy{i}"), a(30 + i), vec!["haproxy".to_string()]));
+                    out.push((
+                        format!("haproxy{i}"),
+                        a(30 + i),
+                        vec!["haproxy".to_string()],
+                    ));
                 }
             }
             Topology::Poc => {
@@ -577,11 +581,12 @@ impl Lab {
         let mut text = String::new();
         for h in &self.state.hosts {
             for t in ["ed25519", "ecdsa"] {
-                let p = h
-                    .merged()
-                    .join(format!("etc/ssh/ssh_host_{t}_key.pub"));
-                let line = std::fs::read_to_string(&p)
-                    .map_err(io(format!("host {}: cannot read {}", h.name, p.display())))?;
+                let p = h.merged().join(format!("etc/ssh/ssh_host_{t}_key.pub"));
+                let line = std::fs::read_to_string(&p).map_err(io(format!(
+                    "host {}: cannot read {}",
+                    h.name,
+                    p.display()
+                )))?;
                 let mut f = line.split_whitespace();
                 if let (Some(kt), Some(k)) = (f.next(), f.next()) {
                     text.push_str(&format!("{} {kt} {k}\n", h.address));
@@ -612,7 +617,12 @@ impl Lab {
         y.push_str("groups:\n");
         for g in ["etcd", "patroni", "haproxy"] {
             y.push_str(&format!("  {g}:\n"));
-            for h in self.state.hosts.iter().filter(|h| h.groups.iter().any(|x| x == g)) {
+            for h in self
+                .state
+                .hosts
+                .iter()
+                .filter(|h| h.groups.iter().any(|x| x == g))
+            {
                 y.push_str(&format!(
                     "    - name: {}\n      address: \"{}\"\n",
                     h.name, h.address
@@ -638,7 +648,12 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 }
 
 /// Overlay over the base image + the host's identity (hostname, hosts, machine id, key).
-fn prepare_host(h: &HostState, base: &Path, pubkey: &str, all: &[(String, Ipv4Addr)]) -> Result<()> {
+fn prepare_host(
+    h: &HostState,
+    base: &Path,
+    pubkey: &str,
+    all: &[(String, Ipv4Addr)],
+) -> Result<()> {
     let (upper, work, merged) = (h.root.join("upper"), h.root.join("work"), h.merged());
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
@@ -660,20 +675,30 @@ fn prepare_host(h: &HostState, base: &Path, pubkey: &str, all: &[(String, Ipv4Ad
             merged.as_os_str(),
         ],
     )?;
-    sys::write_file(&merged.join("etc/hostname"), format!("{}\n", h.name).as_bytes(), 0o644)?;
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    sys::write_file(
+        &merged.join("etc/hostname"),
+        format!("{}\n", h.name).as_bytes(),
+        0o644,
+    )?;
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for (n, a) in all {
         hosts.push_str(&format!("{a}\t{n}\n"));
     }
     sys::write_file(&merged.join("etc/hosts"), hosts.as_bytes(), 0o644)?;
     let id: u128 = rand::random();
-    sys::write_file(&merged.join("etc/machine-id"), format!("{id:032x}\n").as_bytes(), 0o444)?;
+    sys::write_file(
+        &merged.join("etc/machine-id"),
+        format!("{id:032x}\n").as_bytes(),
+        0o444,
+    )?;
     // resolv.conf may be a symlink in the base; replace it with a file
     let resolv = merged.join("etc/resolv.conf");
     let _ = std::fs::remove_file(&resolv);
     sys::write_file(&resolv, format!("nameserver {GATEWAY}\n").as_bytes(), 0o644)?;
     let ssh_dir = merged.join("root/.ssh");
-    std::fs::create_dir_all(&ssh_dir).map_err(io(format!("cannot create {}", ssh_dir.display())))?;
+    std::fs::create_dir_all(&ssh_dir)
+        .map_err(io(format!("cannot create {}", ssh_dir.display())))?;
     set_mode(&ssh_dir, 0o700)?;
     sys::write_file(&ssh_dir.join("authorized_keys"), pubkey.as_bytes(), 0o600)?;
     Ok(())
@@ -689,7 +714,17 @@ async fn keygen_all(hosts: &[HostState]) -> Result<()> {
                 let f = f.to_string_lossy().into_owned();
                 sys::run_async(
                     "ssh-keygen",
-                    &["-q", "-t", t, "-N", "", "-C", comment.as_str(), "-f", f.as_str()],
+                    &[
+                        "-q",
+                        "-t",
+                        t,
+                        "-N",
+                        "",
+                        "-C",
+                        comment.as_str(),
+                        "-f",
+                        f.as_str(),
+                    ],
                 )
                 .await
             }
@@ -722,8 +757,12 @@ fn boot(h: &HostState) -> Result<ProcId> {
     let mut script = String::new();
     for cg in sys::host_cgroups(&h.name) {
         remove_cgroup_tree(&cg);
-        std::fs::create_dir_all(&cg).map_err(io(format!("cannot create cgroup {}", cg.display())))?;
-        script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", cg.display()));
+        std::fs::create_dir_all(&cg)
+            .map_err(io(format!("cannot create cgroup {}", cg.display())))?;
+        let procs = format!("{}/cgroup.procs", cg.display());
+        script.push_str(&format!(
+            "echo $$ > '{procs}' || echo 'pgdeploy lab: could not join cgroup {procs}' >&2; "
+        ));
     }
     script.push_str("exec systemd-nspawn \"$@\"");
     let mut sh_args = vec!["-c".to_string(), script, "sh".to_string()];
@@ -742,7 +781,10 @@ fn ssh_cmd(dir: &Path, addr: Ipv4Addr, connect_timeout: u64) -> tokio::process::
         .arg("-o")
         .arg(format!("ConnectTimeout={connect_timeout}"))
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", dir.join("known_hosts").display()))
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            dir.join("known_hosts").display()
+        ))
         .arg("-o")
         .arg("GlobalKnownHostsFile=/dev/null")
         .arg("-o")
@@ -765,7 +807,12 @@ async fn ssh_probe(dir: &Path, addr: Ipv4Addr, cmd: &str, timeout_s: u64) -> Opt
         .ok()?
         .ok()?;
     let code = out.status.code()?;
-    (code != 255).then(|| (code, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    (code != 255).then(|| {
+        (
+            code,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    })
 }
 
 /// Wait until the host answers SSH and `systemctl is-system-running` says running or degraded.
@@ -794,7 +841,10 @@ async fn wait_host(dir: &Path, h: &HostState, deadline: Instant, timeout: Durati
         }
         if Instant::now() >= deadline {
             return Err(LabError::Timeout {
-                what: format!("host {} ({}) to boot and answer SSH ({last})", h.name, h.address),
+                what: format!(
+                    "host {} ({}) to boot and answer SSH ({last})",
+                    h.name, h.address
+                ),
                 secs: timeout.as_secs(),
                 hint: format!("see the console log {}", h.console_log().display()),
             });

@@ -6,7 +6,9 @@ pub type Result<T> = std::result::Result<T, LabError>;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LabError {
-    #[error("pgdeploy lab must run as root (it creates network namespaces, mounts and containers)")]
+    #[error(
+        "pgdeploy lab must run as root (it creates network namespaces, mounts and containers)"
+    )]
     #[diagnostic(code(lab::not_root), help("run it as root, e.g. with sudo"))]
     NotRoot,
 
@@ -105,7 +107,10 @@ pub enum LabError {
     NoMirror(String),
 
     #[error("lab down left things behind: {0}")]
-    #[diagnostic(code(lab::not_clean), help("run `pgdeploy lab down` again; it is idempotent"))]
+    #[diagnostic(
+        code(lab::not_clean),
+        help("run `pgdeploy lab down` again; it is idempotent")
+    )]
     NotClean(String),
 }
 

@@ -14,8 +14,8 @@ mod sys;
 
 pub use base::{base_path, cache_key, ensure_base, BaseImage, CACHE_DIR, PACKAGES, SUITE};
 pub use control::{
-    exclusive, leftovers, preflight_tools, teardown, DownReport, HostState, HostStatus, Lab, LabHost, LabOptions,
-    State, Topology, UpReport, STATE_DIR,
+    exclusive, leftovers, preflight_tools, teardown, DownReport, HostState, HostStatus, Lab,
+    LabHost, LabOptions, State, Topology, UpReport, STATE_DIR,
 };
 pub use error::{LabError, Result};
 pub use named::{KEY_ALG, KEY_NAME, NAME as DNS_NAME, ZONE as DNS_ZONE};
@@ -45,7 +45,12 @@ enum TopologyArg {
 enum LabCmd {
     /// Boot the lab's hosts and DNS server; write inventory, keys and known_hosts into DIR.
     Up {
-        #[arg(long, value_enum, default_value = "production", conflicts_with = "hosts")]
+        #[arg(
+            long,
+            value_enum,
+            default_value = "production",
+            conflicts_with = "hosts"
+        )]
         topology: TopologyArg,
         /// N plain hosts h1..hN (no cluster inventory).
         #[arg(long)]
@@ -99,12 +104,20 @@ pub async fn run(args: Args) -> miette::Result<()> {
             }
             let (lab, rep) = Lab::up_with_report(opts).await?;
             if rep.base.built {
-                println!("base image built in {:.1} s", rep.base.build_time.as_secs_f64());
+                println!(
+                    "base image built in {:.1} s",
+                    rep.base.build_time.as_secs_f64()
+                );
             }
             for h in lab.hosts() {
                 println!("{:<10} {:<15} {}", h.name, h.address, h.groups.join(","));
             }
-            println!("DNS: {} zone {} (TSIG key {})", lab.dns_server(), DNS_ZONE, KEY_NAME);
+            println!(
+                "DNS: {} zone {} (TSIG key {})",
+                lab.dns_server(),
+                DNS_ZONE,
+                KEY_NAME
+            );
             match lab.inventory_path() {
                 Some(p) => println!("inventory: {}", p.display()),
                 None => println!(
@@ -119,7 +132,10 @@ pub async fn run(args: Args) -> miette::Result<()> {
         LabCmd::Status => {
             preflight_root()?;
             let lab = Lab::open()?;
-            println!("{:<10} {:<15} {:<8} {:<4} network", "HOST", "ADDRESS", "RUNNING", "SSH");
+            println!(
+                "{:<10} {:<15} {:<8} {:<4} network",
+                "HOST", "ADDRESS", "RUNNING", "SSH"
+            );
             for s in lab.status().await {
                 println!(
                     "{:<10} {:<15} {:<8} {:<4} {}",
@@ -133,7 +149,11 @@ pub async fn run(args: Args) -> miette::Result<()> {
             println!(
                 "DNS {}: {}",
                 lab.dns_server(),
-                if lab.named_running() { "running" } else { "not running" }
+                if lab.named_running() {
+                    "running"
+                } else {
+                    "not running"
+                }
             );
             Ok(())
         }
@@ -149,7 +169,11 @@ pub async fn run(args: Args) -> miette::Result<()> {
                     rep.killed.len(),
                     rep.unmounted.len(),
                     rep.netns_removed.len(),
-                    if rep.bridge_removed { "removed" } else { "absent" }
+                    if rep.bridge_removed {
+                        "removed"
+                    } else {
+                        "absent"
+                    }
                 );
             }
             Ok(())

@@ -121,7 +121,15 @@ pub fn create_host_net(host: &str, addr: Ipv4Addr) -> Result<()> {
     run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
     run(
         "ip",
-        &["-n", &ns, "route", "add", "default", "via", &GATEWAY.to_string()],
+        &[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+        ],
     )?;
     Ok(())
 }
@@ -130,7 +138,12 @@ pub fn create_host_net(host: &str, addr: Ipv4Addr) -> Result<()> {
 pub fn set_link(host: &str, up: bool) -> Result<()> {
     run(
         "ip",
-        &["link", "set", &veth_name(host), if up { "up" } else { "down" }],
+        &[
+            "link",
+            "set",
+            &veth_name(host),
+            if up { "up" } else { "down" },
+        ],
     )?;
     Ok(())
 }

@@ -75,9 +75,7 @@ pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
         dirs.push(PathBuf::from(d));
     }
-    dirs.into_iter()
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 /// A process we started, identified by PID and start time (so a reused PID is never mistaken
@@ -164,10 +162,7 @@ pub(crate) fn spawn_detached(prog: &str, args: &[String], log: &Path) -> Result<
         .try_clone()
         .map_err(io(format!("cannot open log {}", log.display())))?;
     let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {

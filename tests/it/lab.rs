@@ -18,7 +18,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < end, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {secs} s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -75,7 +78,10 @@ async fn lab_end_to_end() {
     let r = Lab::up(LabOptions::new(Topology::Hosts(1), &dir)).await;
     let (deleted, _) = sh("ip link del pgdlab0");
     assert!(matches!(r, Err(LabError::BridgeInUse(_))), "{r:?}");
-    assert!(deleted, "the foreign bridge must still exist after the refused up");
+    assert!(
+        deleted,
+        "the foreign bridge must still exist after the refused up"
+    );
     assert!(sh("ip link add pgdtest9 type veth peer name pgdtest8 && ip addr add 10.231.0.77/32 dev pgdtest9").0);
     let r = Lab::up(LabOptions::new(Topology::Hosts(1), &dir)).await;
     sh("ip link del pgdtest9");
@@ -101,7 +107,10 @@ async fn lab_end_to_end() {
     opts.down_on_drop = true; // torn down even if an assertion below panics
     let started = Instant::now();
     let mut lab = Lab::up(opts).await.expect("lab up");
-    eprintln!("poc lab (3 hosts) up in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "poc lab (3 hosts) up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let again = Lab::up(LabOptions::new(Topology::Poc, tmp.path().join("other"))).await;
     assert!(matches!(again, Err(LabError::AlreadyUp(_))), "{again:?}");
@@ -157,7 +166,12 @@ async fn lab_end_to_end() {
     ));
     assert!(!ok, "ssh with an empty known_hosts must fail: {out}");
     // hosts reach each other
-    let (code, out) = ssh(&lab, "pg2", "timeout 5 bash -c 'echo > /dev/tcp/10.231.0.23/22'").await;
+    let (code, out) = ssh(
+        &lab,
+        "pg2",
+        "timeout 5 bash -c 'echo > /dev/tcp/10.231.0.23/22'",
+    )
+    .await;
     assert_eq!(code, 0, "pg2 -> pg3:22: {out}");
 
     // DNS: answers, accepts an update signed with the lab's key, refuses an unknown key
@@ -172,7 +186,13 @@ async fn lab_end_to_end() {
     let (_, out) = sh("dig +short +time=2 +tries=3 @10.231.0.1 pg.db.lab.test. A");
     assert_eq!(out.trim(), "10.231.0.21");
     let other_key = tmp.path().join("other.key");
-    assert!(sh(&format!("tsig-keygen -a hmac-sha256 pgdeploy-lab > {}", other_key.display())).0);
+    assert!(
+        sh(&format!(
+            "tsig-keygen -a hmac-sha256 pgdeploy-lab > {}",
+            other_key.display()
+        ))
+        .0
+    );
     let (ok, _) = sh(&format!(
         "printf 'server 10.231.0.1\\nzone db.lab.test.\\nupdate add evil.db.lab.test. 30 A 10.231.0.99\\nsend\\n' \
          | nsupdate -t 10 -k {}",
@@ -191,7 +211,10 @@ async fn lab_end_to_end() {
     assert!(!pg2.running && !pg2.ssh, "{pg2:?}");
     let (code, _) = ssh(&lab, "pg2", "true").await;
     assert_ne!(code, 0, "a killed host must not answer");
-    assert!(matches!(lab.start("pg1").await, Err(LabError::HostRunning(_))));
+    assert!(matches!(
+        lab.start("pg1").await,
+        Err(LabError::HostRunning(_))
+    ));
     lab.start("pg2").await.expect("start pg2");
     let (code, out) = ssh(&lab, "pg2", "cat /root/marker").await;
     assert_eq!((code, out.as_str()), (0, "before-kill"));
@@ -205,7 +228,12 @@ async fn lab_end_to_end() {
     .await;
     assert_eq!(code, 0);
     lab.partition("pg3").await.expect("partition");
-    let (code, _) = ssh(&lab, "pg1", "timeout 3 bash -c 'echo > /dev/tcp/10.231.0.23/22'").await;
+    let (code, _) = ssh(
+        &lab,
+        "pg1",
+        "timeout 3 bash -c 'echo > /dev/tcp/10.231.0.23/22'",
+    )
+    .await;
     assert_ne!(code, 0, "pg1 must not reach a partitioned pg3");
     let st = lab.status().await;
     let pg3 = st.iter().find(|s| s.name == "pg3").expect("pg3");
@@ -217,12 +245,24 @@ async fn lab_end_to_end() {
     })
     .await;
     let (code, out) = ssh(&lab, "pg3", &format!("kill -0 {pid} && echo alive")).await;
-    assert_eq!((code, out.as_str()), (0, "alive"), "the process started before the partition");
-    let (code, _) = ssh(&lab, "pg1", "timeout 5 bash -c 'echo > /dev/tcp/10.231.0.23/22'").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "alive"),
+        "the process started before the partition"
+    );
+    let (code, _) = ssh(
+        &lab,
+        "pg1",
+        "timeout 5 bash -c 'echo > /dev/tcp/10.231.0.23/22'",
+    )
+    .await;
     assert_eq!(code, 0, "pg1 reaches pg3 again");
 
     let st = lab.status().await;
-    assert!(st.iter().all(|s| s.running && s.ssh && !s.partitioned), "{st:?}");
+    assert!(
+        st.iter().all(|s| s.running && s.ssh && !s.partitioned),
+        "{st:?}"
+    );
     assert!(lab.named_running());
 
     // down leaves nothing; a second down is a no-op
