@@ -218,6 +218,24 @@ impl DownReport {
     }
 }
 
+/// Files `up` writes into the output directory.
+const OUTPUT_FILES: &[&str] = &[
+    "inventory.yaml",
+    "id_ed25519",
+    "id_ed25519.pub",
+    "known_hosts",
+    "tsig.key",
+];
+
+/// Output of [`Lab::ssh`].
+#[derive(Debug, Clone)]
+pub struct SshOutput {
+    /// Exit status of the remote command (255: SSH itself failed).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// Required tools and the Debian packages that provide them.
 const TOOLS: &[(&str, &str)] = &[
     ("systemd-nspawn", "systemd-container"),
@@ -286,6 +304,21 @@ impl Lab {
                     .join(", ")
             )));
         }
+        for f in OUTPUT_FILES {
+            let p = opts.dir.join(f);
+            if p.exists() {
+                return Err(LabError::FileExists(p));
+            }
+        }
+        // Nothing is mounted under the state directory (checked above): whatever an earlier,
+        // crashed lab left there is stale.
+        for sub in ["hosts", "named"] {
+            let p = Path::new(STATE_DIR).join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p)
+                    .map_err(io(format!("cannot remove {}", p.display())))?;
+            }
+        }
         let started = Instant::now();
         std::fs::create_dir_all(&opts.dir)
             .map_err(io(format!("cannot create {}", opts.dir.display())))?;
@@ -328,9 +361,6 @@ impl Lab {
 
         // keys for the control side
         let key = dir.join("id_ed25519");
-        for f in [key.clone(), dir.join("id_ed25519.pub")] {
-            let _ = std::fs::remove_file(&f);
-        }
         self.state.files.extend([
             key.clone(),
             dir.join("id_ed25519.pub"),
@@ -494,6 +524,22 @@ impl Lab {
     pub fn ssh_command(&self, host: &str) -> Result<tokio::process::Command> {
         let i = self.host(host)?;
         Ok(ssh_cmd(&self.state.dir, self.state.hosts[i].address, 10))
+    }
+
+    /// Run a shell command on a host with the system `ssh` client (strict host-key checking
+    /// against the lab's known_hosts, 10 s connect timeout).
+    pub async fn ssh(&self, host: &str, cmd: &str) -> Result<SshOutput> {
+        let mut c = self.ssh_command(host)?;
+        c.arg(cmd);
+        let out = c.output().await.map_err(|e| LabError::Command {
+            cmd: format!("ssh {host} {cmd}"),
+            detail: e.to_string(),
+        })?;
+        Ok(SshOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// Power loss: SIGKILL the host's systemd-nspawn; returns when none of its processes remain.

@@ -27,6 +27,13 @@ pub enum LabError {
     #[diagnostic(code(lab::leftovers), help("run `pgdeploy lab down` to remove them"))]
     Leftovers(String),
 
+    #[error("{0} already exists; the lab does not overwrite files it did not create")]
+    #[diagnostic(
+        code(lab::file_exists),
+        help("choose another --dir, or remove the file if it is left from an earlier lab")
+    )]
+    FileExists(PathBuf),
+
     #[error("no lab is up (no state file {0})")]
     #[diagnostic(code(lab::not_up), help("start one with `pgdeploy lab up`"))]
     NotUp(PathBuf),

@@ -165,6 +165,19 @@ async fn lab_end_to_end() {
         lab.private_key_path().display()
     ));
     assert!(!ok, "ssh with an empty known_hosts must fail: {out}");
+    let out = lab
+        .ssh("pg1", "cat /etc/machine-id")
+        .await
+        .expect("ssh pg1");
+    let out2 = lab
+        .ssh("pg2", "cat /etc/machine-id")
+        .await
+        .expect("ssh pg2");
+    assert_eq!((out.code, out2.code), (0, 0), "{out:?} {out2:?}");
+    assert_ne!(out.stdout, out2.stdout, "each host has its own machine id");
+    // files from an earlier lab are never overwritten
+    let r = Lab::up(LabOptions::new(Topology::Poc, &dir)).await;
+    assert!(matches!(r, Err(LabError::AlreadyUp(_))), "{r:?}");
     // hosts reach each other
     let (code, out) = ssh(
         &lab,
@@ -273,4 +286,15 @@ async fn lab_end_to_end() {
     assert!(!dir.join("inventory.yaml").exists());
     let rep = lab::teardown().expect("second down");
     assert!(rep.nothing(), "{rep:?}");
+
+    // `up` refuses to overwrite a key it did not create
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("id_ed25519"), "not ours").expect("write");
+    let r = Lab::up(LabOptions::new(Topology::Hosts(1), &dir)).await;
+    assert!(matches!(r, Err(LabError::FileExists(_))), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("id_ed25519")).expect("read"),
+        "not ours"
+    );
+    assert_clean("after a refused up");
 }
