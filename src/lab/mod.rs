@@ -3,7 +3,28 @@
 //! authoritative BIND 9 for `db.lab.test.` that accepts TSIG-signed RFC 2136 updates.
 //!
 //! The library API ([`Lab`]) lets end-to-end tests bring a lab up, power hosts off and on, cut
-//! their network, and tear everything down.
+//! their network, and tear everything down:
+//!
+//! ```no_run
+//! # async fn demo() -> pgdeploy::lab::Result<()> {
+//! use pgdeploy::lab::{self, Lab, LabOptions, Topology};
+//! let _guard = lab::exclusive().await; // one lab per machine: serialize tests
+//! let mut opts = LabOptions::new(Topology::Production, "target/lab");
+//! opts.down_on_drop = true; // torn down even when the test panics
+//! let mut lab = Lab::up(opts).await?;
+//! let _inventory = lab.inventory_path(); // inventory.yaml for the cluster code
+//! lab.kill("pg1").await?; // power loss
+//! lab.start("pg1").await?; // boots on the same disk; waits for SSH
+//! lab.partition("etcd2").await?; // veth down: processes keep running
+//! lab.heal("etcd2").await?;
+//! let out = lab.ssh("pg1", "systemctl is-system-running").await?;
+//! assert_eq!(out.code, 0);
+//! lab.down().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: state file, overlays and the DNS server's files under [`STATE_DIR`]; the base image
+//! under [`CACHE_DIR`]; each container in its own cgroup subtree `pgdeploy-lab/<host>`.
 
 mod base;
 mod control;
