@@ -14,18 +14,12 @@ pub struct Warning(pub String);
 pub fn load(path: &Path) -> miette::Result<(Inventory, Vec<Warning>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| miette::miette!("cannot read inventory {}: {e}", path.display()))?;
-    let mut inv: Inventory =
-        serde_saphyr::from_str(&text).map_err(|e| miette::miette!("{}: {e}", path.display()))?;
+    let mut inv: Inventory = serde_saphyr::from_str(&text)
+        .map_err(|e| miette::miette!("{}: {e}", path.display()))?;
     inv.path = path.to_path_buf();
     inv.base_dir = path
         .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     Ok((inv, Vec::new()))
