@@ -649,6 +649,9 @@ impl Lab {
             topology.label()
         ));
         y.push_str("cluster:\n  name: lab\n");
+        y.push_str(
+            "postgres:\n  version: \"15.18\"\n  synchronous_mode: false\n  parameters:\n    max_connections: 100\n    shared_buffers: 64MB\n    wal_keep_size: 256MB\n",
+        );
         y.push_str("packages:\n  source: bundle\n  bundle_dir: bundle\n");
         y.push_str("ssh:\n  user: root\n  port: 22\n  private_key: id_ed25519\n  known_hosts: known_hosts\n");
         y.push_str(&format!(
