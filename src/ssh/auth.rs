@@ -130,7 +130,12 @@ pub(crate) async fn sudo_password(
                 )
             });
     }
-    let cached = || SUDO_PASSWORD.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let cached = || {
+        SUDO_PASSWORD
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
     if let Some(s) = cached() {
         return Ok((s, SudoSource::Prompt));
     }
@@ -283,7 +288,8 @@ pub(crate) async fn authenticate(
         }
     }
     let tried = if tried.is_empty() {
-        "no ssh-agent (SSH_AUTH_SOCK unset) and no key in ~/.ssh/id_ed25519, id_ecdsa, id_rsa".to_string()
+        "no ssh-agent (SSH_AUTH_SOCK unset) and no key in ~/.ssh/id_ed25519, id_ecdsa, id_rsa"
+            .to_string()
     } else {
         tried.join(", ")
     };

@@ -141,10 +141,12 @@ fn same_family(a: &Algorithm, b: &Algorithm) -> bool {
 /// (as OpenSSH does), so a host known by its RSA key is not reported as unknown because it
 /// also has an Ed25519 key.
 pub fn preferred_for(known: &[Known], default: &[Algorithm]) -> Vec<Algorithm> {
-    let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) = default
-        .iter()
-        .cloned()
-        .partition(|a| known.iter().any(|k| !k.revoked && same_family(&k.key.algorithm(), a)));
+    let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) =
+        default.iter().cloned().partition(|a| {
+            known
+                .iter()
+                .any(|k| !k.revoked && same_family(&k.key.algorithm(), a))
+        });
     first.extend(rest);
     first
 }
@@ -177,7 +179,10 @@ pub fn verify(c: &Check<'_>, key: &PublicKey) -> Result<(), SshError> {
         )
     })?;
     let fp = fingerprint(key);
-    if let Some(k) = known.iter().find(|k| k.revoked && k.key.key_data() == key.key_data()) {
+    if let Some(k) = known
+        .iter()
+        .find(|k| k.revoked && k.key.key_data() == key.key_data())
+    {
         return Err(SshError::new(
             c.label,
             format!(
@@ -271,7 +276,10 @@ fn append(path: &Path, pattern: &str, key: &PublicKey) -> std::io::Result<()> {
         .to_openssh()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut parts = openssh.split_whitespace();
-    let (alg, b64) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (alg, b64) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let mut line = String::new();
     if !existing.is_empty() && !existing.ends_with(b"\n") {
         line.push('\n');

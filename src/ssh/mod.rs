@@ -287,7 +287,10 @@ where
             return Err(SshError::new(
                 t.label,
                 format!("SSH handshake with {}:{} failed: {e}", t.addr, t.port),
-                Some("check that an SSH server (OpenSSH) listens there and that ssh.port is right".into()),
+                Some(
+                    "check that an SSH server (OpenSSH) listens there and that ssh.port is right"
+                        .into(),
+                ),
             ));
         }
     };
@@ -501,7 +504,10 @@ impl Session {
             SudoMode::Password(pw) => {
                 let mut pre = pw.0.clone().into_bytes();
                 pre.push(b'\n');
-                (format!("sudo -k -S -p '' -- sh -c {}", sh_quote(cmd)), Some(pre))
+                (
+                    format!("sudo -k -S -p '' -- sh -c {}", sh_quote(cmd)),
+                    Some(pre),
+                )
             }
         }
     }
@@ -510,7 +516,10 @@ impl Session {
         SshError::new(
             &self.host,
             format!("connection lost while running `{}`: {e}", short(cmd)),
-            Some("check that the host is up and reachable, then run again (pgdeploy is idempotent)".into()),
+            Some(
+                "check that the host is up and reachable, then run again (pgdeploy is idempotent)"
+                    .into(),
+            ),
         )
     }
 
@@ -616,7 +625,11 @@ impl Session {
 
     fn failed(&self, cmd: &str, out: &Output) -> SshError {
         let err = tail(&out.stderr);
-        let err = if err.is_empty() { tail(&out.stdout) } else { err };
+        let err = if err.is_empty() {
+            tail(&out.stdout)
+        } else {
+            err
+        };
         SshError::new(
             &self.host,
             format!(
@@ -706,7 +719,8 @@ impl Session {
         let hash = hex::encode(Sha256::digest(content));
         let cur = self.stat(path).await?;
         if let Some(c) = &cur {
-            let owner_ok = (c.owner == owner || c.uid == owner) && (c.group == group || c.gid == group);
+            let owner_ok =
+                (c.owner == owner || c.uid == owner) && (c.group == group || c.gid == group);
             if owner_ok && c.mode == (mode & 0o7777) && c.sha256 == hash {
                 return Ok(false);
             }
@@ -724,7 +738,11 @@ impl Session {
             }
         }
         let cmd = atomic_write_cmd(path, &hash, mode, Some((owner, group)));
-        let out = self.exec(&cmd, Some(content)).await?;
+        let (wrapped, prefix) = self.wrap(&cmd);
+        let shown = format!("write {path} ({} bytes)", content.len());
+        let out = self
+            .exec_raw(&wrapped, &shown, prefix.as_deref(), Some(content))
+            .await?;
         if !out.ok() {
             return Err(self.write_failed(path, &out));
         }
@@ -775,7 +793,11 @@ impl Session {
         let f = tokio::fs::File::open(local).await.map_err(local_err)?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, f);
         let cmd = atomic_write_cmd(remote, &hash, mode, None);
-        let out = self.exec_reader(&cmd, reader).await?;
+        let (wrapped, prefix) = self.wrap(&cmd);
+        let shown = format!("upload {} to {remote}", local.display());
+        let out = self
+            .exec_raw(&wrapped, &shown, prefix.as_deref(), Some(reader))
+            .await?;
         if !out.ok() {
             return Err(self.write_failed(remote, &out));
         }
@@ -822,7 +844,11 @@ struct RemoteStat {
 fn atomic_write_cmd(path: &str, sha256: &str, mode: u32, owner: Option<(&str, &str)>) -> String {
     let q = sh_quote(path);
     let chown = match owner {
-        Some((o, g)) => format!("chown {}:{} -- \"$t\" || exit 1\n", sh_quote(o), sh_quote(g)),
+        Some((o, g)) => format!(
+            "chown {}:{} -- \"$t\" || exit 1\n",
+            sh_quote(o),
+            sh_quote(g)
+        ),
         None => String::new(),
     };
     format!(
