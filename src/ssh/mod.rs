@@ -523,6 +523,36 @@ impl Session {
         )
     }
 
+    /// Open a session channel. sshd frees a closed session only at the end of its event-loop
+    /// pass, so an open that arrives in the same batch as the previous closes can be refused
+    /// even below MaxSessions: retry such refusals briefly.
+    async fn open_channel(
+        &self,
+        shown: &str,
+    ) -> Result<russh::Channel<russh::client::Msg>, SshError> {
+        let mut attempt: u64 = 0;
+        loop {
+            match self.inner.handle.channel_open_session().await {
+                Ok(ch) => return Ok(ch),
+                Err(russh::Error::ChannelOpenFailure(f))
+                    if attempt < 20 && !self.inner.handle.is_closed() =>
+                {
+                    attempt += 1;
+                    let _ = f;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                Err(russh::Error::ChannelOpenFailure(f)) => {
+                    return Err(SshError::new(
+                        &self.host,
+                        format!("the host refused to open a channel for `{}`: {f:?}", short(shown)),
+                        Some("check sshd's MaxSessions (pgdeploy uses up to 8 channels per connection) and the host's sshd logs".into()),
+                    ))
+                }
+                Err(e) => return Err(self.lost(shown, e)),
+            }
+        }
+    }
+
     /// One channel: exec `wrapped`, feed `prefix` then `stdin`, collect output until the channel
     /// closes. `shown` is what error messages call the command.
     async fn exec_raw<R: AsyncRead + Unpin + Send>(
@@ -538,12 +568,7 @@ impl Session {
             .acquire()
             .await
             .map_err(|e| self.lost(shown, e))?;
-        let ch = self
-            .inner
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.lost(shown, e))?;
+        let ch = self.open_channel(shown).await?;
         ch.exec(true, wrapped)
             .await
             .map_err(|e| self.lost(shown, e))?;
