@@ -15,7 +15,7 @@ mod auth;
 pub mod known_hosts;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use russh::keys::PublicKeyOrCertificate;
@@ -159,7 +159,8 @@ struct Inner {
     /// Keeps the jump host's connection (which carries ours) alive.
     jump: Option<Handle>,
     channels: Semaphore,
-    sudo: SudoMode,
+    /// Set once after connecting when `become: sudo`; unset means commands run directly.
+    sudo: OnceLock<SudoMode>,
     user: String,
 }
 
@@ -238,7 +239,6 @@ struct Target<'a> {
     label: &'a str,
     addr: &'a str,
     port: u16,
-    user: &'a str,
 }
 
 fn client_config(known: &[known_hosts::Known]) -> Arc<russh::client::Config> {
@@ -254,14 +254,13 @@ fn client_config(known: &[known_hosts::Known]) -> Arc<russh::client::Config> {
     })
 }
 
-/// Handshake + host key check + authentication over an established stream.
-async fn ssh_over<S>(
+/// Handshake + host key check over an established stream (authentication is separate: it may
+/// prompt on the terminal, which must not count against the connect timeout).
+async fn handshake<S>(
     stream: S,
     t: &Target<'_>,
-    ssh: &Ssh,
     kh: &Path,
     opts: &ConnectOptions,
-    agent: Option<&Path>,
 ) -> Result<Handle, SshError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -278,24 +277,22 @@ where
         failure: failure.clone(),
     };
     let res = russh::client::connect_stream(client_config(&known), stream, handler).await;
-    let mut handle = match res {
-        Ok(h) => h,
+    match res {
+        Ok(h) => Ok(h),
         Err(e) => {
             if let Some(err) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 return Err(err);
             }
-            return Err(SshError::new(
+            Err(SshError::new(
                 t.label,
                 format!("SSH handshake with {}:{} failed: {e}", t.addr, t.port),
                 Some(
                     "check that an SSH server (OpenSSH) listens there and that ssh.port is right"
                         .into(),
                 ),
-            ));
+            ))
         }
-    };
-    auth::authenticate(&mut handle, t.label, t.user, ssh, agent).await?;
-    Ok(handle)
+    }
 }
 
 async fn tcp(label: &str, addr: &str, port: u16) -> Result<tokio::net::TcpStream, SshError> {
@@ -348,7 +345,6 @@ impl Session {
             label: name,
             addr: &host.address,
             port: ssh.port,
-            user: &ssh.user,
         };
         let timeout_err = |what: &str| {
             SshError::new(
@@ -362,12 +358,13 @@ impl Session {
             None => {
                 let fut = async {
                     let s = tcp(name, &host.address, ssh.port).await?;
-                    ssh_over(s, &target, ssh, &kh, opts, agent).await
+                    handshake(s, &target, &kh, opts).await
                 };
                 let what = format!("connecting to {}:{}", host.address, ssh.port);
-                let h = tokio::time::timeout(limit, fut)
+                let mut h = tokio::time::timeout(limit, fut)
                     .await
                     .map_err(|_| timeout_err(&what))??;
+                auth::authenticate(&mut h, name, &ssh.user, ssh, agent).await?;
                 (h, None)
             }
             Some(spec) => {
@@ -384,11 +381,17 @@ impl Session {
                     label: &jlabel,
                     addr: &j.host,
                     port: j.port,
-                    user: &juser,
                 };
+                let what = format!("connecting to jump host {}:{}", j.host, j.port);
                 let fut = async {
                     let s = tcp(&jlabel, &j.host, j.port).await?;
-                    let jh = ssh_over(s, &jt, ssh, &kh, opts, agent).await?;
+                    handshake(s, &jt, &kh, opts).await
+                };
+                let mut jh = tokio::time::timeout(limit, fut)
+                    .await
+                    .map_err(|_| timeout_err(&what))??;
+                auth::authenticate(&mut jh, &jlabel, &juser, ssh, agent).await?;
+                let fut = async {
                     let ch = jh
                         .channel_open_direct_tcpip(host.address.clone(), ssh.port as u32, "127.0.0.1", 0)
                         .await
@@ -402,37 +405,34 @@ impl Session {
                                 Some("check that the jump host can reach the target and allows TCP forwarding (AllowTcpForwarding)".into()),
                             )
                         })?;
-                    let h = ssh_over(ch.into_stream(), &target, ssh, &kh, opts, agent).await?;
-                    Ok::<_, SshError>((h, jh))
+                    handshake(ch.into_stream(), &target, &kh, opts).await
                 };
                 let what = format!(
                     "connecting to {}:{} through jump host {spec}",
                     host.address, ssh.port
                 );
-                let (h, jh) = tokio::time::timeout(limit, fut)
+                let mut h = tokio::time::timeout(limit, fut)
                     .await
                     .map_err(|_| timeout_err(&what))??;
+                auth::authenticate(&mut h, name, &ssh.user, ssh, agent).await?;
                 (h, Some(jh))
             }
         };
 
-        let mut session = Session {
+        let session = Session {
             host: host.name.clone(),
             _become: ssh.become_,
             inner: Arc::new(Inner {
                 handle,
                 jump,
                 channels: Semaphore::new(MAX_CHANNELS),
-                sudo: SudoMode::Direct,
+                sudo: OnceLock::new(),
                 user: ssh.user.clone(),
             }),
         };
         if ssh.become_ == Become::Sudo && ssh.user != "root" {
             let mode = session.probe_sudo(ssh).await?;
-            match Arc::get_mut(&mut session.inner) {
-                Some(inner) => inner.sudo = mode,
-                None => unreachable_clone(),
-            }
+            let _ = session.inner.sudo.set(mode);
         }
         Ok(session)
     }
@@ -498,7 +498,7 @@ impl Session {
     }
 
     fn wrap(&self, cmd: &str) -> (String, Option<Vec<u8>>) {
-        match &self.inner.sudo {
+        match self.inner.sudo.get().unwrap_or(&SudoMode::Direct) {
             SudoMode::Direct => (cmd.to_string(), None),
             SudoMode::NoPassword => (format!("sudo -n -- sh -c {}", sh_quote(cmd)), None),
             SudoMode::Password(pw) => {
@@ -534,11 +534,10 @@ impl Session {
         loop {
             match self.inner.handle.channel_open_session().await {
                 Ok(ch) => return Ok(ch),
-                Err(russh::Error::ChannelOpenFailure(f))
+                Err(russh::Error::ChannelOpenFailure(_))
                     if attempt < 20 && !self.inner.handle.is_closed() =>
                 {
                     attempt += 1;
-                    let _ = f;
                     tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                 }
                 Err(russh::Error::ChannelOpenFailure(f)) => {
@@ -847,11 +846,6 @@ impl Session {
     pub fn is_closed(&self) -> bool {
         self.inner.handle.is_closed()
     }
-}
-
-#[cold]
-fn unreachable_clone() {
-    // The session was just created and not shared yet; nothing to do if it somehow was.
 }
 
 struct RemoteStat {

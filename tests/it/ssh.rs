@@ -448,6 +448,14 @@ async fn non_root_user_with_passwordless_sudo() {
     // Quoting survives sudo + sh -c.
     let out = s.run("printf '%s|' \"a b\" 'c'\"'\"'d'").await.unwrap();
     assert_eq!(out.stdout_str(), "a b|c'd|");
+
+    // Timing with a login shell that is plain sh (root's ~/.bashrc on a dev box can be slow).
+    let t0 = Instant::now();
+    for i in 0..100 {
+        let o = s.exec(&format!("echo {i}"), None).await.unwrap();
+        assert!(o.ok());
+    }
+    println!("100 small commands via sudo -n (user pgdtest, /bin/sh): {:?}", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -686,3 +694,4 @@ async fn many_servers_in_parallel() {
         assert_eq!(s.run("echo ok").await.unwrap().stdout_str(), "ok\n", "h{i}");
     }
 }
+
