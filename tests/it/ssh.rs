@@ -383,6 +383,19 @@ async fn unknown_host_key_is_refused_unless_accepted_then_recorded() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(&kh).unwrap(), text);
 
+    // Hashed entries (`ssh-keygen -H`, Debian's HashKnownHosts default) are understood.
+    crate::support::sh(
+        std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&kh),
+    );
+    let hashed = std::fs::read_to_string(&kh).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    Session::connect_with_agent(&host, &opts(), None)
+        .await
+        .unwrap();
+
     // ConnectOptions.known_hosts is used when the host has none.
     host.ssh.known_hosts = None;
     let o = ConnectOptions {
