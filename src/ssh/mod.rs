@@ -10,6 +10,8 @@
 //!   password, `sudo -k -S -p '' ... sh -c '<cmd>'` with the password as the first stdin line.
 //! - Files are written atomically: temp file in the target's directory, checksum verified on
 //!   the host, chown/chmod, then `mv -f` (a dropped connection never leaves a partial target).
+//! - Paths in the host's `ssh` settings (`private_key`, `known_hosts`) are used as given, with
+//!   `~/` expanded; the inventory loader is expected to make relative paths absolute.
 
 mod auth;
 pub mod known_hosts;

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgdeploy::ssh::{ConnectOptions, Session, SshError};
@@ -384,6 +383,19 @@ async fn unknown_host_key_is_refused_unless_accepted_then_recorded() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(&kh).unwrap(), text);
 
+    // Hashed entries (`ssh-keygen -H`, Debian's HashKnownHosts default) are understood.
+    crate::support::sh(
+        std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&kh),
+    );
+    let hashed = std::fs::read_to_string(&kh).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    Session::connect_with_agent(&host, &opts(), None)
+        .await
+        .unwrap();
+
     // ConnectOptions.known_hosts is used when the host has none.
     host.ssh.known_hosts = None;
     let o = ConnectOptions {
@@ -455,7 +467,10 @@ async fn non_root_user_with_passwordless_sudo() {
         let o = s.exec(&format!("echo {i}"), None).await.unwrap();
         assert!(o.ok());
     }
-    println!("100 small commands via sudo -n (user pgdtest, /bin/sh): {:?}", t0.elapsed());
+    println!(
+        "100 small commands via sudo -n (user pgdtest, /bin/sh): {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -680,7 +695,9 @@ async fn connection_refused_and_timeout_are_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_servers_in_parallel() {
-    let servers = TestSshd::start_many(10);
+    let t_start = Instant::now();
+    let servers = TestSshd::start_many(50);
+    println!("started 50 sshd: {:?}", t_start.elapsed());
     let t0 = Instant::now();
     let sessions = futures::future::join_all(servers.iter().enumerate().map(|(i, d)| {
         let h = d.host(&format!("h{i}"));
@@ -688,10 +705,9 @@ async fn many_servers_in_parallel() {
     }))
     .await;
     let sessions: Vec<Session> = sessions.into_iter().map(|r| r.unwrap()).collect();
-    println!("10 connections in parallel: {:?}", t0.elapsed());
-    let sessions = Arc::new(sessions);
-    for (i, s) in sessions.iter().enumerate() {
-        assert_eq!(s.run("echo ok").await.unwrap().stdout_str(), "ok\n", "h{i}");
+    println!("50 connections in parallel: {:?}", t0.elapsed());
+    let outs = futures::future::join_all(sessions.iter().map(|s| s.run("echo ok"))).await;
+    for (i, o) in outs.into_iter().enumerate() {
+        assert_eq!(o.unwrap().stdout_str(), "ok\n", "h{i}");
     }
 }
-

@@ -43,12 +43,22 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A free TCP port on 127.0.0.1 (may race with other tests; [`TestSshd`] retries).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free TCP port on 127.0.0.1, never the same twice in this test process (another process
+/// may still take it; [`TestSshd`] checks that its own sshd got it and retries otherwise).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    let mut used = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
 }
 
 /// Generate an ed25519 key pair at `path` (+ `.pub`); `passphrase` "" = unencrypted.
@@ -226,13 +236,18 @@ impl TestSshd {
                 // Own process group: a Ctrl-C on the test run does not reach it first.
                 .process_group(0);
             let mut child = cmd.spawn().expect("spawn /usr/sbin/sshd");
+            // Ready when *this* sshd says it listens (a bare TCP connect could reach another
+            // process that owns the port).
             let mut exited = false;
+            let ready = format!("Server listening on 127.0.0.1 port {port}");
             let up = wait_until(Duration::from_secs(20), || {
                 if let Ok(Some(_)) = child.try_wait() {
                     exited = true;
                     return true;
                 }
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                std::fs::read_to_string(&log)
+                    .map(|l| l.contains(&ready))
+                    .unwrap_or(false)
             });
             if up && !exited {
                 let known_hosts = dir.path().join("known_hosts");
