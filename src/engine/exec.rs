@@ -49,6 +49,12 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
                 if !notify.is_empty() {
                     mark_pending(s, notify).await?;
                 }
+                if let Some((dir, _)) = path.rsplit_once('/') {
+                    if !dir.is_empty() {
+                        s.run(&format!("test -d {q} || mkdir -p {q}", q = sh_quote(dir)))
+                            .await?;
+                    }
+                }
                 match validate {
                     None => {
                         s.write_file(path, new, *mode, owner, group).await?;

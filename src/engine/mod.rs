@@ -215,7 +215,7 @@ pub async fn apply(
         let t = Instant::now();
         ctx.observer.phase_started(p.name(), ctx.hosts.len());
         let plan = p.plan(ctx).await?;
-        if !plan.is_empty() {
+        if plan.change_count() > 0 {
             on_plan(&plan);
             p.apply(ctx, &plan)
                 .await

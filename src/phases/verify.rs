@@ -23,7 +23,7 @@ pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> R
         .unwrap_or("")
         .to_string();
     let cmd = format!(
-        "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtX -v ON_ERROR_STOP=1 -c {}",
+        "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtXq -v ON_ERROR_STOP=1 -c {}",
         sh_quote(&format!(
             "host={host} port={port} user={SUPERUSER} dbname=postgres connect_timeout=5 sslmode=prefer"
         )),
@@ -46,7 +46,7 @@ pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> R
 pub async fn local_sql(s: &Session, sql: &str) -> Result<String> {
     let out = s
         .exec(
-            &format!("runuser -u postgres -- psql -AtX -c {}", sh_quote(sql)),
+            &format!("runuser -u postgres -- psql -AtXq -c {}", sh_quote(sql)),
             None,
         )
         .await?;
