@@ -212,6 +212,15 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Reports wrap to the terminal; piped or logged, lines stay whole (searchable).
+    let _ = miette::set_hook(Box::new(|_| {
+        use std::io::IsTerminal;
+        let mut opts = miette::MietteHandlerOpts::new();
+        if !std::io::stderr().is_terminal() {
+            opts = opts.width(1000).color(false).unicode(false);
+        }
+        Box::new(opts.build())
+    }));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
