@@ -507,19 +507,11 @@ impl Phase for Patroni {
                     ctx.redact(&out.stderr_str())
                 ));
             }
-            // Patroni applies the new settings within a loop; then pending_restart appears.
-            let settle = Duration::from_secs(u64::from(ctx.inv.patroni.loop_wait) * 2 + 3);
-            let _ = wait_until(
-                "Patroni reports the new settings applied",
-                settle,
-                || async {
-                    Ok(members(ctx)
-                        .await?
-                        .map(|ms| ms.iter().any(|m| m.pending_restart))
-                        .unwrap_or(false))
-                },
-            )
-            .await;
+            // Every member applies the new settings in its next HA loop; wait until each one
+            // has been through a loop that started after the change.
+            let since = s.run("date +%s").await?.stdout_str().trim().parse::<f64>().unwrap_or(0.0)
+                + f64::from(ctx.inv.patroni.loop_wait);
+            wait_all_looped_since(ctx, since).await?;
         }
         restart_pending(ctx).await?;
         wait_converged(ctx, Duration::from_secs(300)).await
@@ -541,9 +533,38 @@ pub fn upgrade_bounds(ctx: &Ctx) -> super::upgrade::Bounds {
 
 /// Restart members with pending_restart: replicas one at a time, then the leader.
 pub async fn restart_pending(ctx: &Ctx) -> Result<()> {
-    let Some(ms) = members(ctx).await? else {
-        return Ok(());
-    };
+    for _round in 0..3 {
+        let Some(ms) = members(ctx).await? else {
+            return Ok(());
+        };
+        if !ms.iter().any(|m| m.pending_restart) {
+            return Ok(());
+        }
+        restart_pending_once(ctx, &ms).await?;
+    }
+    Ok(())
+}
+
+/// Wait until every member's Patroni has talked to the DCS after `since` (epoch seconds).
+async fn wait_all_looped_since(ctx: &Ctx, since: f64) -> Result<()> {
+    for h in ctx.inv.group_hosts(Group::Patroni) {
+        let s = ctx.session(&h.name)?;
+        let cmd = rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni");
+        wait_until(
+            &format!("Patroni on {} applied the new cluster-wide settings", h.name),
+            Duration::from_secs(60),
+            || async {
+                let out = s.exec(&cmd, None).await?;
+                let v: Value = serde_json::from_str(&out.stdout_str()).unwrap_or(Value::Null);
+                Ok(v["dcs_last_seen"].as_f64().map(|t| t > since).unwrap_or(false))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn restart_pending_once(ctx: &Ctx, ms: &[Member]) -> Result<()> {
     let mut pending: Vec<&Member> = ms.iter().filter(|m| m.pending_restart).collect();
     pending.sort_by_key(|m| m.is_leader());
     for m in pending {
