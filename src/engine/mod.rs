@@ -211,11 +211,20 @@ pub async fn apply(
     on_plan: &(dyn Fn(&PhasePlan) + Sync),
 ) -> Result<Vec<PhaseOutcome>> {
     let mut out = Vec::new();
-    for p in phases {
+    // Every phase is planned at once first (as `check` does). A phase is planned again just
+    // before it runs only when an earlier phase changed something.
+    let initial = check(ctx, phases).await?;
+    let mut changed_before = false;
+    for (p, first) in phases.iter().zip(initial) {
         let t = Instant::now();
-        ctx.observer.phase_started(p.name(), ctx.hosts.len());
-        let plan = p.plan(ctx).await?;
+        let plan = if changed_before {
+            ctx.observer.phase_started(p.name(), ctx.hosts.len());
+            p.plan(ctx).await?
+        } else {
+            first
+        };
         if plan.change_count() > 0 {
+            changed_before = true;
             on_plan(&plan);
             p.apply(ctx, &plan)
                 .await

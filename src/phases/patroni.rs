@@ -310,8 +310,14 @@ impl Phase for Patroni {
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
-        let mut hosts = plan_roles(ctx, &["patroni".to_string()], false).await?;
-        let ms = members(ctx).await?;
+        let roles = ["patroni".to_string()];
+        let (hosts, ms, config, states) = tokio::join!(
+            plan_roles(ctx, &roles, false),
+            members(ctx),
+            cluster_json(ctx, "/config"),
+            super::upgrade::states(ctx)
+        );
+        let (mut hosts, ms, config, states) = (hosts?, ms?, config?, states?);
         let Some(ms) = ms else {
             if let Some(first) = hosts.first_mut() {
                 first.changes.push(Change::Deferred {
@@ -327,11 +333,8 @@ impl Phase for Patroni {
         let leader = ms.iter().find(|m| m.is_leader()).map(|m| m.name.clone());
         // DCS settings (PostgreSQL parameters and Patroni timing) live in etcd.
         if let Some(l) = &leader {
-            let s = ctx.session(l)?;
-            let out = s.exec(&patronictl("show-config"), None).await?;
-            if out.ok() {
-                let current: Value =
-                    serde_saphyr::from_str(&out.stdout_str()).unwrap_or(Value::Null);
+            if let Some((_, body)) = &config {
+                let current: Value = serde_json::from_str(body).unwrap_or(Value::Null);
                 let diff = dcs_diff(&current, &desired_dcs(ctx));
                 if !diff.is_empty() {
                     let what: Vec<String> = diff
@@ -359,7 +362,6 @@ impl Phase for Patroni {
             }
         }
         // A pinned minor that differs from what members run: the rolling upgrade.
-        let states = super::upgrade::states(ctx).await?;
         for (member, changes) in super::upgrade::plan_changes(&states, &ctx.inv.postgres.version) {
             if let Some(hp) = hosts.iter_mut().find(|h| h.host == member) {
                 hp.changes.extend(changes);
@@ -397,7 +399,12 @@ impl Phase for Patroni {
                 })
                 .cloned()
                 .collect();
-            futs.push(async move { apply_changes(ctx.session(&hp.host)?, &files).await });
+            futs.push(async move {
+                if !files.is_empty() {
+                    ctx.observe(&hp.host, "applying");
+                }
+                apply_changes(ctx.session(&hp.host)?, &files).await
+            });
         }
         bounded(ctx.forks, futs).await?;
         let units_of = |hp: &HostPlan| -> Vec<(UnitAction, String)> {
@@ -509,7 +516,13 @@ impl Phase for Patroni {
             }
             // Every member applies the new settings in its next HA loop; wait until each one
             // has been through a loop that started after the change.
-            let since = s.run("date +%s").await?.stdout_str().trim().parse::<f64>().unwrap_or(0.0)
+            let since = s
+                .run("date +%s")
+                .await?
+                .stdout_str()
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0)
                 + f64::from(ctx.inv.patroni.loop_wait);
             wait_all_looped_since(ctx, since).await?;
         }
@@ -551,12 +564,18 @@ async fn wait_all_looped_since(ctx: &Ctx, since: f64) -> Result<()> {
         let s = ctx.session(&h.name)?;
         let cmd = rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni");
         wait_until(
-            &format!("Patroni on {} applied the new cluster-wide settings", h.name),
+            &format!(
+                "Patroni on {} applied the new cluster-wide settings",
+                h.name
+            ),
             Duration::from_secs(60),
             || async {
                 let out = s.exec(&cmd, None).await?;
                 let v: Value = serde_json::from_str(&out.stdout_str()).unwrap_or(Value::Null);
-                Ok(v["dcs_last_seen"].as_f64().map(|t| t > since).unwrap_or(false))
+                Ok(v["dcs_last_seen"]
+                    .as_f64()
+                    .map(|t| t > since)
+                    .unwrap_or(false))
             },
         )
         .await?;

@@ -113,36 +113,43 @@ pub async fn states(ctx: &Ctx) -> Result<Vec<MemberState>> {
     let Some(ms) = members(ctx).await? else {
         return Ok(vec![]);
     };
-    let mut out = Vec::new();
+    let mut futs = Vec::new();
     for h in ctx.inv.group_hosts(Group::Patroni) {
         let Some(m) = ms.iter().find(|m| m.name == h.name) else {
             continue;
         };
-        let desired = desired_for_host(ctx, &["patroni".to_string()], &h.name)?;
-        let want: Vec<DesiredPackage> = desired
-            .packages
-            .into_iter()
-            .filter(|p| is_postgres_package(&p.name) && p.version.is_some())
-            .collect();
-        let names: Vec<String> = want.iter().map(|p| p.name.clone()).collect();
-        let installed = installed_versions(ctx, &h.name, &names).await?;
-        let differing: Vec<DesiredPackage> = want
-            .into_iter()
-            .filter(|p| {
-                installed
-                    .iter()
-                    .any(|(n, v)| n == &p.name && v.as_ref() != p.version.as_ref())
+        let leader = m.is_leader();
+        futs.push(async move {
+            let desired = desired_for_host(ctx, &["patroni".to_string()], &h.name)?;
+            let want: Vec<DesiredPackage> = desired
+                .packages
+                .into_iter()
+                .filter(|p| is_postgres_package(&p.name) && p.version.is_some())
+                .collect();
+            let names: Vec<String> = want.iter().map(|p| p.name.clone()).collect();
+            let (installed, running) = tokio::join!(
+                installed_versions(ctx, &h.name, &names),
+                running_minor(ctx, &h.name)
+            );
+            let installed = installed?;
+            let differing: Vec<DesiredPackage> = want
+                .into_iter()
+                .filter(|p| {
+                    installed
+                        .iter()
+                        .any(|(n, v)| n == &p.name && v.as_ref() != p.version.as_ref())
+                })
+                .collect();
+            Ok::<_, miette::Report>(MemberState {
+                name: h.name.clone(),
+                leader,
+                packages: differing,
+                installed,
+                running_minor: running?,
             })
-            .collect();
-        out.push(MemberState {
-            name: h.name.clone(),
-            leader: m.is_leader(),
-            packages: differing,
-            installed,
-            running_minor: running_minor(ctx, &h.name).await?,
         });
     }
-    Ok(out)
+    crate::engine::bounded(ctx.forks, futs).await
 }
 
 /// Pure: the order of a rolling upgrade: replicas first (inventory order), the leader last.

@@ -173,7 +173,10 @@ fn converge_cycle(f: &Fixture) {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(!out.all().contains(&secret));
     let conf = std::fs::read_to_string(f.file("h1", "etc/app.conf")).unwrap();
-    assert!(conf.contains("host=h1") && conf.contains("roles=patroni,haproxy"), "{conf}");
+    assert!(
+        conf.contains("host=h1") && conf.contains("roles=patroni,haproxy"),
+        "{conf}"
+    );
     assert_eq!(mode(&f.file("h1", "etc/app.conf")), 0o640);
     assert_eq!(mode(&f.file("h1", "etc/secret.conf")), 0o600);
     assert_eq!(mode(&f.file("h0", "etc")), 0o750);
@@ -192,7 +195,9 @@ fn converge_cycle(f: &Fixture) {
     assert_eq!(out.code, 2);
     assert!(out.stdout.contains("-edited by hand"), "{}", out.stdout);
     assert_eq!(f.run("apply", &[]).code, 0);
-    assert!(std::fs::read_to_string(f.file("h0", "etc/app.conf")).unwrap().contains("host=h0"));
+    assert!(std::fs::read_to_string(f.file("h0", "etc/app.conf"))
+        .unwrap()
+        .contains("host=h0"));
 }
 
 #[test]
@@ -208,7 +213,12 @@ fn check_apply_converge_as_sudo_user() {
     converge_cycle(&f);
     // Written through sudo: owned by root although we logged in as pgdtest.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(f.file("h0", "etc/app.conf")).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::metadata(f.file("h0", "etc/app.conf"))
+            .unwrap()
+            .uid(),
+        0
+    );
 }
 
 #[test]
@@ -222,7 +232,10 @@ fn a_file_failing_validation_never_goes_live() {
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.stderr.contains("failed validation"), "{}", out.stderr);
     assert!(!f.file("h0", "etc/checked.conf").exists());
-    assert!(!f.file("h0", "etc/checked.conf.pgdeploy-new").exists(), "temp file left");
+    assert!(
+        !f.file("h0", "etc/checked.conf.pgdeploy-new").exists(),
+        "temp file left"
+    );
 }
 
 #[test]
@@ -244,12 +257,19 @@ fn unknown_host_key_is_refused_without_the_flag_and_recorded_with_it() {
     std::fs::write(f.known_hosts(), "").unwrap();
     let out = f.run("check", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("--accept-new-host-keys"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--accept-new-host-keys"),
+        "{}",
+        out.stderr
+    );
     assert!(!f.file("h0", "etc").exists());
     let out = f.run("check", &["--accept-new-host-keys"]);
     assert_eq!(out.code, 2, "{}", out.all());
     let kh = std::fs::read_to_string(f.known_hosts()).unwrap();
-    assert!(kh.contains(&format!("[{}]:{}", address(0), f.sshd[0].port)), "{kh}");
+    assert!(
+        kh.contains(&format!("[{}]:{}", address(0), f.sshd[0].port)),
+        "{kh}"
+    );
     // Now recorded: accepted without the flag.
     assert_eq!(f.run("check", &[]).code, 2);
 }
@@ -261,13 +281,20 @@ fn changed_host_key_is_always_refused() {
     let other = TestSshd::start();
     let mut parts = other.host_key_pub.split_whitespace();
     let (kt, k) = (parts.next().unwrap(), parts.next().unwrap());
-    std::fs::write(f.known_hosts(), format!("[{}]:{} {kt} {k}\n", address(0), f.sshd[0].port)).unwrap();
+    std::fs::write(
+        f.known_hosts(),
+        format!("[{}]:{} {kt} {k}\n", address(0), f.sshd[0].port),
+    )
+    .unwrap();
     for extra in [&[][..], &["--accept-new-host-keys"][..]] {
         let out = f.run("apply", extra);
         assert_eq!(out.code, 1, "{}", out.all());
         assert!(out.stderr.contains("HOST KEY CHANGED"), "{}", out.stderr);
     }
-    assert!(!f.file("h0", "etc").exists(), "a host with a changed key was touched");
+    assert!(
+        !f.file("h0", "etc").exists(),
+        "a host with a changed key was touched"
+    );
 }
 
 #[test]
@@ -276,7 +303,14 @@ fn unreachable_host_is_reported_and_nothing_changes_anywhere() {
     f.sshd[1].kill_all();
     let out = f.run("apply", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("cannot connect to 1 of 2 hosts"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot connect to 1 of 2 hosts"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("h1"), "{}", out.stderr);
-    assert!(!f.file("h0", "etc").exists(), "the reachable host was changed");
+    assert!(
+        !f.file("h0", "etc").exists(),
+        "the reachable host was changed"
+    );
 }
