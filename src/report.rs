@@ -69,7 +69,10 @@ pub fn summary_line(plans: &[PhasePlan]) -> String {
         )
     };
     if deferred > 0 {
-        s.push_str(&format!(" {deferred} deferred until earlier phases run."));
+        s.push_str(&format!(
+            " {deferred} note{} (marked ?: deferred or not applicable on these hosts).",
+            if deferred == 1 { "" } else { "s" }
+        ));
     }
     s.push('\n');
     s
@@ -113,7 +116,7 @@ mod tests {
             ],
         };
         let t = plan_text(&[p]);
-        assert!(t.contains("1 change on 1 host. 1 deferred"), "{t}");
+        assert!(t.contains("1 change on 1 host. 1 note"), "{t}");
         assert!(t.contains("== common =="));
     }
 

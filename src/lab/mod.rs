@@ -35,8 +35,8 @@ mod sys;
 
 pub use base::{base_path, cache_key, ensure_base, BaseImage, CACHE_DIR, PACKAGES, SUITE};
 pub use control::{
-    exclusive, leftovers, preflight_tools, teardown, DownReport, HostState, HostStatus, Lab,
-    LabHost, LabOptions, SshOutput, State, Topology, UpReport, STATE_DIR,
+    exclusive, exclusive_blocking, leftovers, preflight_tools, teardown, DownReport, HostState,
+    HostStatus, Lab, LabHost, LabOptions, SshOutput, State, Topology, UpReport, STATE_DIR,
 };
 pub use error::{LabError, Result};
 pub use named::{KEY_ALG, KEY_NAME, NAME as DNS_NAME, ZONE as DNS_ZONE};

@@ -5,13 +5,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Only one lab at a time on this machine (one bridge, one subnet).
-pub fn lab_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+pub fn lab_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    pgdeploy::lab::exclusive_blocking()
 }
 
 pub fn bin() -> &'static str {
