@@ -217,8 +217,8 @@ pub async fn apply(
     let mut changed_before = false;
     for (p, first) in phases.iter().zip(initial) {
         let t = Instant::now();
+        ctx.observer.phase_started(p.name(), ctx.hosts.len());
         let plan = if changed_before {
-            ctx.observer.phase_started(p.name(), ctx.hosts.len());
             p.plan(ctx).await?
         } else {
             first

@@ -51,6 +51,10 @@ fn production_cluster_end_to_end() {
     {
         println!("FIGURE apply {line}");
     }
+    figure(
+        "peak RSS of any child so far, i.e. pgdeploy apply (MB)",
+        peak_child_rss_mb(),
+    );
     let pw = lab.secret("superuser_password");
     assert!(!out.all().contains(&pw), "a secret was printed by apply");
 

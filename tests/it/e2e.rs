@@ -63,15 +63,32 @@ pub fn wait_for_output(child: &mut Child, needle: &str, deadline: Duration) {
     let err = child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let want = needle.to_string();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen2 = seen.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Ok(mut s) = seen2.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
             if line.contains(&want) {
                 let _ = tx.send(());
             }
         }
     });
-    rx.recv_timeout(deadline)
-        .unwrap_or_else(|_| panic!("pgdeploy never printed {needle:?} within {deadline:?}"));
+    if rx.recv_timeout(deadline).is_err() {
+        let status = child.try_wait().ok().flatten();
+        let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        panic!("pgdeploy never printed {needle:?} within {deadline:?} (exit: {status:?}); it printed:\n{text}");
+    }
+}
+
+/// Largest resident set of any child process waited for so far, in MB.
+pub fn peak_child_rss_mb() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
 }
 
 /// A figure for the benchmark record, printed in the test output.
