@@ -546,7 +546,7 @@ pub fn upgrade_bounds(ctx: &Ctx) -> super::upgrade::Bounds {
 
 /// Restart members with pending_restart: replicas one at a time, then the leader.
 pub async fn restart_pending(ctx: &Ctx) -> Result<()> {
-    for _round in 0..3 {
+    for _round in 0..4 {
         let Some(ms) = members(ctx).await? else {
             return Ok(());
         };
@@ -606,17 +606,29 @@ async fn restart_pending_once(ctx: &Ctx, ms: &[Member]) -> Result<()> {
                 out.stderr_str()
             ));
         }
+        // Running again (and streaming, for a replica). It may still report pending_restart:
+        // a replica keeps the leader's higher value of max_connections and the like until
+        // the leader has restarted with the lower one; the next round restarts it again.
         wait_until(
-            &format!("{} restarted without pending_restart", m.name),
+            &format!("{} runs again after its restart", m.name),
             Duration::from_secs(180),
             || async {
-                Ok(members(ctx)
-                    .await?
-                    .map(|ms| {
-                        ms.iter()
-                            .any(|x| x.name == m.name && x.is_running() && !x.pending_restart)
-                    })
-                    .unwrap_or(false))
+                let Some(ms) = members(ctx).await? else {
+                    return Ok(false);
+                };
+                let Some(me) = ms.iter().find(|x| x.name == m.name) else {
+                    return Ok(false);
+                };
+                if !me.is_running() {
+                    return Ok(false);
+                }
+                if me.is_leader() {
+                    return Ok(true);
+                }
+                let Some(leader) = ms.iter().find(|x| x.is_leader()) else {
+                    return Ok(false);
+                };
+                Ok(streaming(ctx, &leader.name).await?.contains(&m.name))
             },
         )
         .await?;

@@ -61,7 +61,10 @@ pub struct MemberState {
 
 impl MemberState {
     pub fn needs_upgrade(&self, want_minor: &str) -> bool {
-        !self.packages.is_empty() || self.running_minor.as_deref() != Some(want_minor)
+        // A member whose running version cannot be read right now (restarting) is judged by
+        // its packages alone.
+        !self.packages.is_empty()
+            || matches!(self.running_minor.as_deref(), Some(r) if r != want_minor)
     }
 }
 

@@ -348,6 +348,11 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, lb: &str, s
     let elapsed = t.elapsed();
     let w = writer.stop();
     assert_eq!(out.code, 0, "upgrade failed:\n{}", out.all());
+    assert!(
+        w.acknowledged.len() > 10,
+        "the writer got almost no inserts acknowledged ({} errors)",
+        w.errors
+    );
     let mode = if synchronous { "sync" } else { "async" };
     figure(
         &format!("upgrade ({mode}): total seconds for three members"),

@@ -243,7 +243,7 @@ pub fn psql(host: &str, port: u16, password: &str, sql: &str) -> Result<String, 
         .arg(format!(
             "host={host} port={port} user=postgres dbname=postgres connect_timeout=3"
         ))
-        .args(["-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args(["-AtXq", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", password)
         .stdin(Stdio::null())
         .output()
@@ -377,8 +377,9 @@ impl Writer {
                     &format!("insert into pgdeploy_writer (tag) values ('{tag}') returning id"),
                 ) {
                     Ok(id) => {
-                        if let Ok(id) = id.parse() {
-                            r.acknowledged.push(id);
+                        match id.lines().next().and_then(|l| l.trim().parse().ok()) {
+                            Some(id) => r.acknowledged.push(id),
+                            None => panic!("an acknowledged insert returned no id: {id:?}"),
                         }
                         r.longest_gap = r.longest_gap.max(last_ok.elapsed());
                         last_ok = Instant::now();
