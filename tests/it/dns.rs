@@ -416,10 +416,14 @@ async fn name_outside_the_zone_is_refused_before_sending() {
         &["10.231.0.31"],
         (5000, 7000),
     );
-    let (inv, _) = pgdeploy::inventory::load(&inv).expect("load");
-    // the name is checked first (the key file does not even exist)
-    let e = dns::DnsConfig::from_inventory(&inv).expect_err("must fail");
-    assert!(matches!(e, DnsError::NameOutsideZone { .. }), "{e:?}");
+    // The inventory loader refuses it (with the file's line and column), before any key is
+    // read or anything is sent.
+    let e = pgdeploy::inventory::load(&inv).expect_err("must fail");
+    let text = pgdeploy::inventory::render_plain(
+        e.downcast_ref::<pgdeploy::inventory::InventoryError>()
+            .expect("an inventory report"),
+    );
+    assert!(text.contains("is outside the zone"), "{text}");
     match l.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("something connected to the server: {other:?}"),
@@ -593,7 +597,7 @@ fn write_inventory(
         ));
     }
     let text = format!(
-        "cluster: {{ name: t }}\nhaproxy: {{ primary_port: {}, stats_port: {} }}\ndns:\n  name: {name}\n  zone: {ZONE}\n  server: \"{server}\"\n  ttl: 30\n  tsig:\n    key_name: {KEY}\n    {secret}\ngroups:\n  haproxy:\n{hosts}",
+        "cluster: {{ name: t }}\nhaproxy: {{ primary_port: {}, stats_port: {} }}\ndns:\n  name: {name}\n  zone: {ZONE}\n  server: \"{server}\"\n  ttl: 30\n  tsig:\n    key_name: {KEY}\n    {secret}\ngroups:\n  etcd:\n    - {{ name: db1, address: 10.231.0.21 }}\n  patroni:\n    - {{ name: db1, address: 10.231.0.21 }}\n  haproxy:\n{hosts}",
         ports.0,
         ports.1
     );
