@@ -14,3 +14,4 @@ pub mod pki;
 pub mod report;
 pub mod secrets;
 pub mod ssh;
+pub mod status;

@@ -116,6 +116,21 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// One view of the whole system: etcd members, Patroni members, HAProxy routing, DNS.
+    ///
+    /// Read-only. Unreachable hosts are reported, not fatal. Problems are flagged with `!` on
+    /// their line and listed at the end. Exit code 0 when healthy, 1 when degraded.
+    Status {
+        /// The inventory file.
+        #[arg(default_value = "inventory.yaml")]
+        inventory: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Use this known_hosts file instead of the inventory's or ~/.ssh/known_hosts.
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+    },
     /// Local lab: real Debian hosts in systemd-nspawn containers.
     Lab(pgdeploy::lab::Args),
     /// Build the offline package repository for an inventory.
@@ -203,6 +218,30 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                 println!("Every member runs PostgreSQL {postgres} ({secs:.1} s). Set postgres.version to \"{postgres}\" in {} so that the next apply keeps it.", run.inventory.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status {
+            inventory,
+            format,
+            known_hosts,
+        } => {
+            let opts = ConnectOptions {
+                accept_new_host_keys: false,
+                known_hosts,
+            };
+            let st = pgdeploy::status::gather(&inventory, &opts).await?;
+            match format {
+                Format::Text => print!("{}", pgdeploy::status::text(&st)),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st)
+                        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+                ),
+            }
+            Ok(if st.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bundle(a) => pgdeploy::bundle::run(a).await.map(|_| ExitCode::SUCCESS),

@@ -185,6 +185,7 @@ fn production_cluster_end_to_end() {
     );
 
     dns_scenarios(&lab, &inv, &pw);
+    status_scenario(&lab, &inv);
     upgrade_scenario(&lab, &inv, &pw, "10.231.0.31", true);
 }
 
@@ -443,4 +444,48 @@ fn poc_cluster_end_to_end() {
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the PoC apply:\n{}", out.all());
     upgrade_scenario(&lab, &inv, &pw, "10.231.0.21", false);
+}
+
+/// `pgdeploy status`: healthy (exit 0) on the converged lab; a replica powered off shows as a
+/// problem (exit 1); healthy again after it boots.
+fn status_scenario(lab: &LabGuard, inv: &std::path::Path) {
+    let inv_s = inv.to_str().unwrap();
+    let t = Instant::now();
+    let out = pgdeploy(&["status", inv_s]);
+    figure(
+        "status on the converged nine-host lab (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    assert_eq!(out.code, 0, "status of a healthy cluster:\n{}", out.all());
+    assert!(out.stdout.contains("healthy"), "{}", out.stdout);
+    let json = pgdeploy(&["status", inv_s, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status json");
+    assert_eq!(v["patroni"].as_array().map(|a| a.len()), Some(3), "{v}");
+    let leader = wait_leader(lab);
+    let replica = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|p| *p != leader)
+        .unwrap();
+    lab.kill(replica);
+    let out = pgdeploy(&["status", inv_s]);
+    assert_eq!(out.code, 1, "status with {replica} down:\n{}", out.all());
+    assert!(
+        out.stdout.contains(&format!("{replica}: unreachable")),
+        "{}",
+        out.stdout
+    );
+    lab.start(replica);
+    let t = Instant::now();
+    loop {
+        let out = pgdeploy(&["status", inv_s]);
+        if out.code == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "status never healthy again:\n{}",
+            out.all()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

@@ -1,0 +1,419 @@
+//! `pgdeploy status`: one read-only view of the whole system, with problems flagged where
+//! they are. Hosts that cannot be reached are reported, not fatal.
+
+use crate::dns::DnsConfig;
+use crate::engine::facts::sh_quote;
+use crate::inventory::{self, Group, Host, Inventory};
+use crate::phases::haproxy::{servers_up, stats_command};
+use crate::phases::patroni::{parse_cluster, rest_get_command};
+use crate::ssh::{ConnectOptions, Session};
+use miette::Result;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EtcdMember {
+    pub name: String,
+    pub reachable: bool,
+    pub healthy: bool,
+    pub leader: bool,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatroniMember {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+    pub timeline: Option<i64>,
+    pub lag_mb: Option<f64>,
+    pub pending_restart: bool,
+    pub tags: Value,
+    pub postgres_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Balancer {
+    pub name: String,
+    pub reachable: bool,
+    /// Servers of the `primary` backend that are up (should be exactly the leader).
+    pub routes_writes_to: Vec<String>,
+    pub agrees_with_leader: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsStatus {
+    pub name: String,
+    pub published: Vec<String>,
+    pub healthy: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub cluster: String,
+    pub etcd: Vec<EtcdMember>,
+    pub leader: Option<String>,
+    pub patroni: Vec<PatroniMember>,
+    pub haproxy: Vec<Balancer>,
+    pub dns: Option<DnsStatus>,
+    pub problems: Vec<String>,
+}
+
+impl Status {
+    pub fn healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+async fn connect(hosts: &[Host], opts: &ConnectOptions) -> BTreeMap<String, Session> {
+    let futs = hosts.iter().map(|h| async move {
+        let connect = tokio::time::timeout(
+            std::time::Duration::from_secs(h.ssh.connect_timeout.max(1) + 2),
+            Session::connect(h, opts),
+        );
+        (h.name.clone(), connect.await.ok().and_then(|r| r.ok()))
+    });
+    futures::future::join_all(futs)
+        .await
+        .into_iter()
+        .filter_map(|(n, s)| s.map(|s| (n, s)))
+        .collect()
+}
+
+/// Gather the status of everything the inventory describes.
+pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
+    let (inv, _) = inventory::load(path)?;
+    let mut hosts = inv.hosts();
+    for h in &mut hosts {
+        if let Some(k) = &h.ssh.private_key {
+            h.ssh.private_key = Some(inv.resolve_path(k).to_string_lossy().into_owned());
+        }
+        if let Some(k) = &h.ssh.known_hosts {
+            h.ssh.known_hosts = Some(inv.resolve_path(k).to_string_lossy().into_owned());
+        }
+    }
+    let sessions = connect(&hosts, opts).await;
+    let mut problems = Vec::new();
+    for h in &hosts {
+        if !sessions.contains_key(&h.name) {
+            problems.push(format!("{}: unreachable over SSH", h.name));
+        }
+    }
+    let etcd = etcd_status(&inv, &sessions, &mut problems).await;
+    let (leader, patroni) = patroni_status(&inv, &sessions, &mut problems).await;
+    let haproxy = haproxy_status(&inv, &sessions, leader.as_deref(), &mut problems).await;
+    let dns = dns_status(&inv, &mut problems).await;
+    for s in sessions.values() {
+        s.close().await;
+    }
+    Ok(Status {
+        cluster: inv.cluster.name.clone(),
+        etcd,
+        leader,
+        patroni,
+        haproxy,
+        dns,
+        problems,
+    })
+}
+
+async fn etcd_status(
+    inv: &Inventory,
+    sessions: &BTreeMap<String, Session>,
+    problems: &mut Vec<String>,
+) -> Vec<EtcdMember> {
+    let tls = crate::phases::etcd::TLS_DIR;
+    let mut out = Vec::new();
+    for h in inv.group_hosts(Group::Etcd) {
+        let mut m = EtcdMember {
+            name: h.name.clone(),
+            reachable: false,
+            healthy: false,
+            leader: false,
+            version: None,
+        };
+        if let Some(s) = sessions.get(&h.name) {
+            m.reachable = true;
+            let url = format!("https://{}:{}", h.address, inv.etcd.client_port);
+            let cmd = format!(
+                "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=3s --endpoints={} --cacert={tls}/ca.crt \
+                 --cert={tls}/{n}.crt --key={tls}/{n}.key endpoint status -w json",
+                sh_quote(&url),
+                n = h.name
+            );
+            if let Ok(o) = s.exec(&cmd, None).await {
+                let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
+                if let Some(st) = v.get(0).and_then(|e| e.get("Status")) {
+                    m.healthy = o.ok();
+                    m.version = st["version"].as_str().map(String::from);
+                    m.leader = st["leader"].as_u64().is_some()
+                        && st["leader"] == st["header"]["member_id"];
+                }
+            }
+        }
+        if !m.healthy {
+            problems.push(format!("etcd member {} is not healthy", m.name));
+        }
+        out.push(m);
+    }
+    if !out.is_empty() && out.iter().filter(|m| m.leader).count() != 1 {
+        problems.push("etcd has no single leader".into());
+    }
+    out
+}
+
+async fn patroni_status(
+    inv: &Inventory,
+    sessions: &BTreeMap<String, Session>,
+    problems: &mut Vec<String>,
+) -> (Option<String>, Vec<PatroniMember>) {
+    let port = inv.patroni.restapi_port;
+    let mut cluster = None;
+    for h in inv.group_hosts(Group::Patroni) {
+        if let Some(s) = sessions.get(&h.name) {
+            if let Ok(o) = s
+                .exec(&rest_get_command(&h.address, port, "/cluster"), None)
+                .await
+            {
+                if o.ok() {
+                    cluster = parse_cluster(&o.stdout_str()).ok();
+                    break;
+                }
+            }
+        }
+    }
+    let Some(members) = cluster else {
+        problems.push("Patroni does not answer on any member".into());
+        return (None, vec![]);
+    };
+    let leader = members
+        .iter()
+        .find(|m| m.is_leader())
+        .map(|m| m.name.clone());
+    if leader.is_none() {
+        problems.push("the Patroni cluster has no leader".into());
+    }
+    let mut out = Vec::new();
+    for h in inv.group_hosts(Group::Patroni) {
+        let Some(m) = members.iter().find(|m| m.name == h.name) else {
+            problems.push(format!("Patroni member {} is not in the cluster", h.name));
+            continue;
+        };
+        let mut version = None;
+        let mut tags = Value::Null;
+        if let Some(s) = sessions.get(&h.name) {
+            if let Ok(o) = s
+                .exec(&rest_get_command(&h.address, port, "/patroni"), None)
+                .await
+            {
+                let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
+                version = v["server_version"]
+                    .as_i64()
+                    .map(crate::phases::upgrade::minor_of_version_num);
+                tags = v["tags"].clone();
+            }
+        }
+        if !m.is_running() {
+            problems.push(format!("Patroni member {} is {}", m.name, m.state));
+        }
+        if m.pending_restart {
+            problems.push(format!("Patroni member {} has a pending restart", m.name));
+        }
+        if m.lag_mb.unwrap_or(0.0) > 10.0 {
+            problems.push(format!(
+                "Patroni member {} lags {:.1} MB",
+                m.name,
+                m.lag_mb.unwrap_or(0.0)
+            ));
+        }
+        out.push(PatroniMember {
+            name: m.name.clone(),
+            role: m.role.clone(),
+            state: m.state.clone(),
+            timeline: m.timeline,
+            lag_mb: m.lag_mb,
+            pending_restart: m.pending_restart,
+            tags,
+            postgres_version: version,
+        });
+    }
+    (leader, out)
+}
+
+async fn haproxy_status(
+    inv: &Inventory,
+    sessions: &BTreeMap<String, Session>,
+    leader: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Vec<Balancer> {
+    let mut out = Vec::new();
+    for h in inv.group_hosts(Group::Haproxy) {
+        let mut b = Balancer {
+            name: h.name.clone(),
+            reachable: false,
+            routes_writes_to: vec![],
+            agrees_with_leader: false,
+        };
+        if let Some(s) = sessions.get(&h.name) {
+            if let Ok(o) = s.exec(&stats_command(inv.haproxy.stats_port), None).await {
+                if o.ok() {
+                    b.reachable = true;
+                    b.routes_writes_to = servers_up(&o.stdout_str(), "primary");
+                }
+            }
+        }
+        b.agrees_with_leader =
+            b.routes_writes_to.len() == 1 && Some(b.routes_writes_to[0].as_str()) == leader;
+        if !b.agrees_with_leader {
+            problems.push(format!(
+                "HAProxy {} routes writes to [{}], Patroni's leader is {}",
+                b.name,
+                b.routes_writes_to.join(", "),
+                leader.unwrap_or("(none)")
+            ));
+        }
+        out.push(b);
+    }
+    out
+}
+
+async fn dns_status(inv: &Inventory, problems: &mut Vec<String>) -> Option<DnsStatus> {
+    let cfg = match DnsConfig::from_inventory(inv) {
+        Ok(Some(c)) => c,
+        Ok(None) => return None,
+        Err(e) => {
+            problems.push(format!("DNS: {e}"));
+            return None;
+        }
+    };
+    let targets = crate::dns::haproxy_targets(inv).ok()?;
+    let health = crate::dns::check_all(
+        &targets,
+        crate::dns::HealthPorts {
+            primary: inv.haproxy.primary_port,
+            stats: inv.haproxy.stats_port,
+            timeout: std::time::Duration::from_secs(2),
+        },
+    )
+    .await;
+    let mut healthy: Vec<String> = health
+        .iter()
+        .filter(|h| h.healthy)
+        .flat_map(|h| h.publish.iter().map(|a| a.to_string()))
+        .collect();
+    healthy.sort();
+    let published = match crate::dns::query(&cfg).await {
+        Ok(r) => {
+            let mut v: Vec<String> = r.addrs.iter().map(|a| a.to_string()).collect();
+            v.sort();
+            v
+        }
+        Err(e) => {
+            problems.push(format!("DNS: cannot read {}: {e}", cfg.name));
+            vec![]
+        }
+    };
+    if published != healthy && !healthy.is_empty() {
+        problems.push(format!(
+            "DNS {} publishes [{}] but the healthy HAProxy hosts are [{}]: run `pgdeploy dns sync`",
+            cfg.name,
+            published.join(", "),
+            healthy.join(", ")
+        ));
+    }
+    Some(DnsStatus {
+        name: cfg.name.clone(),
+        published,
+        healthy,
+    })
+}
+
+/// The status as text, problems flagged on their lines, a summary at the end.
+pub fn text(s: &Status) -> String {
+    let mut t = format!("cluster {}\n", s.cluster);
+    t.push_str("etcd\n");
+    for m in &s.etcd {
+        t.push_str(&format!(
+            "  {} {:<12} {:<9} {:<7} {}\n",
+            if m.healthy { " " } else { "!" },
+            m.name,
+            if !m.reachable {
+                "unreachable"
+            } else if m.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
+            if m.leader { "leader" } else { "" },
+            m.version.as_deref().unwrap_or("")
+        ));
+    }
+    t.push_str(&format!(
+        "patroni (leader {})\n",
+        s.leader.as_deref().unwrap_or("none")
+    ));
+    for m in &s.patroni {
+        let bad = !(m.state == "running" || m.state == "streaming") || m.pending_restart;
+        t.push_str(&format!(
+            "  {} {:<12} {:<13} {:<10} TL {:<3} lag {:<8} {}{}\n",
+            if bad { "!" } else { " " },
+            m.name,
+            m.role,
+            m.state,
+            m.timeline.map(|x| x.to_string()).unwrap_or_default(),
+            m.lag_mb
+                .map(|l| format!("{l:.1} MB"))
+                .unwrap_or_else(|| "-".into()),
+            m.postgres_version
+                .as_deref()
+                .map(|v| format!("PostgreSQL {v}"))
+                .unwrap_or_default(),
+            if m.pending_restart {
+                " pending restart"
+            } else {
+                ""
+            }
+        ));
+    }
+    t.push_str("haproxy\n");
+    for b in &s.haproxy {
+        t.push_str(&format!(
+            "  {} {:<12} {}\n",
+            if b.agrees_with_leader { " " } else { "!" },
+            b.name,
+            if !b.reachable {
+                "unreachable".to_string()
+            } else {
+                format!(
+                    "writes -> {}",
+                    if b.routes_writes_to.is_empty() {
+                        "nothing".into()
+                    } else {
+                        b.routes_writes_to.join(", ")
+                    }
+                )
+            }
+        ));
+    }
+    if let Some(d) = &s.dns {
+        let ok = d.published == d.healthy;
+        t.push_str(&format!(
+            "dns {}\n  {} published {}; healthy {}\n",
+            d.name,
+            if ok { " " } else { "!" },
+            d.published.join(", "),
+            d.healthy.join(", ")
+        ));
+    }
+    if s.problems.is_empty() {
+        t.push_str("healthy\n");
+    } else {
+        t.push_str(&format!("{} problem(s):\n", s.problems.len()));
+        for p in &s.problems {
+            t.push_str(&format!("  - {p}\n"));
+        }
+    }
+    t
+}
