@@ -402,7 +402,7 @@ mod tests {
 
     const DEB822: &str = "\
 Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
+# http://snapshot.example/archive/debian/20250520T000000Z
 URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates bookworm-backports
 Components: main
