@@ -99,16 +99,7 @@ pub async fn prepare(
     for name in roles.role_names() {
         roles.role(&name)?;
     }
-    let mut hosts = inv.hosts();
-    // Key and known_hosts paths in the inventory are relative to the inventory's directory.
-    for h in &mut hosts {
-        if let Some(k) = &h.ssh.private_key {
-            h.ssh.private_key = Some(inv.resolve_path(k).to_string_lossy().into_owned());
-        }
-        if let Some(k) = &h.ssh.known_hosts {
-            h.ssh.known_hosts = Some(inv.resolve_path(k).to_string_lossy().into_owned());
-        }
-    }
+    let hosts = inv.hosts_to_connect();
     observer.message(&format!("connecting to {} hosts", hosts.len()));
     let sessions = engine::connect_all(&hosts, &opts.connect, opts.forks.max(1)).await?;
     let (vars, host_vars, secret_values) = crate::phases::run_vars(&inv)?;

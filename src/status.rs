@@ -85,15 +85,7 @@ async fn connect(hosts: &[Host], opts: &ConnectOptions) -> BTreeMap<String, Sess
 /// Gather the status of everything the inventory describes.
 pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
     let (inv, _) = inventory::load(path)?;
-    let mut hosts = inv.hosts();
-    for h in &mut hosts {
-        if let Some(k) = &h.ssh.private_key {
-            h.ssh.private_key = Some(inv.resolve_path(k).to_string_lossy().into_owned());
-        }
-        if let Some(k) = &h.ssh.known_hosts {
-            h.ssh.known_hosts = Some(inv.resolve_path(k).to_string_lossy().into_owned());
-        }
-    }
+    let hosts = inv.hosts_to_connect();
     let sessions = connect(&hosts, opts).await;
     let mut problems = Vec::new();
     for h in &hosts {

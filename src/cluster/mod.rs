@@ -104,7 +104,8 @@ fn params_json(p: &BTreeMap<String, ParamValue>) -> Value {
     )
 }
 
-fn host_json(h: &Host) -> Value {
+/// A host as templates see it (`host`, and each entry of `groups.*`).
+pub fn host_json(h: &Host) -> Value {
     json!({
         "name": h.name,
         "address": h.address,

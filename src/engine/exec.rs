@@ -17,7 +17,7 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         })
         .collect();
     if !pkgs.is_empty() {
-        install_packages(s, &pkgs).await?;
+        install_packages(s, &pkgs, "", false).await?;
     }
     for c in changes {
         match c {
@@ -160,9 +160,16 @@ async fn mark_pending(s: &Session, units: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Install packages at exact versions, without prompts and without starting services that a
-/// policy-rc.d on the host forbids.
-pub async fn install_packages(s: &Session, pkgs: &[(&String, &String)]) -> Result<()> {
+/// Install packages at exact versions (`(candidate)` means any), without prompts, keeping
+/// configuration files, and with service starts by package scripts forbidden (policy-rc.d for
+/// the transaction only). `apt_opts` can restrict apt to one source; `update` refreshes its
+/// lists first.
+pub async fn install_packages(
+    s: &Session,
+    pkgs: &[(&String, &String)],
+    apt_opts: &str,
+    update: bool,
+) -> Result<()> {
     let mut args = Vec::new();
     for (name, ver) in pkgs {
         if ver.starts_with('(') {
@@ -171,16 +178,23 @@ pub async fn install_packages(s: &Session, pkgs: &[(&String, &String)]) -> Resul
             args.push(sh_quote(&format!("{name}={ver}")));
         }
     }
+    let refresh = if update {
+        format!("apt-get {apt_opts} update -q >/dev/null 2>&1 || apt-get {apt_opts} update; ")
+    } else {
+        String::new()
+    };
     let cmd = format!(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-         --allow-downgrades --allow-change-held-packages \
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
+         printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+         trap 'rm -f /usr/sbin/policy-rc.d' EXIT; {refresh}\
+         apt-get {apt_opts} install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages \
          -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} 2>&1",
         args.join(" ")
     );
     let out = s.exec(&cmd, None).await?;
     if !out.ok() {
-        let text = out.stdout_str();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let text = out.stdout_str() + &out.stderr_str();
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
         return Err(miette!(
             help = "check the package source (bundle or the host's apt sources) and run `pgdeploy apply` again",
             "{}: package installation failed:\n{}",

@@ -2,6 +2,7 @@
 
 use super::plan::{Desired, DesiredDir, DesiredFile, DesiredPackage, DesiredUnit};
 use super::roles::{parse_mode, render, RoleSource, RoleSpec, Stage};
+use crate::cluster::host_json;
 use crate::inventory::{Group, Host, Inventory};
 use miette::{miette, Result, WrapErr};
 use serde_json::{json, Value};
@@ -17,18 +18,6 @@ pub fn role_applies(spec: &RoleSpec, host: &Host) -> bool {
         "all" => true,
         g => host.groups.iter().any(|hg| hg.as_str() == g),
     }
-}
-
-fn host_json(h: &Host) -> Value {
-    json!({
-        "name": h.name,
-        "address": h.address,
-        "address6": h.address6,
-        "groups": h.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-        "vars": h.vars,
-        "postgres_parameters": h.postgres_parameters.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
-    })
 }
 
 /// The template context for one host. `extra` is merged at the top level (secrets, tls, facts

@@ -414,6 +414,21 @@ impl Inventory {
         out
     }
 
+    /// [`Inventory::hosts`] with their SSH key and known_hosts paths resolved against the
+    /// inventory's directory, ready to connect.
+    pub fn hosts_to_connect(&self) -> Vec<Host> {
+        let mut hosts = self.hosts();
+        for h in &mut hosts {
+            if let Some(k) = &h.ssh.private_key {
+                h.ssh.private_key = Some(self.resolve_path(k).to_string_lossy().into_owned());
+            }
+            if let Some(k) = &h.ssh.known_hosts {
+                h.ssh.known_hosts = Some(self.resolve_path(k).to_string_lossy().into_owned());
+            }
+        }
+        hosts
+    }
+
     /// Hosts of one group, in inventory order.
     pub fn group_hosts(&self, g: Group) -> Vec<Host> {
         self.hosts().into_iter().filter(|h| h.in_group(g)).collect()

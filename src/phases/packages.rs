@@ -6,7 +6,7 @@
 
 use crate::bundle::Manifest;
 use crate::engine::change::Change;
-use crate::engine::exec::apply_changes;
+use crate::engine::exec::{apply_changes, install_packages};
 use crate::engine::facts::{parse_probe, probe_command, sh_quote};
 use crate::engine::phase::{desired_for_host, hosts_for_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::plan::{plan_packages, plan_resources, Desired, DesiredFile};
@@ -23,9 +23,15 @@ pub struct Packages {
     pub roles: Vec<String>,
 }
 
-/// apt options that make apt see the bundle (the role data's source list) and nothing else.
-fn bundle_apt_opts() -> String {
-    format!("-o Dir::Etc::sourcelist={REPO_LIST} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0")
+/// apt options for the inventory's package source: with the bundle, apt sees the bundle (the
+/// role data's source list) and nothing else.
+pub fn apt_source_opts(source: PackageSource) -> String {
+    match source {
+        PackageSource::Bundle => format!(
+            "-o Dir::Etc::sourcelist={REPO_LIST} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
+        ),
+        PackageSource::Apt => String::new(),
+    }
 }
 
 /// Pure: which bundle files a host lacks, given `name size` lines of what it has.
@@ -255,7 +261,14 @@ impl Phase for Packages {
                     .collect();
                 if !pkgs.is_empty() {
                     ctx.observe(&hp.host, &format!("installing {} packages", pkgs.len()));
-                    install(s, &pkgs, source).await?;
+                    let pkgs: Vec<(&String, &String)> = pkgs
+                        .iter()
+                        .filter_map(|c| match c {
+                            Change::Package { name, to, .. } => Some((name, to)),
+                            _ => None,
+                        })
+                        .collect();
+                    install_packages(s, &pkgs, &apt_source_opts(source), true).await?;
                 }
                 let holds: Vec<Change> = hp
                     .changes
@@ -269,44 +282,4 @@ impl Phase for Packages {
         bounded(ctx.forks, futs).await?;
         Ok(())
     }
-}
-
-/// Install with services kept from starting with their distribution defaults (policy-rc.d
-/// during the transaction only), from the bundle alone when the source is `bundle`.
-async fn install(s: &crate::ssh::Session, pkgs: &[&Change], source: PackageSource) -> Result<()> {
-    let mut args = Vec::new();
-    for c in pkgs {
-        if let Change::Package { name, to, .. } = c {
-            if to.starts_with('(') {
-                args.push(sh_quote(name));
-            } else {
-                args.push(sh_quote(&format!("{name}={to}")));
-            }
-        }
-    }
-    let opts = match source {
-        PackageSource::Bundle => bundle_apt_opts(),
-        PackageSource::Apt => String::new(),
-    };
-    let cmd = format!(
-        "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
-         trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
-         apt-get {opts} update -q >/dev/null 2>&1 || apt-get {opts} update; \
-         apt-get {opts} install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages \
-         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} 2>&1",
-        args.join(" ")
-    );
-    let out = s.exec(&cmd, None).await?;
-    if !out.ok() {
-        let text = out.stdout_str() + &out.stderr_str();
-        let tail: Vec<&str> = text.lines().rev().take(25).collect();
-        return Err(miette!(
-            help = "check the package source (bundle or the host's apt sources) and run `pgdeploy apply` again",
-            "{}: package installation failed:\n{}",
-            s.host(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
-    Ok(())
 }

@@ -11,12 +11,12 @@ use super::etcd::wait_until;
 use super::patroni::{members, rest_get_command, Member, CONFIG};
 use super::verify::local_sql;
 use crate::engine::change::{Change, UnitAction};
-use crate::engine::exec::apply_changes;
+use crate::engine::exec::{apply_changes, install_packages};
 use crate::engine::facts::sh_quote;
 use crate::engine::phase::desired_for_host;
 use crate::engine::plan::{plan_resources, DesiredPackage};
 use crate::engine::Ctx;
-use crate::inventory::{Group, PackageSource};
+use crate::inventory::Group;
 use miette::{miette, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -263,42 +263,16 @@ async fn install(ctx: &Ctx, host: &str, pkgs: &[DesiredPackage]) -> Result<()> {
         return Ok(());
     }
     let s = ctx.session(host)?;
-    let args: Vec<String> = pkgs
+    let versions: Vec<(String, String)> = pkgs
         .iter()
-        .map(|p| {
-            sh_quote(&format!(
-                "{}={}",
-                p.name,
-                p.version.clone().unwrap_or_default()
-            ))
-        })
+        .map(|p| (p.name.clone(), p.version.clone().unwrap_or_default()))
         .collect();
-    let opts = match ctx.inv.packages.source {
-        PackageSource::Bundle => format!(
-            "-o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
-            super::REPO_LIST
-        ),
-        PackageSource::Apt => String::new(),
-    };
-    let cmd = format!(
-        "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
-         trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
-         apt-get {opts} install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages \
-         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} 2>&1; \
-         apt-mark hold {} >/dev/null",
-        args.join(" "),
-        pkgs.iter().map(|p| sh_quote(&p.name)).collect::<Vec<_>>().join(" ")
-    );
-    let out = s.exec(&cmd, None).await?;
-    if !out.ok() {
-        let t = out.stdout_str();
-        let tail: Vec<&str> = t.lines().rev().take(15).collect();
-        return Err(miette!(
-            "{host}: installing the new PostgreSQL packages failed:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
+    let refs: Vec<(&String, &String)> = versions.iter().map(|(n, v)| (n, v)).collect();
+    let opts = super::packages::apt_source_opts(ctx.inv.packages.source);
+    install_packages(s, &refs, &opts, false).await?;
+    let names: Vec<String> = pkgs.iter().map(|p| sh_quote(&p.name)).collect();
+    s.run(&format!("apt-mark hold {} >/dev/null", names.join(" ")))
+        .await?;
     Ok(())
 }
 
