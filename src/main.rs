@@ -52,6 +52,10 @@ struct RunArgs {
     /// Run only these phases (comma-separated), e.g. `--only common`.
     #[arg(long, value_delimiter = ',', value_name = "PHASE")]
     only: Vec<String>,
+    /// Allow the inventory to take a running etcd cluster to an even number of members
+    /// (an even number adds no fault tolerance over one member fewer).
+    #[arg(long)]
+    allow_even_etcd: bool,
 }
 
 impl RunArgs {
@@ -64,6 +68,7 @@ impl RunArgs {
                 known_hosts: self.known_hosts.clone(),
             },
             only: self.only.clone(),
+            allow_even_etcd: self.allow_even_etcd,
             ..RunOptions::new(self.inventory.clone())
         }
     }

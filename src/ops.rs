@@ -25,6 +25,8 @@ pub struct RunOptions {
     /// Upgrade bounds (`pgdeploy upgrade`).
     pub max_lag_bytes: Option<u64>,
     pub max_xact_age_secs: Option<u64>,
+    /// Allow changing a running etcd cluster to an even number of members.
+    pub allow_even_etcd: bool,
 }
 
 impl RunOptions {
@@ -38,6 +40,7 @@ impl RunOptions {
             postgres_version: None,
             max_lag_bytes: None,
             max_xact_age_secs: None,
+            allow_even_etcd: false,
         }
     }
 }
@@ -112,6 +115,7 @@ pub async fn prepare(
                 "max_xact_age_secs": opts.max_xact_age_secs,
             }),
         );
+        m.insert("allow_even_etcd".into(), Value::Bool(opts.allow_even_etcd));
     }
     let ctx = Ctx {
         inv,
@@ -123,6 +127,7 @@ pub async fn prepare(
         secret_values,
         forks: opts.forks.max(1),
         observer,
+        connect: opts.connect.clone(),
     };
     if phases
         .iter()

@@ -183,6 +183,8 @@ pub fn template_context(
         "tls": tls,
         "client_addresses": client_addresses(inv),
         "sysctls": [],
+        "etcd_initial_env": crate::phases::etcd::INITIAL_ENV,
+        "etcd_join_env": crate::phases::etcd::JOIN_ENV,
         // Set per member during a rolling upgrade (keeps it out of failover and of the
         // replica pool while it restarts).
         "patroni_tags": { "nofailover": false, "noloadbalance": false },
@@ -529,7 +531,8 @@ groups:
         assert!(cfg2["postgresql"]["parameters"].get("work_mem").is_none());
 
         // /etc/default/etcd: KEY="value" lines only.
-        let env = get("n2", "etcd/etcd.default.j2");
+        let env = get("n2", "etcd/etcd.default.j2").clone() + get("n2", "etcd/etcd-initial.env.j2");
+        assert!(!get("n2", "etcd/etcd.default.j2").contains("INITIAL_CLUSTER="));
         let mut kv = BTreeMap::new();
         for l in env.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let (k, v) = l.split_once('=').unwrap();

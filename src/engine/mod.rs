@@ -48,6 +48,8 @@ pub struct Ctx {
     pub secret_values: Vec<String>,
     pub forks: usize,
     pub observer: Arc<dyn Observer>,
+    /// How hosts are reached (also hosts found in the cluster but no longer in the inventory).
+    pub connect: ConnectOptions,
 }
 
 impl Ctx {

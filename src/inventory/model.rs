@@ -429,6 +429,27 @@ impl Inventory {
         hosts
     }
 
+    /// A host that is no longer in the inventory but still in the cluster (found in etcd's or
+    /// Patroni's membership): reached at `address` with the inventory's `ssh` settings.
+    pub fn former_host(&self, name: &str, address: &str) -> Host {
+        let mut ssh = self.ssh.clone();
+        if let Some(k) = &ssh.private_key {
+            ssh.private_key = Some(self.resolve_path(k).to_string_lossy().into_owned());
+        }
+        if let Some(k) = &ssh.known_hosts {
+            ssh.known_hosts = Some(self.resolve_path(k).to_string_lossy().into_owned());
+        }
+        Host {
+            name: name.to_string(),
+            address: address.to_string(),
+            address6: None,
+            groups: Vec::new(),
+            ssh,
+            postgres_parameters: BTreeMap::new(),
+            vars: BTreeMap::new(),
+        }
+    }
+
     /// Hosts of one group, in inventory order.
     pub fn group_hosts(&self, g: Group) -> Vec<Host> {
         self.hosts().into_iter().filter(|h| h.in_group(g)).collect()

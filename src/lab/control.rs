@@ -87,6 +87,9 @@ pub struct LabOptions {
     /// Tear everything down when the [`Lab`] value is dropped without `down()` (for tests:
     /// cleanup happens even when a test panics). Default false.
     pub down_on_drop: bool,
+    /// Extra bare hosts spare1..N (.41 upward), reachable and in known_hosts but not in the
+    /// inventory: hosts to grow the cluster onto.
+    pub spares: usize,
 }
 
 impl LabOptions {
@@ -98,6 +101,7 @@ impl LabOptions {
             boot_timeout: Duration::from_secs(180),
             down_on_failure: true,
             down_on_drop: false,
+            spares: 0,
         }
     }
 }
@@ -282,6 +286,17 @@ impl Lab {
     /// [`Lab::up`] that also returns timings.
     pub async fn up_with_report(opts: LabOptions) -> Result<(Lab, UpReport)> {
         preflight_tools()?;
+        if opts.spares > 0 && matches!(opts.topology, Topology::Hosts(_)) {
+            return Err(LabError::Invalid(
+                "spare hosts go with the production or poc topology, not --hosts".into(),
+            ));
+        }
+        if opts.spares > 9 {
+            return Err(LabError::Invalid(format!(
+                "--spares must be at most 9, not {}",
+                opts.spares
+            )));
+        }
         if let Topology::Hosts(n) = opts.topology {
             if n == 0 || n > 200 {
                 return Err(LabError::Invalid(format!(
@@ -398,7 +413,14 @@ impl Lab {
         self.state.save()?;
 
         // DNS server
-        let specs = opts.topology.hosts();
+        let mut specs = opts.topology.hosts();
+        for i in 1..=opts.spares as u8 {
+            specs.push((
+                format!("spare{i}"),
+                Ipv4Addr::new(10, 231, 0, 40 + i),
+                Vec::new(),
+            ));
+        }
         let pairs: Vec<(String, Ipv4Addr)> =
             specs.iter().map(|(n, a, _)| (n.clone(), *a)).collect();
         let named_dir = Path::new(STATE_DIR).join("named");
@@ -663,6 +685,12 @@ impl Lab {
             named::KEY_NAME,
             named::KEY_ALG
         ));
+        for h in self.state.hosts.iter().filter(|h| h.groups.is_empty()) {
+            y.push_str(&format!(
+                "# spare host, in no group yet: {{ name: {}, address: \"{}\" }}\n",
+                h.name, h.address
+            ));
+        }
         y.push_str("groups:\n");
         for g in ["etcd", "patroni", "haproxy"] {
             y.push_str(&format!("  {g}:\n"));

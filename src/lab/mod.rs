@@ -76,6 +76,10 @@ enum LabCmd {
         /// N plain hosts h1..hN (no cluster inventory).
         #[arg(long)]
         hosts: Option<usize>,
+        /// Also boot N bare hosts spare1..spareN (10.231.0.41 upward) that are not in the
+        /// inventory: add them to a group to grow the cluster.
+        #[arg(long, default_value_t = 0, value_name = "N", conflicts_with = "hosts")]
+        spares: usize,
         /// Output directory for inventory.yaml, id_ed25519, known_hosts and tsig.key.
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
@@ -105,6 +109,7 @@ pub async fn run(args: Args) -> miette::Result<()> {
         LabCmd::Up {
             topology,
             hosts,
+            spares,
             dir,
             timeout,
             keep_on_failure,
@@ -117,6 +122,7 @@ pub async fn run(args: Args) -> miette::Result<()> {
             let mut opts = LabOptions::new(topology, dir);
             opts.boot_timeout = Duration::from_secs(timeout);
             opts.down_on_failure = !keep_on_failure;
+            opts.spares = spares;
             if !control::base_cached(&opts.cache_dir) {
                 eprintln!(
                     "building the Debian base image in {} (once; about a minute)...",

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
+/// Bootstrap settings (initial cluster), read only at a member's first start.
+pub const INITIAL_ENV: &str = "/etc/pgdeploy/etcd-initial.env";
+/// Written while a new member joins a running cluster (from `etcdctl member add`).
+pub const JOIN_ENV: &str = "/run/pgdeploy/etcd-join.env";
 
 pub struct Etcd;
 
@@ -127,18 +131,65 @@ impl Phase for Etcd {
         "etcd"
     }
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
+        let mut hosts = plan_roles(ctx, &["etcd".to_string()], false).await?;
+        // A running cluster (its member list answers) grows by `member add`, one host at a
+        // time; members that left the inventory are removed later, by the retire phase.
+        let facts = probe_membership(ctx).await?;
+        if let Some(members) = &facts.members {
+            let wanted = wanted_members(ctx);
+            let allow_even = ctx.vars()["allow_even_etcd"].as_bool().unwrap_or(false);
+            check_size_change(members.len(), wanted.len(), allow_even)
+                .map_err(|e| miette!("{e}"))?;
+            let (joins, _) = plan_membership(&wanted, members);
+            let endpoints: Vec<String> = members
+                .iter()
+                .filter(|m| !m.name.is_empty())
+                .flat_map(|m| m.client_urls.iter().take(1).cloned())
+                .collect();
+            for j in joins {
+                let change = Change::Command {
+                    command: join_command(ctx, &j, &endpoints),
+                    reason: format!(
+                        "{} is not a member of the running etcd cluster ({} members): add it \
+                         with `etcdctl member add` and start it (the other members keep running)",
+                        j.host,
+                        endpoints.len()
+                    ),
+                };
+                match hosts.iter_mut().find(|h| h.host == j.host) {
+                    Some(hp) => {
+                        // The join command starts etcd itself; keep enable and daemon-reload.
+                        hp.changes.retain(|c| {
+                            !matches!(c, Change::Unit { unit, action, .. } if unit == "etcd.service"
+                                && matches!(action, UnitAction::Start | UnitAction::Restart | UnitAction::Reload))
+                        });
+                        hp.changes.push(change);
+                    }
+                    None => hosts.push(HostPlan {
+                        host: j.host.clone(),
+                        changes: vec![change],
+                    }),
+                }
+            }
+        }
         Ok(PhasePlan {
             phase: "etcd".into(),
-            hosts: plan_roles(ctx, &["etcd".to_string()], false).await?,
+            hosts,
         })
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
         // A new member's start blocks until a quorum is up, so members start without
         // waiting (all at once) and the phase then waits for health; restarts of running
         // members go one at a time, each gated on that member's health.
-        let hosts: Vec<HostPlan> = plan
-            .hosts
-            .iter()
+        let is_join = |hp: &HostPlan| {
+            hp.changes
+                .iter()
+                .any(|c| matches!(c, Change::Command { command, .. } if command.contains(JOIN_ENV)))
+        };
+        let (joining, others): (Vec<&HostPlan>, Vec<&HostPlan>) =
+            plan.hosts.iter().partition(|hp| is_join(hp));
+        let others: Vec<HostPlan> = others
+            .into_iter()
             .map(|hp| HostPlan {
                 host: hp.host.clone(),
                 changes: hp
@@ -161,12 +212,329 @@ impl Phase for Etcd {
                     .collect(),
             })
             .collect();
-        apply_host_plans(
-            ctx,
-            &hosts,
-            &RestartPolicy::Rolling(Some(Arc::new(MemberHealthy))),
-        )
-        .await?;
+        let policy = RestartPolicy::Rolling(Some(Arc::new(MemberHealthy)));
+        apply_host_plans(ctx, &others, &policy).await?;
+        // New members join one at a time: each is healthy, and so is the whole cluster,
+        // before the next one is added (the quorum grows by one each step).
+        for hp in joining {
+            ctx.observe(&hp.host, "joining the etcd cluster");
+            apply_host_plans(ctx, std::slice::from_ref(hp), &policy).await?;
+            MemberHealthy.wait_healthy(ctx, &hp.host).await?;
+            let s = ctx.session(&hp.host)?;
+            let all = etcdctl(
+                ctx,
+                &hp.host,
+                &[client_url(ctx, "127.0.0.1")],
+                "endpoint health --cluster",
+            );
+            wait_until(
+                &format!("every etcd member is healthy after {} joined", hp.host),
+                Duration::from_secs(120),
+                || async { Ok(s.exec(&all, None).await?.ok()) },
+            )
+            .await?;
+            s.run(&format!("rm -f {JOIN_ENV}")).await?;
+        }
         wait_cluster_healthy(ctx).await
+    }
+}
+
+/// The command that adds `j` to the running cluster and starts it (run on the joining host).
+/// etcd refuses a new voting member ("unhealthy cluster") until the leader has seen every
+/// member connected for a few seconds, e.g. right after the previous join: the add is retried
+/// for that reason only, up to 60 s.
+fn join_command(ctx: &Ctx, j: &Join, endpoints: &[String]) -> String {
+    let dir = data_dir(ctx);
+    let ctl = |args: &str| etcdctl(ctx, &j.host, endpoints, args);
+    let remove = j
+        .stale_id
+        .map(|id| format!("{}; ", ctl(&format!("member remove {id:x}"))))
+        .unwrap_or_default();
+    format!(
+        "set -e; systemctl stop etcd.service; \
+         if [ -e {dir} ]; then mv {dir} {dir}.stale-$(date +%Y%m%d%H%M%S); fi; \
+         mkdir -p /run/pgdeploy; {remove}n=0; \
+         until {add} > {JOIN_ENV}.out 2> {JOIN_ENV}.err; do n=$((n+1)); \
+         if [ $n -ge 30 ] || ! grep -q 'unhealthy cluster' {JOIN_ENV}.err; then cat {JOIN_ENV}.err >&2; exit 1; fi; \
+         sleep 2; done; \
+         grep '^ETCD_INITIAL_CLUSTER' {JOIN_ENV}.out > {JOIN_ENV}; rm -f {JOIN_ENV}.out {JOIN_ENV}.err; \
+         systemctl start --no-block etcd.service; rm -f {PENDING_DIR}/etcd.service",
+        add = ctl(&format!(
+            "member add {} --peer-urls={}",
+            sh_quote(&j.host),
+            j.peer_url
+        )),
+    )
+}
+
+/// One member as etcd's member list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub id: u64,
+    /// Empty while an added member has not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// Pure: parse `etcdctl member list -w json`.
+pub fn parse_member_list(json: &str) -> std::result::Result<Vec<EtcdMember>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let arr = v["members"].as_array().ok_or("no members list")?;
+    let strings = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    arr.iter()
+        .map(|m| {
+            Ok(EtcdMember {
+                id: m["ID"].as_u64().ok_or("a member without an ID")?,
+                name: m["name"].as_str().unwrap_or("").to_string(),
+                peer_urls: strings(&m["peerURLs"]),
+                client_urls: strings(&m["clientURLs"]),
+            })
+        })
+        .collect()
+}
+
+/// What the etcd hosts say about the cluster: which inventory hosts hold a data directory, and
+/// the member list (None when no member answers: nothing bootstrapped yet, or no quorum).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdFacts {
+    pub has_data: std::collections::BTreeSet<String>,
+    pub members: Option<Vec<EtcdMember>>,
+}
+
+const HAS_DATA: &str = "PGDEPLOY_ETCD_HAS_DATA";
+
+pub fn data_dir(ctx: &Ctx) -> String {
+    format!("/var/lib/etcd/{}", ctx.inv.cluster.name)
+}
+
+/// Probe every inventory etcd host at once: its data directory, and the member list asked
+/// through every inventory member's endpoint.
+pub async fn probe_membership(ctx: &Ctx) -> Result<EtcdFacts> {
+    let hosts = ctx.inv.group_hosts(Group::Etcd);
+    let eps: Vec<String> = hosts.iter().map(|m| client_url(ctx, &m.address)).collect();
+    let dir = data_dir(ctx);
+    let futs = hosts.iter().map(|h| {
+        let cmd = format!(
+            "if [ -d {dir}/member ]; then echo {HAS_DATA}; fi; \
+             if command -v etcdctl >/dev/null && [ -r {TLS_DIR}/{n}.key ]; then {ctl} 2>/dev/null; fi; true",
+            n = h.name,
+            ctl = etcdctl(ctx, &h.name, &eps, "member list -w json")
+        );
+        async move {
+            let out = ctx.session(&h.name)?.exec(&cmd, None).await?;
+            Ok::<_, miette::Report>((h.name.clone(), out.stdout_str()))
+        }
+    });
+    let outs = crate::engine::bounded(ctx.forks, futs.collect()).await?;
+    let mut facts = EtcdFacts::default();
+    for (name, out) in outs {
+        let mut json = String::new();
+        for line in out.lines() {
+            if line.trim() == HAS_DATA {
+                facts.has_data.insert(name.clone());
+            } else {
+                json.push_str(line);
+                json.push('\n');
+            }
+        }
+        if facts.members.is_none() && !json.trim().is_empty() {
+            facts.members = parse_member_list(&json).ok();
+        }
+    }
+    Ok(facts)
+}
+
+/// A host of the inventory's etcd group that must join the running cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub host: String,
+    pub peer_url: String,
+    /// An earlier join that added the member but never started it: removed and added again.
+    pub stale_id: Option<u64>,
+}
+
+/// Members of the running cluster that are no longer in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leave {
+    pub id: u64,
+    pub name: String,
+    /// The host address from the member's peer URL (to stop etcd there).
+    pub address: String,
+}
+
+/// Pure: which inventory hosts join and which members leave, given the member list.
+/// `wanted`: (name, peer URL) of the inventory's etcd hosts, in inventory order.
+pub fn plan_membership(
+    wanted: &[(String, String)],
+    members: &[EtcdMember],
+) -> (Vec<Join>, Vec<Leave>) {
+    let mut joins = Vec::new();
+    for (name, peer) in wanted {
+        let by_name = members.iter().find(|m| &m.name == name);
+        let by_url = members.iter().find(|m| m.peer_urls.contains(peer));
+        match (by_name, by_url) {
+            (Some(_), _) => {}
+            (None, Some(m)) if m.name.is_empty() => joins.push(Join {
+                host: name.clone(),
+                peer_url: peer.clone(),
+                stale_id: Some(m.id),
+            }),
+            _ => joins.push(Join {
+                host: name.clone(),
+                peer_url: peer.clone(),
+                stale_id: None,
+            }),
+        }
+    }
+    let mut leaves = Vec::new();
+    for m in members {
+        let wanted_here = wanted
+            .iter()
+            .any(|(n, p)| n == &m.name || (m.name.is_empty() && m.peer_urls.contains(p)));
+        if !wanted_here {
+            let address = m
+                .peer_urls
+                .first()
+                .and_then(|u| u.split("://").nth(1))
+                .map(|rest| {
+                    let hostport = rest.split('/').next().unwrap_or(rest);
+                    match hostport.rsplit_once(':') {
+                        Some((h, _)) => h.trim_matches(['[', ']']).to_string(),
+                        None => hostport.to_string(),
+                    }
+                })
+                .unwrap_or_default();
+            let name = if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name.clone()
+            };
+            leaves.push(Leave {
+                id: m.id,
+                name,
+                address,
+            });
+        }
+    }
+    (joins, leaves)
+}
+
+pub fn peer_url(ctx: &Ctx, address: &str) -> String {
+    let a = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    format!("https://{a}:{}", ctx.inv.etcd.peer_port)
+}
+
+/// Inventory etcd hosts as (name, peer URL).
+pub fn wanted_members(ctx: &Ctx) -> Vec<(String, String)> {
+    ctx.inv
+        .group_hosts(Group::Etcd)
+        .iter()
+        .map(|h| (h.name.clone(), peer_url(ctx, &h.address)))
+        .collect()
+}
+
+/// Refuse to change a running cluster's size to an even number unless allowed.
+pub fn check_size_change(
+    current: usize,
+    target: usize,
+    allow_even: bool,
+) -> std::result::Result<(), String> {
+    if current != target && target.is_multiple_of(2) && !allow_even {
+        return Err(format!(
+            "the inventory takes the etcd cluster from {current} to {target} members: an even \
+             number adds no fault tolerance ({target} members stop with {} down, like {}); \
+             list an odd number of etcd hosts, or pass --allow-even-etcd",
+            target / 2,
+            target - 1
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod membership_tests {
+    use super::*;
+
+    fn m(id: u64, name: &str, last: u8) -> EtcdMember {
+        EtcdMember {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://10.0.0.{last}:2380")],
+            client_urls: vec![],
+        }
+    }
+    fn w(name: &str, last: u8) -> (String, String) {
+        (name.into(), format!("https://10.0.0.{last}:2380"))
+    }
+
+    #[test]
+    fn parses_member_list() {
+        let j = r#"{"header":{"cluster_id":1,"member_id":2,"raft_term":3},"members":[
+          {"ID":10501334649042878790,"name":"etcd1","peerURLs":["https://10.0.0.1:2380"],"clientURLs":["https://10.0.0.1:2379"]},
+          {"ID":42,"peerURLs":["https://10.0.0.4:2380"]}]}"#;
+        let ms = parse_member_list(j).unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[0].id, 10501334649042878790);
+        assert_eq!(ms[0].name, "etcd1");
+        assert_eq!(ms[1].name, "");
+        assert!(parse_member_list("Error: context deadline exceeded").is_err());
+    }
+
+    #[test]
+    fn same_members_means_nothing_to_do() {
+        let ms = [m(1, "a", 1), m(2, "b", 2), m(3, "c", 3)];
+        let (j, l) = plan_membership(&[w("a", 1), w("b", 2), w("c", 3)], &ms);
+        assert!(j.is_empty() && l.is_empty());
+    }
+
+    #[test]
+    fn grow_shrink_and_unstarted_members() {
+        let ms = [m(1, "a", 1), m(2, "b", 2), m(3, "c", 3), m(4, "", 4)];
+        let (j, l) = plan_membership(&[w("a", 1), w("b", 2), w("d", 4), w("e", 5)], &ms);
+        assert_eq!(
+            j,
+            vec![
+                Join {
+                    host: "d".into(),
+                    peer_url: "https://10.0.0.4:2380".into(),
+                    stale_id: Some(4)
+                },
+                Join {
+                    host: "e".into(),
+                    peer_url: "https://10.0.0.5:2380".into(),
+                    stale_id: None
+                },
+            ]
+        );
+        assert_eq!(
+            l,
+            vec![Leave {
+                id: 3,
+                name: "c".into(),
+                address: "10.0.0.3".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn even_sizes_need_the_flag() {
+        assert!(check_size_change(3, 5, false).is_ok());
+        assert!(check_size_change(3, 3, false).is_ok());
+        assert!(check_size_change(4, 4, false).is_ok());
+        let e = check_size_change(3, 4, false).unwrap_err();
+        assert!(e.contains("--allow-even-etcd"), "{e}");
+        assert!(check_size_change(3, 4, true).is_ok());
     }
 }

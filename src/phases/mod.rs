@@ -8,6 +8,7 @@ pub mod haproxy;
 pub mod packages;
 pub mod patroni;
 pub mod preflight;
+pub mod retire;
 pub mod upgrade;
 pub mod verify;
 
@@ -38,6 +39,7 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
         Box::new(etcd::Etcd),
         Box::new(patroni::Patroni),
         Box::new(haproxy::Haproxy),
+        Box::new(retire::Retire),
         Box::new(verify::Verify),
         Box::new(dns::Dns),
     ]
@@ -83,5 +85,7 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         vars["postgres"] = pg;
         vars["sysctls"] = json!([]);
     }
+    vars["etcd_initial_env"] = json!(etcd::INITIAL_ENV);
+    vars["etcd_join_env"] = json!(etcd::JOIN_ENV);
     Ok((vars, host_vars, redact))
 }

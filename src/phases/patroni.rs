@@ -25,6 +25,8 @@ pub struct Patroni;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub name: String,
+    /// The PostgreSQL host address the member advertises.
+    pub host: String,
     pub role: String,
     pub state: String,
     pub timeline: Option<i64>,
@@ -49,6 +51,7 @@ pub fn parse_members(json: &str) -> Result<Vec<Member>, String> {
         .iter()
         .map(|m| Member {
             name: m["Member"].as_str().unwrap_or("").to_string(),
+            host: m["Host"].as_str().unwrap_or("").to_string(),
             role: m["Role"].as_str().unwrap_or("").to_string(),
             state: m["State"].as_str().unwrap_or("").to_string(),
             timeline: m["TL"].as_i64(),
@@ -206,6 +209,7 @@ pub fn parse_cluster(json: &str) -> Result<Vec<Member>, String> {
             };
             Member {
                 name: m["name"].as_str().unwrap_or("").to_string(),
+                host: m["host"].as_str().unwrap_or("").to_string(),
                 role: role.to_string(),
                 state: m["state"].as_str().unwrap_or("").to_string(),
                 timeline: m["timeline"].as_i64(),
@@ -427,8 +431,10 @@ impl Phase for Patroni {
         let order: Vec<&HostPlan> = {
             let mut v: Vec<&HostPlan> = plan.hosts.iter().collect();
             // Replicas first, the leader last (for restarts); on bootstrap the first member first.
+            // Members new to the cluster start after every reload, the leader's included: its
+            // pg_hba must let them replicate before they clone from it.
             if let Some(l) = &leader {
-                v.sort_by_key(|h| &h.host == l);
+                v.sort_by_key(|h| (!ms.iter().any(|m| m.name == h.host), &h.host == l));
             }
             v
         };
