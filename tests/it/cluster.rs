@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn production_cluster_end_to_end() {
     let _lock = lab_lock();
-    let lab = LabGuard::up("production");
+    let lab = LabGuard::up_with_spares("production", 3);
     let inv = lab.inventory();
     use_shared_bundle(&inv);
 
@@ -184,6 +184,7 @@ fn production_cluster_end_to_end() {
         out.all()
     );
 
+    scaling_scenario(&lab, &inv, &pw);
     dns_scenarios(&lab, &inv, &pw);
     status_scenario(&lab, &inv);
     upgrade_scenario(&lab, &inv, &pw, "10.231.0.31", true);
@@ -488,4 +489,230 @@ fn status_scenario(lab: &LabGuard, inv: &std::path::Path) {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// A host entry for the lab inventory, after `after` in its group.
+fn add_host(inv: &std::path::Path, after: &str, name: &str, address: &str) {
+    let text = std::fs::read_to_string(inv).unwrap();
+    let anchor = format!("    - name: {after}\n");
+    let at = text
+        .find(&anchor)
+        .unwrap_or_else(|| panic!("no {after} in:\n{text}"));
+    let line_end = text[at + anchor.len()..].find('\n').unwrap() + at + anchor.len() + 1;
+    let mut new = text.clone();
+    new.insert_str(
+        line_end,
+        &format!("    - name: {name}\n      address: \"{address}\"\n"),
+    );
+    std::fs::write(inv, new).unwrap();
+}
+
+fn remove_host(inv: &std::path::Path, name: &str) {
+    let text = std::fs::read_to_string(inv).unwrap();
+    let anchor = format!("    - name: {name}\n");
+    let at = text
+        .find(&anchor)
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    let line_end = text[at + anchor.len()..].find('\n').unwrap() + at + anchor.len() + 1;
+    let mut new = text.clone();
+    new.replace_range(at..line_end, "");
+    std::fs::write(inv, new).unwrap();
+}
+
+fn etcd_members(lab: &LabGuard) -> Vec<String> {
+    let out = lab.ssh(
+        "etcd1",
+        "ETCDCTL_API=3 etcdctl --endpoints=https://10.231.0.11:2379 --cacert=/etc/pgdeploy/tls/ca.crt \
+         --cert=/etc/pgdeploy/tls/etcd1.crt --key=/etc/pgdeploy/tls/etcd1.key member list -w simple",
+    );
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(", ").nth(2).map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+fn etcd_healthy_count(lab: &LabGuard) -> usize {
+    lab.ssh_out(
+        "etcd1",
+        "ETCDCTL_API=3 etcdctl --endpoints=https://10.231.0.11:2379 --cacert=/etc/pgdeploy/tls/ca.crt \
+         --cert=/etc/pgdeploy/tls/etcd1.crt --key=/etc/pgdeploy/tls/etcd1.key endpoint health --cluster 2>&1",
+    )
+    .stdout
+    .matches("is healthy")
+    .count()
+}
+
+fn replication_slots(lab: &LabGuard, leader: &str) -> String {
+    lab.ssh(
+        leader,
+        "runuser -u postgres -- psql -AtXc 'select slot_name from pg_replication_slots order by 1'",
+    )
+}
+
+/// Grow and shrink by editing the inventory, while a writer writes through HAProxy:
+/// Patroni 3 -> 4 -> 3, the leader's removal refused, etcd 3 -> 5 -> 3, an even etcd size
+/// refused without --allow-even-etcd. After each step `check` is empty.
+fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let inv_s = inv.to_str().unwrap();
+    let base = std::fs::read_to_string(inv).unwrap();
+    let spare1 = lab.address("spare1");
+    let spare2 = lab.address("spare2");
+    let spare3 = lab.address("spare3");
+    let writer = Writer::start("10.231.0.33", pw, "scaling");
+    let before = service_starts(lab);
+
+    // Patroni 3 -> 4: check shows the new member, reloads elsewhere, and no restart.
+    add_host(inv, "pg3", "pg4", &spare1);
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stdout.contains("  pg4:"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("unit reload haproxy.service"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("unit restart"), "{}", out.stdout);
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "adding pg4:\n{}", out.all());
+    figure("grow Patroni 3 -> 4: apply (s)", t.elapsed().as_secs_f64());
+    let leader = wait_leader(lab);
+    let streaming = lab.ssh(
+        &leader,
+        "runuser -u postgres -- psql -AtXc \"select application_name from pg_stat_replication where state = 'streaming'\"",
+    );
+    assert!(streaming.lines().any(|l| l == "pg4"), "{streaming}");
+    for lb in ["haproxy1", "haproxy2", "haproxy3"] {
+        let cfg = lab.ssh(lb, "cat /etc/haproxy/haproxy.cfg");
+        assert_eq!(
+            cfg.matches(&format!("server pg4 {spare1}:5432")).count(),
+            2,
+            "{lb}"
+        );
+    }
+    assert_eq!(
+        before,
+        service_starts(lab),
+        "adding a Patroni member restarted another service"
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after adding pg4:\n{}", out.all());
+
+    // Removing the leader is refused, with the way out, and changes nothing.
+    let leader = wait_leader(lab);
+    std::fs::write(inv, &base).unwrap();
+    add_host(inv, "pg3", "pg4", &spare1);
+    remove_host(inv, &leader);
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains("leads the Patroni cluster") && out.all().contains("switchover"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(wait_leader(lab), leader);
+
+    // Patroni 4 -> 3: pg4 leaves HAProxy, then Patroni, and its slot goes.
+    std::fs::write(inv, &base).unwrap();
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stdout.contains("== retire ==") && out.stdout.contains("disable --now patroni"),
+        "{}",
+        out.stdout
+    );
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "removing pg4:\n{}", out.all());
+    figure(
+        "shrink Patroni 4 -> 3: apply (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    let list = lab.ssh(
+        &leader,
+        "patronictl -c /etc/patroni/config.yml list -f json",
+    );
+    assert!(!list.contains("\"pg4\""), "{list}");
+    assert!(!replication_slots(lab, &leader).contains("pg4"));
+    assert_eq!(
+        lab.ssh("spare1", "systemctl is-enabled patroni || true")
+            .trim(),
+        "disabled"
+    );
+    let cfg = lab.ssh("haproxy2", "cat /etc/haproxy/haproxy.cfg");
+    assert!(!cfg.contains("server pg4"), "{cfg}");
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after removing pg4:\n{}", out.all());
+
+    // etcd 3 -> 5, one member at a time, no restart of the others.
+    let before = service_starts(lab);
+    add_host(inv, "etcd3", "etcd4", &spare2);
+    add_host(inv, "etcd4", "etcd5", &spare3);
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "etcd 3 -> 5:\n{}", out.all());
+    figure("grow etcd 3 -> 5: apply (s)", t.elapsed().as_secs_f64());
+    assert_eq!(
+        etcd_members(lab),
+        ["etcd1", "etcd2", "etcd3", "etcd4", "etcd5"]
+    );
+    assert_eq!(etcd_healthy_count(lab), 5);
+    assert_eq!(
+        before,
+        service_starts(lab),
+        "growing etcd restarted a service"
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after etcd 3 -> 5:\n{}", out.all());
+
+    // 5 -> 4 is refused without the flag.
+    remove_host(inv, "etcd5");
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.all().contains("--allow-even-etcd"), "{}", out.all());
+
+    // etcd 5 -> 3.
+    std::fs::write(inv, &base).unwrap();
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "etcd 5 -> 3:\n{}", out.all());
+    figure("shrink etcd 5 -> 3: apply (s)", t.elapsed().as_secs_f64());
+    assert_eq!(etcd_members(lab), ["etcd1", "etcd2", "etcd3"]);
+    assert_eq!(etcd_healthy_count(lab), 3);
+    for spare in ["spare2", "spare3"] {
+        assert_eq!(
+            lab.ssh(spare, "systemctl is-active etcd || true").trim(),
+            "inactive"
+        );
+    }
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after etcd 5 -> 3:\n{}", out.all());
+
+    let w = writer.stop();
+    assert!(w.acknowledged.len() > 10, "writer: {} errors", w.errors);
+    figure(
+        "scaling: longest gap between acknowledged inserts (s)",
+        w.longest_gap.as_secs_f64(),
+    );
+    assert!(
+        w.longest_gap < Duration::from_secs(15),
+        "writes failed for {:?} while scaling",
+        w.longest_gap
+    );
+    // Every acknowledged insert is on the leader.
+    let leader = wait_leader(lab);
+    let have: std::collections::BTreeSet<i64> = lab
+        .ssh(&leader, "runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = 'scaling'\"")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost = w
+        .acknowledged
+        .iter()
+        .filter(|id| !have.contains(id))
+        .count();
+    figure("scaling: acknowledged inserts", w.acknowledged.len() as f64);
+    assert_eq!(lost, 0, "acknowledged inserts lost while scaling");
 }

@@ -104,6 +104,10 @@ pub struct LabGuard {
 
 impl LabGuard {
     pub fn up(topology: &str) -> LabGuard {
+        Self::up_with_spares(topology, 0)
+    }
+    /// The lab plus `spares` bare hosts spare1.. (not in the inventory) to grow onto.
+    pub fn up_with_spares(topology: &str, spares: usize) -> LabGuard {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("lab");
         // A lab left over by a crashed run is removed first.
@@ -116,6 +120,8 @@ impl LabGuard {
             topology,
             "--dir",
             dir.to_str().unwrap(),
+            "--spares",
+            &spares.to_string(),
         ]);
         figure(&format!("lab up {topology} (s)"), t.elapsed().as_secs_f64());
         LabGuard { dir, _tmp: tmp }
