@@ -128,6 +128,7 @@ pub async fn prepare(
         forks: opts.forks.max(1),
         observer,
         connect: opts.connect.clone(),
+        planning: Default::default(),
     };
     if phases
         .iter()

@@ -85,14 +85,30 @@ pub struct ProbeRequest {
     pub sysctls: Vec<String>,
 }
 
+impl ProbeRequest {
+    /// Whether facts probed for `self` also answer `other`.
+    pub fn covers(&self, other: &ProbeRequest) -> bool {
+        fn all(have: &[String], want: &[String]) -> bool {
+            want.iter().all(|w| have.contains(w))
+        }
+        all(&self.paths, &other.paths)
+            && all(&self.packages, &other.packages)
+            && all(&self.units, &other.units)
+            && all(&self.sysctls, &other.sysctls)
+    }
+}
+
 /// One batched command for all of a host's facts (one round trip).
 pub fn probe_command(req: &ProbeRequest) -> String {
+    // Few processes: one stat and one sha256sum for every path, one systemctl for every unit
+    // (the hosts may share a few cores; forks dominate the probe's cost).
     let mut s = String::from("export LC_ALL=C\n");
-    for (i, p) in req.paths.iter().enumerate() {
-        let q = sh_quote(p);
+    if !req.paths.is_empty() {
+        let paths: Vec<String> = req.paths.iter().map(|p| sh_quote(p)).collect();
+        let paths = paths.join(" ");
         s.push_str(&format!(
-            "echo '@P {i}'; if [ -e {q} ] || [ -L {q} ]; then stat -c '%F|%a|%U|%G' -- {q}; \
-             if [ -f {q} ]; then sha256sum -- {q} | cut -c1-64; fi; else echo absent; fi\n"
+            "echo '@STAT'; stat -c '%F|%a|%U|%G|%n' -- {paths} 2>/dev/null\n\
+             echo '@SHA'; sha256sum -- {paths} 2>/dev/null\n"
         ));
     }
     if !req.packages.is_empty() {
@@ -104,10 +120,11 @@ pub fn probe_command(req: &ProbeRequest) -> String {
         ));
     }
     s.push_str("echo '@SYSTEMD'; command -v systemctl >/dev/null 2>&1 && echo yes || echo no\n");
-    for (i, u) in req.units.iter().enumerate() {
-        let q = sh_quote(u);
+    if !req.units.is_empty() {
+        let units: Vec<String> = req.units.iter().map(|u| sh_quote(u)).collect();
         s.push_str(&format!(
-            "echo '@U {i}'; systemctl is-enabled {q} 2>/dev/null || true; echo '|'; systemctl is-active {q} 2>/dev/null || true\n"
+            "echo '@UNITS'; systemctl show -p LoadState -p UnitFileState -p ActiveState -- {} 2>/dev/null || true\n",
+            units.join(" ")
         ));
     }
     for (i, k) in req.sysctls.iter().enumerate() {
@@ -131,10 +148,13 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
     let mut section: Option<(String, usize)> = None;
     let mut buf: Vec<&str> = Vec::new();
     let mut saw_end = false;
+    // Batched path facts: stat line and hash by path.
+    let mut stat: BTreeMap<String, String> = BTreeMap::new();
+    let mut sha: BTreeMap<String, String> = BTreeMap::new();
 
-    let flush = |section: &Option<(String, usize)>,
-                 buf: &mut Vec<&str>,
-                 facts: &mut HostFacts|
+    let mut flush = |section: &Option<(String, usize)>,
+                     buf: &mut Vec<&str>,
+                     facts: &mut HostFacts|
      -> Result<(), String> {
         let Some((kind, idx)) = section else {
             buf.clear();
@@ -208,6 +228,67 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
                     facts.sysctls.insert(key.clone(), v);
                 }
             }
+            "STAT" => {
+                for l in buf.iter() {
+                    let parts: Vec<&str> = l.splitn(5, '|').collect();
+                    if let [kind, mode, user, group, name] = parts[..] {
+                        stat.insert(name.to_string(), format!("{kind}|{mode}|{user}|{group}"));
+                    }
+                }
+            }
+            "SHA" => {
+                for l in buf.iter() {
+                    if let Some((hash, name)) = l.split_once("  ") {
+                        sha.insert(name.to_string(), hash.to_string());
+                    }
+                }
+            }
+            "UNITS" => {
+                // One block of KEY=VALUE lines per unit, in the order asked, blank-line separated.
+                let blocks: Vec<&[&str]> = buf
+                    .split(|l| l.trim().is_empty())
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                // No answer at all: no systemd running (the units are then absent).
+                let blocks = if blocks.is_empty() {
+                    vec![&[][..]; req.units.len()]
+                } else {
+                    blocks
+                };
+                if blocks.len() != req.units.len() {
+                    return Err(format!(
+                        "systemctl show gave {} unit(s) for {} asked",
+                        blocks.len(),
+                        req.units.len()
+                    ));
+                }
+                for (unit, block) in req.units.iter().zip(blocks) {
+                    let get = |k: &str| {
+                        block
+                            .iter()
+                            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                            .unwrap_or("")
+                            .trim()
+                            .to_string()
+                    };
+                    let (file_state, active) = (get("UnitFileState"), get("ActiveState"));
+                    facts.units.insert(
+                        unit.clone(),
+                        UnitFact {
+                            enabled: if file_state.is_empty() {
+                                "not-found".into()
+                            } else {
+                                file_state
+                            },
+                            active: if active.is_empty() {
+                                "inactive".into()
+                            } else {
+                                active
+                            },
+                        },
+                    );
+                }
+            }
             "PENDING" => {
                 for l in buf.iter() {
                     let l = l.trim();
@@ -228,7 +309,16 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             let kind = it.next().unwrap_or("");
             if matches!(
                 kind,
-                "P" | "PKG" | "HOLD" | "SYSTEMD" | "U" | "S" | "PENDING" | "END"
+                "P" | "STAT"
+                    | "SHA"
+                    | "PKG"
+                    | "HOLD"
+                    | "SYSTEMD"
+                    | "U"
+                    | "UNITS"
+                    | "S"
+                    | "PENDING"
+                    | "END"
             ) {
                 flush(&section, &mut buf, &mut facts)?;
                 if kind == "END" {
@@ -246,6 +336,15 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
     flush(&section, &mut buf, &mut facts)?;
     if !saw_end {
         return Err("probe output ended early (no end marker): the command was cut off".into());
+    }
+    if facts.paths.is_empty() {
+        for p in &req.paths {
+            let lines: Vec<&str> = match stat.get(p) {
+                Some(st) => vec![st, sha.get(p).map(String::as_str).unwrap_or("")],
+                None => vec!["absent"],
+            };
+            facts.paths.insert(p.clone(), parse_path_fact(&lines)?);
+        }
     }
     Ok(facts)
 }
@@ -393,6 +492,37 @@ haproxy.service
         assert!(!f.sysctl_writable.contains("kernel.nope"));
         assert!(!f.sysctls.contains_key("kernel.nope"));
         assert!(f.pending.contains("haproxy.service"));
+    }
+
+    #[test]
+    fn parses_the_batched_probe() {
+        let r = req();
+        let out = format!(
+            "@STAT\nregular file|644|root|root|{p0}\ndirectory|755|etcd|etcd|{p1}\n@SHA\n{h}  {p0}\n\
+             @SYSTEMD\nyes\n@UNITS\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\n\n\
+             LoadState=not-found\nActiveState=inactive\nUnitFileState=\n@PENDING\n@END\n",
+            p0 = r.paths[0],
+            p1 = r.paths[1],
+            h = "a".repeat(64)
+        );
+        let f = parse_probe(&r, &out).unwrap();
+        assert_eq!(f.paths[&r.paths[0]].kind, PathKind::File);
+        assert_eq!(
+            f.paths[&r.paths[0]].sha256.as_deref(),
+            Some("a".repeat(64).as_str())
+        );
+        assert_eq!(f.paths[&r.paths[1]].kind, PathKind::Dir);
+        assert_eq!(f.paths[&r.paths[1]].owner, "etcd");
+        assert_eq!(f.paths[&r.paths[2]], PathFact::absent());
+        assert_eq!(f.units[&r.units[0]].enabled, "enabled");
+        assert_eq!(f.units[&r.units[0]].active, "active");
+        assert_eq!(f.units[&r.units[1]].enabled, "not-found");
+        // A unit missing from systemctl's answer is an error, not a guess.
+        let short = out.replace(
+            "\n\nLoadState=not-found\nActiveState=inactive\nUnitFileState=",
+            "",
+        );
+        assert!(parse_probe(&r, &short).is_err());
     }
 
     #[test]

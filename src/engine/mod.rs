@@ -12,14 +12,15 @@ pub mod render;
 pub mod roles;
 
 use crate::inventory::{Host, Inventory};
-use crate::ssh::{ConnectOptions, Session};
+use crate::ssh::{ConnectOptions, Output, Session};
+use facts::{HostFacts, ProbeRequest};
 use futures::stream::{self, StreamExt};
 use miette::{miette, Result};
 use phase::{Phase, PhasePlan};
 use roles::RoleSource;
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Progress events, rendered by the CLI edge (bars on a terminal, lines otherwise).
@@ -50,6 +51,18 @@ pub struct Ctx {
     pub observer: Arc<dyn Observer>,
     /// How hosts are reached (also hosts found in the cluster but no longer in the inventory).
     pub connect: ConnectOptions,
+    /// Read-only results shared by the phases while they are planned together (None otherwise).
+    pub planning: Mutex<Option<PlanningCache>>,
+}
+
+type Shared<T> = Arc<tokio::sync::OnceCell<T>>;
+
+/// What phases planned at the same time share: one probe of every role per host, and the
+/// output of read-only commands (cluster membership, Patroni's REST API).
+#[derive(Default)]
+pub struct PlanningCache {
+    facts: HashMap<String, Shared<(ProbeRequest, HostFacts)>>,
+    reads: HashMap<(String, String), Shared<Output>>,
 }
 
 impl Ctx {
@@ -111,6 +124,41 @@ impl Ctx {
             }
         }
     }
+    /// Run a read-only command on `host`; while phases are planned together, the same command
+    /// on the same host runs once and its output is shared.
+    pub async fn read(&self, host: &str, cmd: &str) -> Result<Output> {
+        let cell = self.planning.lock().ok().and_then(|mut p| {
+            p.as_mut().map(|p| {
+                p.reads
+                    .entry((host.to_string(), cmd.to_string()))
+                    .or_default()
+                    .clone()
+            })
+        });
+        let s = self.session(host)?;
+        match cell {
+            Some(c) => Ok(c
+                .get_or_try_init(|| async { s.exec(cmd, None).await })
+                .await?
+                .clone()),
+            None => Ok(s.exec(cmd, None).await?),
+        }
+    }
+
+    /// The shared all-roles probe of `host`, while planning.
+    pub fn planning_facts(&self, host: &str) -> Option<Shared<(ProbeRequest, HostFacts)>> {
+        self.planning.lock().ok().and_then(|mut p| {
+            p.as_mut()
+                .map(|p| p.facts.entry(host.to_string()).or_default().clone())
+        })
+    }
+
+    fn set_planning(&self, on: bool) {
+        if let Ok(mut p) = self.planning.lock() {
+            *p = on.then(PlanningCache::default);
+        }
+    }
+
     pub fn observe(&self, host: &str, status: &str) {
         self.observer.host_status(host, status);
     }
@@ -183,6 +231,13 @@ fn help_of(e: &dyn miette::Diagnostic) -> String {
 /// Plan every phase (read-only). Every phase sees the hosts as they are now, so the phases
 /// are planned concurrently; the result keeps their order.
 pub async fn check(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
+    ctx.set_planning(true);
+    let plans = plan_all(ctx, phases).await;
+    ctx.set_planning(false);
+    plans
+}
+
+async fn plan_all(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
     let mut futs = Vec::new();
     for p in phases {
         futs.push(async move {

@@ -111,8 +111,42 @@ pub fn desired_for_host(ctx: &Ctx, roles: &[String], host_name: &str) -> Result<
     Ok(d)
 }
 
-/// Probe what `desired` needs on one host (two round trips at most).
+/// Probe what `desired` needs on one host (two round trips at most). While phases are planned
+/// together, a host is probed once for every role at the first request, and each phase reads
+/// its part from that (when it covers the phase's request).
 pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts> {
+    if let Some(cell) = ctx.planning_facts(host) {
+        let got = cell
+            .get_or_try_init(|| async {
+                // Every role that renders for this host now (a role that needs a value not
+                // known yet is left to its phase's own probe).
+                let mut all = Desired::default();
+                for r in ctx.roles.role_names() {
+                    if let Ok(d) = desired_for_host(ctx, std::slice::from_ref(&r), host) {
+                        all.dirs.extend(d.dirs);
+                        all.files.extend(d.files);
+                        all.packages.extend(d.packages);
+                        all.sysctls.extend(d.sysctls);
+                        all.units.extend(d.units);
+                    }
+                }
+                let facts = probe_host(ctx, host, &all).await?;
+                Ok::<_, miette::Report>((all.probe_request(), facts))
+            })
+            .await?;
+        let (req, facts) = got;
+        let contents_known = desired
+            .differing_files(facts)
+            .iter()
+            .all(|p| facts.paths.get(p).is_some_and(|f| f.content.is_some()));
+        if req.covers(&desired.probe_request()) && contents_known {
+            return Ok(facts.clone());
+        }
+    }
+    probe_host(ctx, host, desired).await
+}
+
+async fn probe_host(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts> {
     let s = ctx.session(host)?;
     let req = desired.probe_request();
     let out = s.exec(&probe_command(&req), None).await?;

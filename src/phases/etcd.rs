@@ -329,7 +329,7 @@ pub async fn probe_membership(ctx: &Ctx) -> Result<EtcdFacts> {
             ctl = etcdctl(ctx, &h.name, &eps, "member list -w json")
         );
         async move {
-            let out = ctx.session(&h.name)?.exec(&cmd, None).await?;
+            let out = ctx.read(&h.name, &cmd).await?;
             Ok::<_, miette::Report>((h.name.clone(), out.stdout_str()))
         }
     });

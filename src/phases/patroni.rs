@@ -230,11 +230,10 @@ pub async fn members(ctx: &Ctx) -> Result<Option<Vec<Member>>> {
 /// GET `path` from the first Patroni member that answers: (member, body).
 pub async fn cluster_json(ctx: &Ctx, path: &str) -> Result<Option<(String, String)>> {
     for h in ctx.inv.group_hosts(Group::Patroni) {
-        let s = ctx.session(&h.name)?;
-        let out = s
-            .exec(
+        let out = ctx
+            .read(
+                &h.name,
                 &rest_get_command(&h.address, ctx.inv.patroni.restapi_port, path),
-                None,
             )
             .await?;
         if out.ok() {

@@ -91,58 +91,76 @@ impl Phase for Verify {
             .collect();
         let ls = ctx.session(&leader)?;
         let p = &ctx.inv.haproxy;
-        for lb in ctx.inv.group_hosts(Group::Haproxy) {
-            ctx.observe(&lb.name, "writing through port 5000");
-            let id = psql(
+        let lbs = ctx.inv.group_hosts(Group::Haproxy);
+        // The table first (concurrent CREATE TABLE IF NOT EXISTS can collide), then every
+        // HAProxy host at once.
+        if let Some(first) = lbs.first() {
+            psql(
                 ctx,
                 ls,
-                &lb.address,
+                &first.address,
                 p.primary_port,
-                &format!(
-                    "CREATE TABLE IF NOT EXISTS pgdeploy_verify (id bigserial PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now());\
-                     DELETE FROM pgdeploy_verify WHERE at < now() - interval '1 day';\
-                     INSERT INTO pgdeploy_verify (via) SELECT {} WHERE NOT pg_is_in_recovery() RETURNING id",
-                    sh_sql_str(&lb.name)
-                ),
+                "CREATE TABLE IF NOT EXISTS pgdeploy_verify (id bigserial PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now());\
+                 DELETE FROM pgdeploy_verify WHERE at < now() - interval '1 day'",
             )
             .await?;
-            let id: i64 = id
-                .lines()
-                .last()
-                .and_then(|l| l.trim().parse().ok())
-                .ok_or_else(|| {
-                    miette!(
-                        "verify: the write through {}:{} did not reach the leader",
-                        lb.name,
-                        p.primary_port
-                    )
-                })?;
-            if !replicas.is_empty() {
-                ctx.observe(&lb.name, "reading back through port 5001");
-                let q = format!(
-                    "SELECT count(*) FROM pgdeploy_verify WHERE id = {id} AND pg_is_in_recovery()"
-                );
-                wait_until(
-                    &format!(
-                        "row {id} is readable on a replica through {}:{}",
-                        lb.name, p.replica_port
-                    ),
-                    Duration::from_secs(30),
-                    || async { Ok(psql(ctx, ls, &lb.address, p.replica_port, &q).await? == "1") },
-                )
-                .await?;
-            }
-            for r in &replicas {
-                let rs = ctx.session(r)?;
-                let q = format!("SELECT count(*) FROM pgdeploy_verify WHERE id = {id}");
-                wait_until(
-                    &format!("row {id} is on replica {r}"),
-                    Duration::from_secs(30),
-                    || async { Ok(local_sql(rs, &q).await? == "1") },
-                )
-                .await?;
-            }
         }
+        let checks = lbs.iter().map(|lb| {
+            let replicas = &replicas;
+            async move {
+                ctx.observe(&lb.name, "writing through port 5000");
+                let id = psql(
+                    ctx,
+                    ls,
+                    &lb.address,
+                    p.primary_port,
+                    &format!(
+                        "INSERT INTO pgdeploy_verify (via) SELECT {} WHERE NOT pg_is_in_recovery() RETURNING id",
+                        sh_sql_str(&lb.name)
+                    ),
+                )
+                .await?;
+                let id: i64 = id
+                    .lines()
+                    .last()
+                    .and_then(|l| l.trim().parse().ok())
+                    .ok_or_else(|| {
+                        miette!(
+                            "verify: the write through {}:{} did not reach the leader",
+                            lb.name,
+                            p.primary_port
+                        )
+                    })?;
+                if !replicas.is_empty() {
+                    ctx.observe(&lb.name, "reading back through port 5001");
+                    let q = format!(
+                        "SELECT count(*) FROM pgdeploy_verify WHERE id = {id} AND pg_is_in_recovery()"
+                    );
+                    wait_until(
+                        &format!(
+                            "row {id} is readable on a replica through {}:{}",
+                            lb.name, p.replica_port
+                        ),
+                        Duration::from_secs(30),
+                        || async { Ok(psql(ctx, ls, &lb.address, p.replica_port, &q).await? == "1") },
+                    )
+                    .await?;
+                }
+                let on_replicas = replicas.iter().map(|r| async move {
+                    let rs = ctx.session(r)?;
+                    let q = format!("SELECT count(*) FROM pgdeploy_verify WHERE id = {id}");
+                    wait_until(
+                        &format!("row {id} is on replica {r}"),
+                        Duration::from_secs(30),
+                        || async { Ok(local_sql(rs, &q).await? == "1") },
+                    )
+                    .await
+                });
+                futures::future::try_join_all(on_replicas).await?;
+                Ok::<_, miette::Report>(())
+            }
+        });
+        futures::future::try_join_all(checks).await?;
         Ok(())
     }
 }
