@@ -560,7 +560,7 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     let spare1 = lab.address("spare1");
     let spare2 = lab.address("spare2");
     let spare3 = lab.address("spare3");
-    let writer = Writer::start("10.231.0.33", pw, "scaling");
+    let writer = Writer::start("10.231.0.31", pw, "scaling");
     let before = service_starts(lab);
 
     // Patroni 3 -> 4: check shows the new member, reloads elsewhere, and no restart.
@@ -689,6 +689,21 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     }
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after etcd 5 -> 3:\n{}", out.all());
+
+    // HAProxy 3 -> 2 -> 3: the DNS record set follows the inventory.
+    remove_host(inv, "haproxy3");
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "haproxy 3 -> 2:\n{}", out.all());
+    assert_eq!(dns_records(lab), ["10.231.0.31", "10.231.0.32"]);
+    assert_eq!(pgdeploy(&["check", inv_s]).code, 0);
+    std::fs::write(inv, &base).unwrap();
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "haproxy 2 -> 3:\n{}", out.all());
+    assert_eq!(
+        dns_records(lab),
+        ["10.231.0.31", "10.231.0.32", "10.231.0.33"]
+    );
+    assert_eq!(pgdeploy(&["check", inv_s]).code, 0);
 
     let w = writer.stop();
     assert!(w.acknowledged.len() > 10, "writer: {} errors", w.errors);
