@@ -246,7 +246,7 @@ pub async fn apply(
             on_plan(&plan);
             record::in_phase(ctx.observer.clone(), p.name(), p.apply(ctx, &plan))
                 .await
-                .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+                .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
             let again = p.plan(ctx).await?;
             if again.change_count() > 0 {
                 let left: Vec<String> = again
@@ -270,7 +270,7 @@ pub async fn apply(
         }
         record::in_phase(ctx.observer.clone(), p.name(), p.after_apply(ctx))
             .await
-            .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+            .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
         ctx.observer
             .phase_finished(p.name(), plan.change_count(), t.elapsed());
         out.push(PhaseOutcome {
