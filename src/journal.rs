@@ -166,11 +166,15 @@ impl Run {
         let lock_dir = state_dir.join(LOCK_DIR);
         create_private_dir(&lock_dir).map_err(|e| fail("create", &lock_dir, e))?;
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| fail("open the run journal", &path, e))?;
+        // A run killed while writing may have left its last line unfinished: start on a new
+        // line so that this run's start line stays readable.
+        let newline_first = ends_unfinished(&file).map_err(|e| fail("read", &path, e))?;
         let id = new_id();
         let lock_path = lock_dir.join(format!("{id}.lock"));
         let lock = OpenOptions::new()
@@ -198,16 +202,19 @@ impl Run {
             ended: AtomicBool::new(false),
         };
         let inventory = std::fs::canonicalize(inventory).unwrap_or_else(|_| inventory.into());
-        run.write(&Line::Start(StartLine {
-            run: run.id.clone(),
-            time: crate::clock::utc_now(),
-            command: command.to_string(),
-            inventory: inventory.display().to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            user: user(),
-            pid: std::process::id(),
-            args: without_nulls(args),
-        }))
+        run.write_prefixed(
+            if newline_first { "\n" } else { "" },
+            &Line::Start(StartLine {
+                run: run.id.clone(),
+                time: crate::clock::utc_now(),
+                command: command.to_string(),
+                inventory: inventory.display().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                user: user(),
+                pid: std::process::id(),
+                args: without_nulls(args),
+            }),
+        )
         .map_err(|e| fail("write to the run journal", &run.path, e))?;
         Ok(run)
     }
@@ -287,9 +294,14 @@ impl Run {
         }
     }
 
-    /// One line, one `write` call (O_APPEND: lines of concurrent runs never mix).
     fn write(&self, line: &Line) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        self.write_prefixed("", line)
+    }
+
+    /// One line, one `write` call (O_APPEND: lines of concurrent runs never mix).
+    fn write_prefixed(&self, prefix: &str, line: &Line) -> std::io::Result<()> {
+        let mut buf = prefix.as_bytes().to_vec();
+        serde_json::to_writer(&mut buf, line).map_err(std::io::Error::other)?;
         buf.push(b'\n');
         let n = (&self.file).write(&buf)?;
         if n != buf.len() {
@@ -340,20 +352,49 @@ impl Observer for Recorder {
     }
 }
 
+/// Whether the file is not empty and its last byte is not a newline.
+fn ends_unfinished(f: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    f.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
 fn new_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
+/// The name of the user running pgdeploy (from the password database, else $USER).
 fn user() -> String {
-    for v in ["USER", "LOGNAME"] {
-        if let Ok(u) = std::env::var(v) {
-            if !u.is_empty() {
-                return u;
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into `pw` and `buf`, which we own,
+    // and the name it points to lives in `buf`.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0
+            && !out.is_null()
+            && !pw.pw_name.is_null()
+        {
+            let name = std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy();
+            if !name.is_empty() {
+                return name.into_owned();
             }
         }
+        for v in ["USER", "LOGNAME"] {
+            if let Ok(u) = std::env::var(v) {
+                if !u.is_empty() {
+                    return u;
+                }
+            }
+        }
+        format!("uid {uid}")
     }
-    // SAFETY: getuid cannot fail.
-    format!("uid {}", unsafe { libc::getuid() })
 }
 
 fn without_nulls(v: Value) -> Value {
@@ -382,14 +423,21 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// The first non-empty line of an error message, without terminal colours.
+/// The first non-empty line of an error message, without terminal colours, and without the
+/// marker (`x`, `×`) that a rendered inner error starts with ("phase etcd:   x h1: ...").
 pub fn first_line(text: &str) -> String {
-    strip_ansi(text)
+    let plain = strip_ansi(text);
+    let line = plain
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_string()
+        .unwrap_or("");
+    for marker in [":   x ", ":   × ", ":  x ", ":  × "] {
+        if let Some((head, tail)) = line.split_once(marker) {
+            return format!("{head}: {tail}");
+        }
+    }
+    line.to_string()
 }
 
 /// Remove terminal escape sequences (colours, hyperlinks) from a rendered error.
@@ -1026,6 +1074,24 @@ mod tests {
     }
 
     #[test]
+    fn a_run_after_a_truncated_line_starts_on_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            start("aaaa1111") + "\n{\"type\":\"chan",
+        )
+        .unwrap();
+        let run = Run::start(dir.path(), "apply", Path::new("i.yaml"), Value::Null).unwrap();
+        run.finish(Outcome::Ok, None);
+        let j = read(dir.path()).unwrap();
+        assert_eq!(j.unreadable, 1);
+        let runs = summarize(&j, &|_| false);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].id, run.id());
+        assert_eq!(runs[1].result, Outcome::Ok);
+    }
+
+    #[test]
     fn a_journal_that_cannot_be_written_is_an_error_at_the_start() {
         let dir = tempfile::tempdir().unwrap();
         // The state directory's place is taken by a file.
@@ -1050,5 +1116,13 @@ mod tests {
             "error link"
         );
         assert_eq!(first_line("\n  first\nsecond"), "first");
+        assert_eq!(
+            first_line("phase common:   x h0: the new /x failed validation\n  help: fix it"),
+            "phase common: h0: the new /x failed validation"
+        );
+        assert_eq!(
+            first_line("phase etcd:   \u{d7} h1: down"),
+            "phase etcd: h1: down"
+        );
     }
 }
