@@ -3,10 +3,12 @@
 //! probe (read-only, per host) -> plan (pure) -> apply (the only mutator); `check` prints the plan.
 
 pub mod bundle;
+pub mod clock;
 pub mod cluster;
 pub mod dns;
 pub mod engine;
 pub mod inventory;
+pub mod journal;
 pub mod lab;
 pub mod ops;
 pub mod phases;

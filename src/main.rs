@@ -135,6 +135,33 @@ enum Cmd {
         /// Use this known_hosts file instead of the inventory's or ~/.ssh/known_hosts.
         #[arg(long, value_name = "FILE")]
         known_hosts: Option<PathBuf>,
+        /// Refresh until Ctrl-C: in place on a terminal, one refresh after another otherwise
+        /// (with `--format json`: one JSON document per line). The exit code is the last status's.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between two refreshes with --watch.
+        #[arg(long, default_value_t = 2, value_name = "SECS", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
+    /// What past runs of apply, upgrade and dns sync changed, from the run journal.
+    ///
+    /// Every run is recorded in `.pgdeploy/<cluster>/journal.jsonl` next to the inventory: when
+    /// it started, who ran what, each change on each host with its result and duration (secrets
+    /// redacted), and how it ended: ok, failed, interrupted (killed or Ctrl-C) or running.
+    ///
+    /// `pgdeploy history` lists the runs, oldest first; `pgdeploy history RUN` shows what one run
+    /// changed, per phase and host. RUN is an id, a unique prefix of one, or `last`. With a single
+    /// argument, it is the inventory if it names a file or ends in .yaml/.yml, otherwise a RUN.
+    History {
+        /// The inventory file.
+        #[arg(value_name = "INVENTORY")]
+        inventory: Option<PathBuf>,
+        /// The run to show: an id, a unique prefix of one, or `last`.
+        #[arg(value_name = "RUN")]
+        run: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
     /// Local lab: real Debian hosts in systemd-nspawn containers.
     Lab(pgdeploy::lab::Args),
@@ -169,9 +196,12 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         }
         Cmd::Apply { run } => {
             let progress = Arc::new(progress::Progress::new(false));
-            let (outcomes, warnings) = ops::apply(&run.options(), progress, &|p| {
-                print!("{}", report::phase_text(p));
-            })
+            let (outcomes, warnings) = ops::apply_until(
+                &run.options(),
+                progress,
+                &|p| print!("{}", report::phase_text(p)),
+                ctrl_c(),
+            )
             .await?;
             print_warnings(&warnings);
             let plans: Vec<_> = outcomes.iter().map(|o| o.plan.clone()).collect();
@@ -208,9 +238,12 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                 });
             }
             let progress = Arc::new(progress::Progress::new(false));
-            let (outcomes, warnings) = ops::apply(&opts, progress, &|p| {
-                print!("{}", report::phase_text(p));
-            })
+            let (outcomes, warnings) = ops::apply_until(
+                &opts,
+                progress,
+                &|p| print!("{}", report::phase_text(p)),
+                ctrl_c(),
+            )
             .await?;
             print_warnings(&warnings);
             let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
@@ -228,11 +261,16 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             inventory,
             format,
             known_hosts,
+            watch,
+            interval,
         } => {
             let opts = ConnectOptions {
                 accept_new_host_keys: false,
                 known_hosts,
             };
+            if watch {
+                return Ok(watch_status(&inventory, &opts, format, interval).await);
+            }
             let st = pgdeploy::status::gather(&inventory, &opts).await?;
             match format {
                 Format::Text => print!("{}", pgdeploy::status::text(&st)),
@@ -248,10 +286,139 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::History {
+            inventory,
+            run,
+            format,
+        } => {
+            let (inventory, run) = history_args(inventory, run);
+            let (inv, _) = pgdeploy::inventory::load(&inventory)?;
+            let state = inv.state_dir();
+            let (journal, runs) = pgdeploy::journal::history(&state)?;
+            if journal.unreadable > 0 {
+                eprintln!(
+                    "warning: {} unreadable line(s) of {} skipped",
+                    journal.unreadable,
+                    pgdeploy::journal::path(&state).display()
+                );
+            }
+            let json = matches!(format, Format::Json);
+            match run {
+                None if runs.is_empty() && !json => println!(
+                    "No runs recorded yet ({}).",
+                    pgdeploy::journal::path(&state).display()
+                ),
+                None if json => println!("{}", pgdeploy::journal::list_json(&runs)),
+                None => print!("{}", pgdeploy::journal::list_text(&runs)),
+                Some(q) => {
+                    let d =
+                        pgdeploy::journal::detail(&journal, pgdeploy::journal::select(&runs, &q)?);
+                    if json {
+                        println!("{}", pgdeploy::journal::detail_json(&d));
+                    } else {
+                        print!("{}", pgdeploy::journal::detail_text(&d));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bundle(a) => pgdeploy::bundle::run(a).await.map(|_| ExitCode::SUCCESS),
         Cmd::Dns(a) => pgdeploy::dns::run(a).await.map(|_| ExitCode::SUCCESS),
     }
+}
+
+/// Completes at the first Ctrl-C (never, if the handler cannot be installed).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await
+    }
+}
+
+/// `history [INVENTORY] [RUN]`: a single argument is the inventory if it names a file or looks
+/// like one (.yaml/.yml), otherwise a run.
+fn history_args(inventory: Option<PathBuf>, run: Option<String>) -> (PathBuf, Option<String>) {
+    let default = PathBuf::from("inventory.yaml");
+    match (inventory, run) {
+        (Some(one), None) => {
+            let yaml = matches!(
+                one.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            );
+            if one.is_file() || yaml {
+                (one, None)
+            } else {
+                (default, Some(one.to_string_lossy().into_owned()))
+            }
+        }
+        (inventory, run) => (inventory.unwrap_or(default), run),
+    }
+}
+
+/// `status --watch`: gather and print every `interval` seconds until Ctrl-C; the exit code is
+/// the last status's (130 when stopped before the first one).
+async fn watch_status(
+    inventory: &std::path::Path,
+    opts: &ConnectOptions,
+    format: Format,
+    interval: u64,
+) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let json = matches!(format, Format::Json);
+    let stop = ctrl_c();
+    tokio::pin!(stop);
+    let mut last: Option<u8> = None;
+    loop {
+        let gathered = tokio::select! {
+            st = pgdeploy::status::gather(inventory, opts) => st,
+            _ = &mut stop => break,
+        };
+        let (body, code) = match gathered {
+            Ok(st) => {
+                let body = match (format, tty) {
+                    (Format::Text, _) => pgdeploy::status::text(&st),
+                    (Format::Json, true) => serde_json::to_string_pretty(&st)
+                        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")),
+                    (Format::Json, false) => serde_json::to_string(&st)
+                        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")),
+                };
+                (body, if st.healthy() { 0 } else { 1 })
+            }
+            Err(e) if json => (
+                serde_json::json!({ "error": format!("{e}") }).to_string(),
+                1,
+            ),
+            Err(e) => (format!("{e:?}\n"), 1),
+        };
+        let frame = pgdeploy::status::watch_frame(
+            &body,
+            &pgdeploy::clock::local_hms(),
+            interval,
+            tty,
+            json,
+        );
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            // The reader went away (a closed pipe): stop like at Ctrl-C.
+            last = Some(code);
+            break;
+        }
+        drop(out);
+        last = Some(code);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
+            _ = &mut stop => break,
+        }
+    }
+    if tty {
+        println!();
+    }
+    ExitCode::from(last.unwrap_or(130))
 }
 
 fn main() -> ExitCode {
@@ -275,6 +442,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            if e.downcast_ref::<ops::Interrupted>().is_some() {
+                eprintln!("{e:?}");
+                return ExitCode::from(130);
+            }
             match e.downcast_ref::<pgdeploy::inventory::InventoryError>() {
                 Some(ie) => eprint!("{}", pgdeploy::inventory::render_plain(ie)),
                 None => eprintln!("{e:?}"),

@@ -5,6 +5,7 @@ use crate::engine::phase::{Phase, PhasePlan};
 use crate::engine::roles::RoleSource;
 use crate::engine::{self, Ctx, Observer, PhaseOutcome};
 use crate::inventory::{self, Inventory, Warning};
+use crate::journal::{Outcome, Recorder, Run};
 use crate::ssh::ConnectOptions;
 use miette::{miette, Result};
 use serde_json::Value;
@@ -30,6 +31,29 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// The command these options run, as the journal records it.
+    pub fn command(&self) -> &'static str {
+        if self.postgres_version.is_some() {
+            "upgrade"
+        } else {
+            "apply"
+        }
+    }
+
+    /// The arguments that change what a run does, for the journal.
+    pub fn journal_args(&self) -> Value {
+        serde_json::json!({
+            "only": self.only,
+            "forks": self.forks,
+            "roles_dir": self.roles_dir,
+            "known_hosts": self.connect.known_hosts,
+            "accept_new_host_keys": self.connect.accept_new_host_keys,
+            "postgres": self.postgres_version,
+            "max_lag_bytes": self.max_lag_bytes,
+            "max_xact_age_secs": self.max_xact_age_secs,
+        })
+    }
+
     pub fn new(inventory: PathBuf) -> Self {
         RunOptions {
             inventory,
@@ -79,7 +103,17 @@ pub async fn prepare(
     opts: &RunOptions,
     observer: Arc<dyn Observer>,
 ) -> Result<(Ctx, Vec<Warning>, Vec<Box<dyn Phase>>)> {
-    let (mut inv, warnings) = inventory::load(&opts.inventory)?;
+    let (inv, warnings) = inventory::load(&opts.inventory)?;
+    let (ctx, phases) = prepare_loaded(opts, inv, observer).await?;
+    Ok((ctx, warnings, phases))
+}
+
+/// `prepare` with the inventory already loaded.
+async fn prepare_loaded(
+    opts: &RunOptions,
+    mut inv: Inventory,
+    observer: Arc<dyn Observer>,
+) -> Result<(Ctx, Vec<Box<dyn Phase>>)> {
     if let Some(v) = &opts.postgres_version {
         let ok = v.split('.').count() == 2
             && v.split('.')
@@ -136,7 +170,7 @@ pub async fn prepare(
     {
         crate::phases::resolve_postgres_version(&ctx).await?;
     }
-    Ok((ctx, warnings, phases))
+    Ok((ctx, phases))
 }
 
 /// `pgdeploy check`: the plan of every phase.
@@ -150,16 +184,73 @@ pub async fn check(
     Ok((plans?, warnings))
 }
 
-/// `pgdeploy apply`: execute the plan phase by phase.
+/// `pgdeploy apply` (and `upgrade`): execute the plan phase by phase, recorded in the run
+/// journal (see [`crate::journal`]).
 pub async fn apply(
     opts: &RunOptions,
     observer: Arc<dyn Observer>,
     on_plan: &(dyn Fn(&PhasePlan) + Sync),
 ) -> Result<(Vec<PhaseOutcome>, Vec<Warning>)> {
-    let (ctx, warnings, phases) = prepare(opts, observer).await?;
-    let out = engine::apply(&ctx, &phases, on_plan).await;
-    close(&ctx).await;
-    Ok((out?, warnings))
+    apply_until(opts, observer, on_plan, std::future::pending()).await
+}
+
+/// The run was stopped by `interrupt` (Ctrl-C) before it ended.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("interrupted: the run stopped before it ended (run {run})")]
+#[diagnostic(help(
+    "a phase may be part-way done, and a command already started on a host may still finish there; `pgdeploy history {inventory} last` shows what was changed, and `pgdeploy apply` finishes the job"
+))]
+pub struct Interrupted {
+    pub run: String,
+    pub inventory: String,
+}
+
+/// `apply` that stops when `interrupt` completes (the CLI passes Ctrl-C): the journal then
+/// ends the run as interrupted and the error is [`Interrupted`].
+pub async fn apply_until(
+    opts: &RunOptions,
+    observer: Arc<dyn Observer>,
+    on_plan: &(dyn Fn(&PhasePlan) + Sync),
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<(Vec<PhaseOutcome>, Vec<Warning>)> {
+    let (inv, mut warnings) = inventory::load(&opts.inventory)?;
+    // The journal is written before any host is contacted; if it cannot be, nothing runs.
+    let run = Arc::new(Run::start(
+        &inv.state_dir(),
+        opts.command(),
+        &opts.inventory,
+        opts.journal_args(),
+    )?);
+    let observer: Arc<dyn Observer> = Arc::new(Recorder::new(observer, run.clone()));
+    let work = async {
+        let (ctx, phases) = prepare_loaded(opts, inv, observer).await?;
+        run.add_secrets(&ctx.secret_values);
+        let out = engine::apply(&ctx, &phases, on_plan).await;
+        close(&ctx).await;
+        out
+    };
+    let result = tokio::select! {
+        r = work => Some(r),
+        _ = interrupt => None,
+    };
+    match &result {
+        Some(Ok(_)) => run.finish(Outcome::Ok, None),
+        Some(Err(e)) => run.finish(Outcome::Failed, Some(&e.to_string())),
+        None => run.finish(Outcome::Interrupted, Some("interrupted (Ctrl-C)")),
+    }
+    if let Some(e) = run.write_error() {
+        warnings.push(Warning(format!(
+            "the run journal is incomplete: cannot write {e}"
+        )));
+    }
+    match result {
+        Some(r) => Ok((r?, warnings)),
+        None => Err(Interrupted {
+            run: run.id().to_string(),
+            inventory: opts.inventory.display().to_string(),
+        }
+        .into()),
+    }
 }
 
 /// Replace the pinned PostgreSQL version in the inventory file, keeping everything else

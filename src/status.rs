@@ -322,6 +322,32 @@ async fn dns_status(inv: &Inventory, problems: &mut Vec<String>) -> Option<DnsSt
     })
 }
 
+/// One refresh of `pgdeploy status --watch`. On a terminal the frame redraws the screen in
+/// place (cursor home, each line cleared to its end, the rest of the screen cleared) under a
+/// header with the time of the refresh; otherwise refreshes follow one another, each under a
+/// header line. JSON (`json`: the body is one compact document) is one line per refresh when
+/// not on a terminal, so the output stays a valid JSON Lines stream.
+pub fn watch_frame(body: &str, clock: &str, interval_secs: u64, tty: bool, json: bool) -> String {
+    if !tty {
+        return if json {
+            format!("{}\n", body.trim_end())
+        } else {
+            format!("--- {clock} ---\n{body}")
+        };
+    }
+    let mut t = String::from("\x1b[H");
+    let header = format!("every {interval_secs} s, last refresh {clock} (Ctrl-C to stop)");
+    for line in std::iter::once(header.as_str())
+        .chain(std::iter::once(""))
+        .chain(body.lines())
+    {
+        t.push_str(line);
+        t.push_str("\x1b[K\n");
+    }
+    t.push_str("\x1b[J");
+    t
+}
+
 /// The status as text, problems flagged on their lines, a summary at the end.
 pub fn text(s: &Status) -> String {
     let mut t = format!("cluster {}\n", s.cluster);
@@ -408,4 +434,27 @@ pub fn text(s: &Status) -> String {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::watch_frame;
+
+    #[test]
+    fn terminal_frames_redraw_in_place() {
+        let f = watch_frame("cluster c\nhealthy\n", "10:11:12", 2, true, false);
+        assert!(f.starts_with("\x1b[H"), "{f:?}");
+        assert!(f.contains("last refresh 10:11:12"), "{f:?}");
+        assert!(f.contains("healthy\x1b[K\n"), "{f:?}");
+        assert!(f.ends_with("\x1b[J"), "{f:?}");
+    }
+
+    #[test]
+    fn piped_frames_follow_one_another() {
+        let f = watch_frame("cluster c\nhealthy\n", "10:11:12", 2, false, false);
+        assert_eq!(f, "--- 10:11:12 ---\ncluster c\nhealthy\n");
+        assert!(!f.contains('\x1b'));
+        let j = watch_frame("{\"cluster\":\"c\"}", "10:11:12", 2, false, true);
+        assert_eq!(j, "{\"cluster\":\"c\"}\n");
+    }
 }

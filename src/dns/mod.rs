@@ -16,10 +16,13 @@ pub use health::{check_all, HealthPorts, HealthTarget, HostHealth};
 pub use plan::{plan, DnsPlan, RecordSet};
 pub use tsig::{Algorithm, Secret, TsigKey};
 
+use crate::engine::{Observer, Quiet};
 use crate::inventory::{Group, Inventory};
+use crate::journal::{Outcome, Recorder, Run};
 use clap::Subcommand;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A place where the records of the name live.
@@ -214,7 +217,8 @@ pub struct SyncReport {
     pub notes: Vec<String>,
 }
 
-/// Read, plan and (unless `dry_run`) apply. A failed prerequisite (someone changed the records
+/// Read, plan and (unless `dry_run`) apply; an update sent is recorded in the run's journal
+/// (see [`crate::engine::record`]). A failed prerequisite (someone changed the records
 /// between our read and our update) is reported in `notes`, and the records are read again; after
 /// `3` such failures the error is returned.
 pub async fn sync(
@@ -246,7 +250,20 @@ pub async fn sync(
                 notes,
             });
         }
-        match provider.apply(&before, &p).await {
+        let t = Instant::now();
+        let applied = provider.apply(&before, &p).await;
+        let summary = format!(
+            "~ dns {}",
+            p.to_string().lines().collect::<Vec<_>>().join(", ")
+        );
+        let error = applied.as_ref().err().map(|e| e.to_string());
+        crate::engine::record::done(
+            &provider.describe(),
+            &summary,
+            error.as_deref(),
+            t.elapsed(),
+        );
+        match applied {
             Ok(()) => {
                 return Ok(SyncReport {
                     before,
@@ -320,10 +337,51 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
             a.inventory.display()
         ));
     }
+    // A sync that may send updates is recorded in the run journal (a dry run changes nothing).
+    let run = if a.dry_run {
+        None
+    } else {
+        Some(Arc::new(Run::start(
+            &inv.state_dir(),
+            "dns sync",
+            &a.inventory,
+            serde_json::json!({ "watch": a.watch, "interval": a.watch.then_some(a.interval) }),
+        )?))
+    };
+    let observer: Arc<dyn Observer> = match &run {
+        Some(r) => Arc::new(Recorder::new(Arc::new(Quiet), r.clone())),
+        None => Arc::new(Quiet),
+    };
     let ports = HealthPorts {
         primary: inv.haproxy.primary_port,
         stats: inv.haproxy.stats_port,
         timeout: Duration::from_secs(2),
+    };
+    let result = sync_loop(&a, &cfg, provider.as_ref(), &targets, ports, observer).await;
+    if let Some(run) = run {
+        match &result {
+            Ok(()) => run.finish(Outcome::Ok, None),
+            Err(e) => run.finish(Outcome::Failed, Some(&e.to_string())),
+        }
+        if let Some(e) = run.write_error() {
+            eprintln!("warning: the run journal is incomplete: cannot write {e}");
+        }
+    }
+    result
+}
+
+async fn sync_loop(
+    a: &SyncArgs,
+    cfg: &DnsConfig,
+    provider: &dyn Provider,
+    targets: &[HealthTarget],
+    ports: HealthPorts,
+    observer: Arc<dyn Observer>,
+) -> miette::Result<()> {
+    let sync_once = |health: Vec<HostHealth>| {
+        crate::engine::record::in_phase(observer.clone(), "dns", async move {
+            sync(provider, &health, cfg.ttl, a.dry_run).await
+        })
     };
     println!(
         "{} {} via {}",
@@ -333,9 +391,9 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
     );
     if !a.watch {
         let t0 = Instant::now();
-        let health = check_all(&targets, ports).await;
+        let health = check_all(targets, ports).await;
         print_health(&health);
-        let r = sync(provider.as_ref(), &health, cfg.ttl, a.dry_run).await?;
+        let r = sync_once(health).await?;
         print_report(&r, a.dry_run, t0.elapsed());
         return Ok(());
     }
@@ -352,12 +410,12 @@ async fn run_sync(a: SyncArgs) -> miette::Result<()> {
     let mut failed: bool;
     loop {
         let t0 = Instant::now();
-        let health = check_all(&targets, ports).await;
+        let health = check_all(targets, ports).await;
         if last_health.as_ref() != Some(&health) {
             print_health(&health);
             last_health = Some(health.clone());
         }
-        match sync(provider.as_ref(), &health, cfg.ttl, a.dry_run).await {
+        match sync_once(health).await {
             Ok(r) => {
                 failed = false;
                 if last_error.take().is_some() {

@@ -2,11 +2,14 @@
 
 use super::change::{Change, UnitAction};
 use super::facts::{sh_quote, PENDING_DIR};
+use super::record;
 use crate::ssh::Session;
 use miette::{miette, Result};
+use std::time::Instant;
 
 /// Apply `changes` on one host, in order. Unit restarts/reloads are included; callers that
-/// orchestrate restarts across hosts pass only the part they want run now.
+/// orchestrate restarts across hosts pass only the part they want run now. Each change is
+/// recorded (see [`super::record`]) with its result; changes after a failed one are not made.
 pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
     // Packages are installed in one apt transaction, holds in one apt-mark call.
     let pkgs: Vec<(&String, &String)> = changes
@@ -17,104 +20,141 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         })
         .collect();
     if !pkgs.is_empty() {
-        install_packages(s, &pkgs, "", false).await?;
+        let t = Instant::now();
+        let r = install(s, &pkgs, "", false).await;
+        for c in changes
+            .iter()
+            .filter(|c| matches!(c, Change::Package { .. }))
+        {
+            record::result(s.host(), &c.summary(), &r, t.elapsed());
+        }
+        r?;
     }
     for c in changes {
-        match c {
-            Change::Directory {
-                path,
-                mode,
-                owner,
-                group,
-                ..
-            } => {
-                let p = sh_quote(path);
-                s.run(&format!(
-                    "mkdir -p {p} && chown {}:{} {p} && chmod {mode:o} {p}",
-                    sh_quote(owner),
-                    sh_quote(group)
-                ))
-                .await?;
-            }
-            Change::File {
-                path,
-                mode,
-                owner,
-                group,
-                new,
-                validate,
-                notify,
-                ..
-            } => {
-                if !notify.is_empty() {
-                    mark_pending(s, notify).await?;
-                }
-                if let Some((dir, _)) = path.rsplit_once('/') {
-                    if !dir.is_empty() {
-                        s.run(&format!("test -d {q} || mkdir -p {q}", q = sh_quote(dir)))
-                            .await?;
-                    }
-                }
-                match validate {
-                    None => {
-                        s.write_file(path, new, *mode, owner, group).await?;
-                    }
-                    Some(cmd) => {
-                        let tmp = format!("{path}.pgdeploy-new");
-                        s.write_file(&tmp, new, *mode, owner, group).await?;
-                        let check = cmd.replace("{}", &sh_quote(&tmp));
-                        let out = s.exec(&check, None).await?;
-                        if !out.ok() {
-                            let _ = s.exec(&format!("rm -f {}", sh_quote(&tmp)), None).await;
-                            return Err(miette!(
-                                help = "the running service keeps its current configuration; fix the template or inventory value",
-                                "{}: the new {path} failed validation (`{cmd}`):\n{}{}",
-                                s.host(),
-                                out.stdout_str(),
-                                out.stderr_str()
-                            ));
-                        }
-                        s.run(&format!("mv -f {} {}", sh_quote(&tmp), sh_quote(path)))
-                            .await?;
-                    }
-                }
-            }
-            Change::Hold { name, hold } => {
-                let verb = if *hold { "hold" } else { "unhold" };
-                s.run(&format!("apt-mark {verb} {} >/dev/null", sh_quote(name)))
-                    .await?;
-            }
-            Change::Sysctl { name, to, .. } => {
-                let out = s
-                    .exec(
-                        &format!("sysctl -w {}={}", sh_quote(name), sh_quote(to)),
-                        None,
-                    )
-                    .await?;
-                if !out.ok() {
-                    return Err(miette!(
-                        help = "the host may not allow this kernel parameter (containers often keep /proc/sys read-only)",
-                        "{}: cannot set sysctl {name}={to}: {}",
-                        s.host(),
-                        out.stderr_str().trim()
-                    ));
-                }
-            }
-            Change::Unit { unit, action, .. } => run_unit(s, unit, *action).await?,
-            Change::Command { command, .. } => {
-                s.run(command).await?;
-            }
+        if matches!(
+            c,
             Change::Package { .. }
-            | Change::Deferred { .. }
-            | Change::Dns { .. }
-            | Change::Upload { .. } => {}
+                | Change::Deferred { .. }
+                | Change::Dns { .. }
+                | Change::Upload { .. }
+        ) {
+            continue;
         }
+        let t = Instant::now();
+        let r = apply_one(s, c).await;
+        record::result(s.host(), &c.summary(), &r, t.elapsed());
+        r?;
     }
     Ok(())
 }
 
-/// Run one systemctl action (and clear the unit's pending-restart marker).
+async fn apply_one(s: &Session, c: &Change) -> Result<()> {
+    match c {
+        Change::Directory {
+            path,
+            mode,
+            owner,
+            group,
+            ..
+        } => {
+            let p = sh_quote(path);
+            s.run(&format!(
+                "mkdir -p {p} && chown {}:{} {p} && chmod {mode:o} {p}",
+                sh_quote(owner),
+                sh_quote(group)
+            ))
+            .await?;
+        }
+        Change::File {
+            path,
+            mode,
+            owner,
+            group,
+            new,
+            validate,
+            notify,
+            ..
+        } => {
+            if !notify.is_empty() {
+                mark_pending(s, notify).await?;
+            }
+            if let Some((dir, _)) = path.rsplit_once('/') {
+                if !dir.is_empty() {
+                    s.run(&format!("test -d {q} || mkdir -p {q}", q = sh_quote(dir)))
+                        .await?;
+                }
+            }
+            match validate {
+                None => {
+                    s.write_file(path, new, *mode, owner, group).await?;
+                }
+                Some(cmd) => {
+                    let tmp = format!("{path}.pgdeploy-new");
+                    s.write_file(&tmp, new, *mode, owner, group).await?;
+                    let check = cmd.replace("{}", &sh_quote(&tmp));
+                    let out = s.exec(&check, None).await?;
+                    if !out.ok() {
+                        let _ = s.exec(&format!("rm -f {}", sh_quote(&tmp)), None).await;
+                        return Err(miette!(
+                            help = "the running service keeps its current configuration; fix the template or inventory value",
+                            "{}: the new {path} failed validation (`{cmd}`):\n{}{}",
+                            s.host(),
+                            out.stdout_str(),
+                            out.stderr_str()
+                        ));
+                    }
+                    s.run(&format!("mv -f {} {}", sh_quote(&tmp), sh_quote(path)))
+                        .await?;
+                }
+            }
+        }
+        Change::Hold { name, hold } => {
+            let verb = if *hold { "hold" } else { "unhold" };
+            s.run(&format!("apt-mark {verb} {} >/dev/null", sh_quote(name)))
+                .await?;
+        }
+        Change::Sysctl { name, to, .. } => {
+            let out = s
+                .exec(
+                    &format!("sysctl -w {}={}", sh_quote(name), sh_quote(to)),
+                    None,
+                )
+                .await?;
+            if !out.ok() {
+                return Err(miette!(
+                    help = "the host may not allow this kernel parameter (containers often keep /proc/sys read-only)",
+                    "{}: cannot set sysctl {name}={to}: {}",
+                    s.host(),
+                    out.stderr_str().trim()
+                ));
+            }
+        }
+        Change::Unit { unit, action, .. } => unit_action(s, unit, *action).await?,
+        Change::Command { command, .. } => {
+            s.run(command).await?;
+        }
+        Change::Package { .. }
+        | Change::Deferred { .. }
+        | Change::Dns { .. }
+        | Change::Upload { .. } => {}
+    }
+    Ok(())
+}
+
+/// Run one systemctl action (and clear the unit's pending-restart marker); recorded as a change.
 pub async fn run_unit(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
+    let t = Instant::now();
+    let r = unit_action(s, unit, action).await;
+    record::result(
+        s.host(),
+        &format!("! unit {} {unit}", action.verb()),
+        &r,
+        t.elapsed(),
+    );
+    r
+}
+
+async fn unit_action(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
     let q = sh_quote(unit);
     let cmd = match action {
         UnitAction::DaemonReload => "systemctl daemon-reload".to_string(),
@@ -163,8 +203,27 @@ async fn mark_pending(s: &Session, units: &[String]) -> Result<()> {
 /// Install packages at exact versions (`(candidate)` means any), without prompts, keeping
 /// configuration files, and with service starts by package scripts forbidden (policy-rc.d for
 /// the transaction only). `apt_opts` can restrict apt to one source; `update` refreshes its
-/// lists first.
+/// lists first. Each package is recorded as a change.
 pub async fn install_packages(
+    s: &Session,
+    pkgs: &[(&String, &String)],
+    apt_opts: &str,
+    update: bool,
+) -> Result<()> {
+    let t = Instant::now();
+    let r = install(s, pkgs, apt_opts, update).await;
+    for (name, ver) in pkgs {
+        record::result(
+            s.host(),
+            &format!("! install package {name} {ver}"),
+            &r,
+            t.elapsed(),
+        );
+    }
+    r
+}
+
+async fn install(
     s: &Session,
     pkgs: &[(&String, &String)],
     apt_opts: &str,

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod facts;
 pub mod phase;
 pub mod plan;
+pub mod record;
 pub mod render;
 pub mod roles;
 
@@ -29,6 +30,9 @@ pub trait Observer: Send + Sync {
     fn host_status(&self, _host: &str, _status: &str) {}
     fn phase_finished(&self, _phase: &str, _changes: usize, _elapsed: Duration) {}
     fn message(&self, _text: &str) {}
+    /// A change was made on a host (or failed): the run's journal records it. Called by the
+    /// engine's primitives while a phase is applied (see [`record`]).
+    fn change_done(&self, _done: &record::Done) {}
 }
 
 /// An observer that ignores everything.
@@ -165,6 +169,20 @@ impl Ctx {
     pub fn redact(&self, text: &str) -> String {
         change::redact(text, &self.secret_values)
     }
+    /// Run one orchestration step on `host` that does not go through the engine's primitives
+    /// (a switchover, a DCS edit) and record it, with its result and duration, in the run's
+    /// journal: `ctx.step(leader, "switchover to pg2", async { .. }).await?`.
+    pub async fn step<T>(
+        &self,
+        host: &str,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let t = Instant::now();
+        let r = fut.await;
+        record::result(host, &self.redact(what), &r, t.elapsed());
+        r
+    }
 }
 
 /// Run futures with at most `limit` at once; the first error wins, results keep their order.
@@ -283,9 +301,9 @@ pub async fn apply(
         if plan.change_count() > 0 {
             changed_before = true;
             on_plan(&plan);
-            p.apply(ctx, &plan)
+            record::in_phase(ctx.observer.clone(), p.name(), p.apply(ctx, &plan))
                 .await
-                .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+                .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
             let again = p.plan(ctx).await?;
             if again.change_count() > 0 {
                 let left: Vec<String> = again
@@ -307,9 +325,9 @@ pub async fn apply(
                 ));
             }
         }
-        p.after_apply(ctx)
+        record::in_phase(ctx.observer.clone(), p.name(), p.after_apply(ctx))
             .await
-            .map_err(|e| miette!("phase {}: {e:?}", p.name()))?;
+            .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
         ctx.observer
             .phase_finished(p.name(), plan.change_count(), t.elapsed());
         out.push(PhaseOutcome {

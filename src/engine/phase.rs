@@ -1,7 +1,7 @@
 //! Phases: ordered steps of a run. Each phase plans (probe + pure plan) and applies.
 
 use super::change::{Change, UnitAction};
-use super::exec::{apply_changes, run_unit};
+use super::exec::apply_changes;
 use super::facts::{content_command, parse_contents, parse_probe, probe_command, HostFacts};
 use super::plan::{plan_packages, plan_resources, Desired};
 use super::render::{context, desired_for, role_applies};
@@ -271,7 +271,7 @@ async fn restart_all(ctx: &Ctx, host: &str, rs: &[Change]) -> Result<()> {
     for c in rs {
         if let Change::Unit { unit, action, .. } = c {
             ctx.observe(host, &format!("{} {unit}", action.verb()));
-            run_unit(s, unit, *action).await?;
+            apply_changes(s, std::slice::from_ref(c)).await?;
         }
     }
     Ok(())

@@ -239,11 +239,15 @@ impl Phase for Packages {
                 for c in &hp.changes {
                     if let Change::Upload { dest, files, .. } = c {
                         ctx.observe(&hp.host, &format!("uploading {} packages", files.len()));
-                        s.run(&format!("mkdir -p {}", sh_quote(dest))).await?;
-                        for f in files {
-                            s.upload(&bundle_dir.join(f), &format!("{dest}/{f}"), 0o644)
-                                .await?;
-                        }
+                        ctx.step(&hp.host, &c.summary(), async {
+                            s.run(&format!("mkdir -p {}", sh_quote(dest))).await?;
+                            for f in files {
+                                s.upload(&bundle_dir.join(f), &format!("{dest}/{f}"), 0o644)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                        .await?;
                     }
                 }
                 // Files first (apt source, index, settings that must exist before install).

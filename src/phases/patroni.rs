@@ -507,18 +507,27 @@ impl Phase for Patroni {
         if !diff.is_empty() {
             ctx.observe(&leader, "updating the cluster-wide settings");
             let patch = dcs_patch(&diff).to_string();
-            let out = s
-                .exec(
-                    &patronictl("edit-config --force --apply -"),
-                    Some(patch.as_bytes()),
-                )
-                .await?;
-            if !out.ok() {
-                return Err(miette!(
-                    "{leader}: patronictl edit-config failed: {}",
-                    ctx.redact(&out.stderr_str())
-                ));
-            }
+            let keys: Vec<&str> = diff.iter().map(|(k, _, _)| k.as_str()).collect();
+            ctx.step(
+                &leader,
+                &format!("~ patroni cluster settings: {}", keys.join(", ")),
+                async {
+                    let out = s
+                        .exec(
+                            &patronictl("edit-config --force --apply -"),
+                            Some(patch.as_bytes()),
+                        )
+                        .await?;
+                    if !out.ok() {
+                        return Err(miette!(
+                            "{leader}: patronictl edit-config failed: {}",
+                            ctx.redact(&out.stderr_str())
+                        ));
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
             // Every member applies the new settings in its next HA loop; wait until each one
             // has been through a loop that started after the change.
             let since = s
@@ -594,23 +603,31 @@ async fn restart_pending_once(ctx: &Ctx, ms: &[Member]) -> Result<()> {
     for m in pending {
         ctx.observe(&m.name, "restarting PostgreSQL (pending_restart)");
         let s = ctx.session(&m.name)?;
-        let out = s
-            .exec(
-                &patronictl(&format!(
-                    "restart {} {} --pending --force",
-                    sh_quote(&ctx.inv.cluster.name),
-                    sh_quote(&m.name)
-                )),
-                None,
-            )
-            .await?;
-        if !out.ok() {
-            return Err(miette!(
-                "{}: restart through Patroni failed: {}",
-                m.name,
-                out.stderr_str()
-            ));
-        }
+        ctx.step(
+            &m.name,
+            "! restart PostgreSQL (pending_restart) through Patroni",
+            async {
+                let out = s
+                    .exec(
+                        &patronictl(&format!(
+                            "restart {} {} --pending --force",
+                            sh_quote(&ctx.inv.cluster.name),
+                            sh_quote(&m.name)
+                        )),
+                        None,
+                    )
+                    .await?;
+                if !out.ok() {
+                    return Err(miette!(
+                        "{}: restart through Patroni failed: {}",
+                        m.name,
+                        out.stderr_str()
+                    ));
+                }
+                Ok(())
+            },
+        )
+        .await?;
         // Running again (and streaming, for a replica). It may still report pending_restart:
         // a replica keeps the leader's higher value of max_connections and the like until
         // the leader has restarted with the lower one; the next round restarts it again.

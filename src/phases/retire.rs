@@ -208,14 +208,22 @@ async fn retire_patroni_member(ctx: &Ctx, m: &Member) -> Result<()> {
         Some(s) => s,
         None => ctx.session(&m.name)?,
     };
-    let out = s.exec(STOP_PATRONI, None).await?;
-    if !out.ok() {
-        return Err(miette!(
-            "{}: `{STOP_PATRONI}` failed: {}",
-            m.name,
-            out.stderr_str().trim()
-        ));
-    }
+    ctx.step(
+        &m.name,
+        &format!("! run `{STOP_PATRONI}` ({} leaves the cluster)", m.name),
+        async {
+            let out = s.exec(STOP_PATRONI, None).await?;
+            if !out.ok() {
+                return Err(miette!(
+                    "{}: `{STOP_PATRONI}` failed: {}",
+                    m.name,
+                    out.stderr_str().trim()
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await?;
     if let Some(s) = own {
         s.close().await;
     }
@@ -295,20 +303,28 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
         ));
     }
     ctx.observe(runner, &format!("removing etcd member {}", e.name));
-    let out = rs
-        .exec(
-            &etcdctl(ctx, runner, &local, &format!("member remove {:x}", e.id)),
-            None,
-        )
-        .await?;
-    if !out.ok() {
-        return Err(miette!(
-            "etcdctl member remove {:x} ({}) failed: {}",
-            e.id,
-            e.name,
-            out.stderr_str().trim()
-        ));
-    }
+    ctx.step(
+        &e.name,
+        &format!("! run `etcdctl member remove {:x}` (on {runner})", e.id),
+        async {
+            let out = rs
+                .exec(
+                    &etcdctl(ctx, runner, &local, &format!("member remove {:x}", e.id)),
+                    None,
+                )
+                .await?;
+            if !out.ok() {
+                return Err(miette!(
+                    "etcdctl member remove {:x} ({}) failed: {}",
+                    e.id,
+                    e.name,
+                    out.stderr_str().trim()
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await?;
     // The removed member stops by itself; make sure it stays stopped after a reboot.
     match reach(ctx, &e.name, &e.address).await {
         Ok(own) => {
@@ -316,7 +332,11 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
                 Some(s) => s,
                 None => ctx.session(&e.name)?,
             };
-            let out = s.exec(STOP_ETCD, None).await?;
+            let out = ctx
+                .step(&e.name, &format!("! run `{STOP_ETCD}`"), async {
+                    Ok(s.exec(STOP_ETCD, None).await?)
+                })
+                .await?;
             if !out.ok() {
                 ctx.observer.message(&format!(
                     "warning: {}: `{STOP_ETCD}` failed: {}",

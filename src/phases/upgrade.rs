@@ -243,7 +243,15 @@ async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
     }
     let s = ctx.session(host)?;
     apply_changes(s, &changes).await?;
-    s.run("systemctl reload patroni").await?;
+    ctx.step(
+        host,
+        &format!("! reload patroni.service (tags nofailover/noloadbalance = {on})"),
+        async {
+            s.run("systemctl reload patroni").await?;
+            Ok(())
+        },
+    )
+    .await?;
     let h = ctx.host(host)?;
     let cmd = rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni");
     wait_until(
@@ -271,9 +279,16 @@ async fn install(ctx: &Ctx, host: &str, pkgs: &[DesiredPackage]) -> Result<()> {
     let opts = super::packages::apt_source_opts(ctx.inv.packages.source);
     install_packages(s, &refs, &opts, false).await?;
     let names: Vec<String> = pkgs.iter().map(|p| sh_quote(&p.name)).collect();
-    s.run(&format!("apt-mark hold {} >/dev/null", names.join(" ")))
-        .await?;
-    Ok(())
+    ctx.step(
+        host,
+        &format!("~ hold packages {}", names.join(" ")),
+        async {
+            s.run(&format!("apt-mark hold {} >/dev/null", names.join(" ")))
+                .await?;
+            Ok(())
+        },
+    )
+    .await
 }
 
 fn lag_of(ms: &[Member], name: &str) -> Option<f64> {
@@ -410,7 +425,12 @@ async fn upgrade_member(ctx: &Ctx, name: &str, want: &str, bounds: &Bounds) -> R
         .ok_or_else(|| miette!("Patroni does not answer"))?;
     let is_leader = ms.iter().any(|m| m.name == name && m.is_leader());
     if is_leader {
-        switchover_from(ctx, name, want).await?;
+        ctx.step(
+            name,
+            &format!("! switchover from {name} to the upgraded replica with the least lag"),
+            switchover_from(ctx, name, want),
+        )
+        .await?;
     }
     ctx.observe(name, "upgrade: tagging nofailover/noloadbalance");
     set_tags(ctx, name, true).await?;
@@ -424,22 +444,30 @@ async fn upgrade_member(ctx: &Ctx, name: &str, want: &str, bounds: &Bounds) -> R
     install(ctx, name, &pkgs).await?;
     ctx.observe(name, "upgrade: restarting PostgreSQL through Patroni");
     let s = ctx.session(name)?;
-    let out = s
-        .exec(
-            &format!(
-                "patronictl -c {CONFIG} restart {} {} --force",
-                sh_quote(&ctx.inv.cluster.name),
-                sh_quote(name)
-            ),
-            None,
-        )
-        .await?;
-    if !out.ok() {
-        return Err(miette!(
-            "{name}: restart through Patroni failed: {}",
-            out.stderr_str().trim()
-        ));
-    }
+    ctx.step(
+        name,
+        &format!("! restart PostgreSQL on {name} through Patroni (upgrade to {want})"),
+        async {
+            let out = s
+                .exec(
+                    &format!(
+                        "patronictl -c {CONFIG} restart {} {} --force",
+                        sh_quote(&ctx.inv.cluster.name),
+                        sh_quote(name)
+                    ),
+                    None,
+                )
+                .await?;
+            if !out.ok() {
+                return Err(miette!(
+                    "{name}: restart through Patroni failed: {}",
+                    out.stderr_str().trim()
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await?;
     ctx.observe(name, "upgrade: waiting until it streams again");
     let max_lag_mb = bounds.max_lag_bytes as f64 / 1_048_576.0;
     wait_until(

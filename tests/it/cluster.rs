@@ -183,6 +183,22 @@ fn production_cluster_end_to_end() {
         "check after the repaired apply:\n{}",
         out.all()
     );
+    // The journal shows the killed run as interrupted and the one that repaired it as ok.
+    let out = pgdeploy(&["history", inv.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).expect("history JSON");
+    let results: Vec<&str> = runs
+        .as_array()
+        .expect("a list of runs")
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        results[results.len() - 2..],
+        ["interrupted", "ok"],
+        "{}",
+        out.stdout
+    );
 
     scaling_scenario(&lab, &inv, &pw);
     dns_scenarios(&lab, &inv, &pw);
@@ -681,6 +697,12 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     figure("shrink etcd 5 -> 3: apply (s)", t.elapsed().as_secs_f64());
     assert_eq!(etcd_members(lab), ["etcd1", "etcd2", "etcd3"]);
     assert_eq!(etcd_healthy_count(lab), 3);
+    let out = pgdeploy(&["history", inv_s, "last"]);
+    assert!(
+        out.stdout.contains("etcdctl member remove") && out.stdout.contains("etcd5"),
+        "the journal of the last run:\n{}",
+        out.all()
+    );
     for spare in ["spare2", "spare3"] {
         assert_eq!(
             lab.ssh(spare, "systemctl is-active etcd || true").trim(),

@@ -844,6 +844,41 @@ async fn cli_sync_end_to_end() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(out.contains("- A 10.9.9.9"), "{out}");
+
+    // The journal: the three syncs that could send updates (not the dry run), each update a
+    // change line with its result.
+    let text =
+        std::fs::read_to_string(dir.path().join(".pgdeploy/t/journal.jsonl")).expect("the journal");
+    let j = pgdeploy::journal::parse(&text);
+    assert_eq!(j.unreadable, 0, "{text}");
+    let runs = pgdeploy::journal::summarize(&j, &|_| false);
+    let got: Vec<(&str, &str, usize)> = runs
+        .iter()
+        .map(|r| (r.command.as_str(), r.result.word(), r.changes))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dns sync", "ok", 1),
+            ("dns sync", "ok", 0),
+            ("dns sync", "ok", 1)
+        ],
+        "{text}"
+    );
+    let changes: Vec<String> = j
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            pgdeploy::journal::Line::Change(c) => {
+                assert_eq!(c.result, pgdeploy::journal::ChangeResult::Ok, "{c:?}");
+                assert_eq!(c.phase, "dns");
+                Some(c.change.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(changes[0].contains("+ A 127.0.0.31"), "{changes:?}");
+    assert!(changes[1].contains("- A 10.9.9.9"), "{changes:?}");
     for t in tasks {
         t.abort();
     }

@@ -6,6 +6,7 @@ mod dns;
 mod e2e;
 mod engine;
 mod inventory;
+mod journal;
 mod lab;
 mod ssh;
 mod support;
