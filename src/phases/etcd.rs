@@ -36,12 +36,15 @@ pub fn etcdctl(ctx: &Ctx, on_host: &str, endpoints: &[String], args: &str) -> St
 }
 
 pub fn client_url(ctx: &Ctx, address: &str) -> String {
-    let a = if address.contains(':') {
-        format!("[{address}]")
+    https_url(address, ctx.inv.etcd.client_port)
+}
+
+fn https_url(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("https://[{address}]:{port}")
     } else {
-        address.to_string()
-    };
-    format!("https://{a}:{}", ctx.inv.etcd.client_port)
+        format!("https://{address}:{port}")
+    }
 }
 
 /// Poll `check` until it returns Ok(true), or fail after `deadline` with `what`.
@@ -428,12 +431,7 @@ pub fn plan_membership(
 }
 
 pub fn peer_url(ctx: &Ctx, address: &str) -> String {
-    let a = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
-    };
-    format!("https://{a}:{}", ctx.inv.etcd.peer_port)
+    https_url(address, ctx.inv.etcd.peer_port)
 }
 
 /// Inventory etcd hosts as (name, peer URL).
