@@ -869,6 +869,19 @@ impl<'a> Checker<'a> {
                         false
                     }
                 };
+                if addr_ok && g == Group::Etcd && e.address.parse::<IpAddr>().is_err() {
+                    self.push(
+                        Problem::new(format!(
+                            "etcd host `{}` must be given by IP address, not `{}`",
+                            e.name, e.address
+                        ))
+                        .label(self.exact(&at("address")), "a name, not an IP address")
+                        .help(
+                            "etcd listens on this address (its listen URLs take IP addresses \
+                             only): write the host's IP address, e.g. 10.0.0.11",
+                        ),
+                    );
+                }
                 let addr6_ok = match &e.address6 {
                     Some(a6) => match a6.parse::<Ipv6Addr>() {
                         Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => true,

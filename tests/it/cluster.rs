@@ -514,11 +514,20 @@ fn add_host(inv: &std::path::Path, after: &str, name: &str, address: &str) {
     let at = text
         .find(&anchor)
         .unwrap_or_else(|| panic!("no {after} in:\n{text}"));
-    let line_end = text[at + anchor.len()..].find('\n').unwrap() + at + anchor.len() + 1;
+    // The end of the entry's address line (the last line may have no newline).
+    let rest = at + anchor.len();
+    let line_end = text[rest..].find('\n').map_or(text.len(), |i| rest + i + 1);
     let mut new = text.clone();
     new.insert_str(
         line_end,
-        &format!("    - name: {name}\n      address: \"{address}\"\n"),
+        &format!(
+            "{}    - name: {name}\n      address: \"{address}\"\n",
+            if text[..line_end].ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            }
+        ),
     );
     std::fs::write(inv, new).unwrap();
 }
@@ -529,7 +538,9 @@ fn remove_host(inv: &std::path::Path, name: &str) {
     let at = text
         .find(&anchor)
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
-    let line_end = text[at + anchor.len()..].find('\n').unwrap() + at + anchor.len() + 1;
+    // The end of the entry's address line (the last line may have no newline).
+    let rest = at + anchor.len();
+    let line_end = text[rest..].find('\n').map_or(text.len(), |i| rest + i + 1);
     let mut new = text.clone();
     new.replace_range(at..line_end, "");
     std::fs::write(inv, new).unwrap();
