@@ -14,7 +14,7 @@ use crate::engine::{bounded, Ctx};
 use crate::inventory::PackageSource;
 use async_trait::async_trait;
 use miette::{miette, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 pub use super::{REPO_DIR, REPO_LIST};
@@ -32,6 +32,69 @@ pub fn apt_source_opts(source: PackageSource) -> String {
         ),
         PackageSource::Apt => String::new(),
     }
+}
+
+/// Pure: the `.deb` files of the bundle that installing `roots` may need: their dependency
+/// closure in the bundle's `Packages` index (Depends and Pre-Depends; every alternative and
+/// every provider of a virtual package counts, so whatever apt picks is there). A package the
+/// host already has at the bundle's version is neither sent nor followed.
+pub fn needed_debs(
+    index: &str,
+    roots: &[String],
+    installed: &BTreeMap<String, String>,
+) -> BTreeSet<String> {
+    struct Entry {
+        file: String,
+        deps: Vec<String>,
+        installed: bool,
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let dep_names = |v: &str| -> Vec<String> {
+        v.split([',', '|'])
+            .filter_map(|d| {
+                let name = d.trim().split([' ', '(', ':']).next()?.trim();
+                (!name.is_empty()).then(|| name.to_string())
+            })
+            .collect()
+    };
+    for stanza in index.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+                .map(str::trim)
+        };
+        let (Some(name), Some(file)) = (field("Package"), field("Filename")) else {
+            continue;
+        };
+        let mut deps = dep_names(field("Depends").unwrap_or(""));
+        deps.extend(dep_names(field("Pre-Depends").unwrap_or("")));
+        let i = entries.len();
+        entries.push(Entry {
+            file: file.rsplit('/').next().unwrap_or(file).to_string(),
+            deps,
+            installed: field("Version")
+                .is_some_and(|v| installed.get(name).map(String::as_str) == Some(v)),
+        });
+        by_name.entry(name.to_string()).or_default().push(i);
+        for p in dep_names(field("Provides").unwrap_or("")) {
+            by_name.entry(p).or_default().push(i);
+        }
+    }
+    let mut seen = vec![false; entries.len()];
+    let mut todo: Vec<String> = roots.to_vec();
+    let mut out = BTreeSet::new();
+    while let Some(n) = todo.pop() {
+        for &i in by_name.get(&n).into_iter().flatten() {
+            if !seen[i] && !entries[i].installed {
+                seen[i] = true;
+                out.insert(entries[i].file.clone());
+                todo.extend(entries[i].deps.iter().cloned());
+            }
+        }
+    }
+    out
 }
 
 /// Pure: which bundle files a host lacks, given `name size` lines of what it has.
@@ -159,6 +222,21 @@ impl Phase for Packages {
         let manifest = &manifest;
         let bundle_dir = Self::bundle_dir(ctx);
         let bundle_dir = &bundle_dir;
+        // The bundle's index: each host gets only the files its own packages may need.
+        let index = match manifest {
+            Some(_) => {
+                let p = bundle_dir.join("Packages");
+                Some(std::fs::read_to_string(&p).map_err(|e| {
+                    miette!(
+                        help = "rebuild it with `pgdeploy bundle`",
+                        "the bundle's index {} cannot be read: {e}",
+                        p.display()
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let index = &index;
         let mut futs = Vec::new();
         for h in hosts {
             futs.push(async move {
@@ -177,11 +255,23 @@ impl Phase for Packages {
                 let req = desired.probe_request();
                 let mut cmd = probe_command(&req);
                 cmd.push_str(&format!(
-                    "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n"
+                    "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n\
+                     echo '@INSTALLED'; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' 2>/dev/null || true\n"
                 ));
                 let out = s.exec(&cmd, None).await?;
                 let text = out.stdout_str();
-                let (main, repo) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let (main, rest) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let (repo, dpkg) = rest.split_once("@INSTALLED\n").unwrap_or((rest, ""));
+                let installed: BTreeMap<String, String> = dpkg
+                    .lines()
+                    .filter_map(|l| {
+                        let mut it = l.split_whitespace();
+                        let status = it.next()?;
+                        let (name, version) = (it.next()?, it.next()?);
+                        (status == "ii" || status == "hi")
+                            .then(|| (name.to_string(), version.to_string()))
+                    })
+                    .collect();
                 let mut facts = parse_probe(&req, main)
                     .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?;
                 // Contents for diffs of the few small files here.
@@ -193,14 +283,22 @@ impl Phase for Packages {
                     }
                 }
                 let mut changes = Vec::new();
-                if let Some(m) = manifest {
-                    let missing = missing_files(m, repo);
+                if let (Some(m), Some(index)) = (manifest, index) {
+                    let roots: Vec<String> =
+                        desired.packages.iter().map(|p| p.name.clone()).collect();
+                    let needed = needed_debs(index, &roots, &installed);
+                    let missing: Vec<(String, u64)> = missing_files(m, repo)
+                        .into_iter()
+                        .filter(|(n, _)| needed.contains(n))
+                        .collect();
                     if !missing.is_empty() {
                         changes.push(Change::Upload {
                             dest: REPO_DIR.into(),
                             bytes: missing.iter().map(|(_, s)| s).sum(),
                             files: missing.into_iter().map(|(n, _)| n).collect(),
-                            reason: "the host lacks these packages of the bundle".into(),
+                            reason: "packages of the bundle that this host's packages need, \
+                                     and it lacks"
+                                .into(),
                         });
                     }
                 }
@@ -285,5 +383,65 @@ impl Phase for Packages {
         }
         bounded(ctx.forks, futs).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod closure_tests {
+    use super::needed_debs;
+
+    const INDEX: &str = "Package: etcd-server
+Version: 3.4.23-4
+Depends: adduser, libc6 (>= 2.34), lsb-base | sysvinit-utils (>= 3.05-4~)
+Filename: ./etcd-server_3.4.23-4_amd64.deb
+Description: a store
+ with a continuation line: Depends: not-a-dep
+
+Package: adduser
+Version: 3.134
+Pre-Depends: passwd:any
+Depends: debconf (>= 0.5) | debconf-2.0
+Filename: ./adduser_3.134_all.deb
+
+Package: passwd
+Filename: ./passwd_1_amd64.deb
+
+Package: cdebconf
+Provides: debconf-2.0
+Filename: ./cdebconf_1_amd64.deb
+
+Package: libc6
+Filename: ./libc6_2.36_amd64.deb
+
+Package: sysvinit-utils
+Filename: ./sysvinit-utils_3.06_amd64.deb
+
+Package: haproxy
+Depends: libc6
+Filename: ./haproxy_2.6_amd64.deb
+";
+
+    #[test]
+    fn closure_follows_dependencies_alternatives_and_providers() {
+        let none = Default::default();
+        let got = needed_debs(INDEX, &["etcd-server".to_string()], &none);
+        let want = [
+            "adduser_3.134_all.deb",
+            "cdebconf_1_amd64.deb",
+            "etcd-server_3.4.23-4_amd64.deb",
+            "libc6_2.36_amd64.deb",
+            "passwd_1_amd64.deb",
+            "sysvinit-utils_3.06_amd64.deb",
+        ];
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
+        let got = needed_debs(INDEX, &["haproxy".to_string()], &none);
+        assert_eq!(got.len(), 2);
+        assert!(needed_debs(INDEX, &[], &none).is_empty());
+        // What the host has at that version is neither sent nor followed.
+        let has: std::collections::BTreeMap<String, String> =
+            [("adduser".to_string(), "3.134".to_string())].into();
+        let got = needed_debs(INDEX, &["etcd-server".to_string()], &has);
+        assert!(!got.contains("adduser_3.134_all.deb") && !got.contains("passwd_1_amd64.deb"));
+        assert!(got.contains("libc6_2.36_amd64.deb"));
     }
 }
