@@ -93,10 +93,18 @@ pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
             problems.push(format!("{}: unreachable over SSH", h.name));
         }
     }
-    let etcd = etcd_status(&inv, &sessions, &mut problems).await;
-    let (leader, patroni) = patroni_status(&inv, &sessions, &mut problems).await;
-    let haproxy = haproxy_status(&inv, &sessions, leader.as_deref(), &mut problems).await;
-    let dns = dns_status(&inv, &mut problems).await;
+    // Everything at once; HAProxy's routing is compared with the leader found meanwhile.
+    let (mut pe, mut pp, mut pd) = (Vec::new(), Vec::new(), Vec::new());
+    let (etcd, (leader, patroni), dns) = tokio::join!(
+        etcd_status(&inv, &sessions, &mut pe),
+        patroni_status(&inv, &sessions, &mut pp),
+        dns_status(&inv, &mut pd)
+    );
+    let mut ph = Vec::new();
+    let haproxy = haproxy_status(&inv, &sessions, leader.as_deref(), &mut ph).await;
+    for p in [pe, pp, ph, pd] {
+        problems.extend(p);
+    }
     for s in sessions.values() {
         s.close().await;
     }
@@ -117,8 +125,8 @@ async fn etcd_status(
     problems: &mut Vec<String>,
 ) -> Vec<EtcdMember> {
     let tls = crate::phases::etcd::TLS_DIR;
-    let mut out = Vec::new();
-    for h in inv.group_hosts(Group::Etcd) {
+    let hosts = inv.group_hosts(Group::Etcd);
+    let out: Vec<EtcdMember> = futures::future::join_all(hosts.iter().map(|h| async move {
         let mut m = EtcdMember {
             name: h.name.clone(),
             reachable: false,
@@ -145,10 +153,13 @@ async fn etcd_status(
                 }
             }
         }
+        m
+    }))
+    .await;
+    for m in &out {
         if !m.healthy {
             problems.push(format!("etcd member {} is not healthy", m.name));
         }
-        out.push(m);
     }
     if !out.is_empty() && out.iter().filter(|m| m.leader).count() != 1 {
         problems.push("etcd has no single leader".into());
@@ -187,26 +198,43 @@ async fn patroni_status(
     if leader.is_none() {
         problems.push("the Patroni cluster has no leader".into());
     }
+    let hosts = inv.group_hosts(Group::Patroni);
+    for m in &members {
+        if !hosts.iter().any(|h| h.name == m.name) {
+            problems.push(format!(
+                "Patroni member {} is in the cluster but not in the inventory (`pgdeploy apply` removes it)",
+                m.name
+            ));
+        }
+    }
+    let details: Vec<(Option<String>, Value)> =
+        futures::future::join_all(hosts.iter().map(|h| async move {
+            let Some(s) = sessions.get(&h.name) else {
+                return (None, Value::Null);
+            };
+            match s
+                .exec(&rest_get_command(&h.address, port, "/patroni"), None)
+                .await
+            {
+                Ok(o) => {
+                    let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
+                    (
+                        v["server_version"]
+                            .as_i64()
+                            .map(crate::phases::upgrade::minor_of_version_num),
+                        v["tags"].clone(),
+                    )
+                }
+                Err(_) => (None, Value::Null),
+            }
+        }))
+        .await;
     let mut out = Vec::new();
-    for h in inv.group_hosts(Group::Patroni) {
+    for (h, (version, tags)) in hosts.iter().zip(details) {
         let Some(m) = members.iter().find(|m| m.name == h.name) else {
             problems.push(format!("Patroni member {} is not in the cluster", h.name));
             continue;
         };
-        let mut version = None;
-        let mut tags = Value::Null;
-        if let Some(s) = sessions.get(&h.name) {
-            if let Ok(o) = s
-                .exec(&rest_get_command(&h.address, port, "/patroni"), None)
-                .await
-            {
-                let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
-                version = v["server_version"]
-                    .as_i64()
-                    .map(crate::phases::upgrade::minor_of_version_num);
-                tags = v["tags"].clone();
-            }
-        }
         if !m.is_running() {
             problems.push(format!("Patroni member {} is {}", m.name, m.state));
         }
@@ -240,22 +268,27 @@ async fn haproxy_status(
     leader: Option<&str>,
     problems: &mut Vec<String>,
 ) -> Vec<Balancer> {
+    let hosts = inv.group_hosts(Group::Haproxy);
+    let stats: Vec<Option<String>> = futures::future::join_all(hosts.iter().map(|h| async move {
+        let s = sessions.get(&h.name)?;
+        let o = s
+            .exec(&stats_command(inv.haproxy.stats_port), None)
+            .await
+            .ok()?;
+        o.ok().then(|| o.stdout_str())
+    }))
+    .await;
     let mut out = Vec::new();
-    for h in inv.group_hosts(Group::Haproxy) {
+    for (h, csv) in hosts.iter().zip(stats) {
         let mut b = Balancer {
             name: h.name.clone(),
-            reachable: false,
-            routes_writes_to: vec![],
+            reachable: csv.is_some(),
+            routes_writes_to: csv
+                .as_deref()
+                .map(|c| servers_up(c, "primary"))
+                .unwrap_or_default(),
             agrees_with_leader: false,
         };
-        if let Some(s) = sessions.get(&h.name) {
-            if let Ok(o) = s.exec(&stats_command(inv.haproxy.stats_port), None).await {
-                if o.ok() {
-                    b.reachable = true;
-                    b.routes_writes_to = servers_up(&o.stdout_str(), "primary");
-                }
-            }
-        }
         b.agrees_with_leader =
             b.routes_writes_to.len() == 1 && Some(b.routes_writes_to[0].as_str()) == leader;
         if !b.agrees_with_leader {
