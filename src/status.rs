@@ -126,7 +126,19 @@ async fn etcd_status(
 ) -> Vec<EtcdMember> {
     let tls = crate::phases::etcd::TLS_DIR;
     let hosts = inv.group_hosts(Group::Etcd);
-    let out: Vec<EtcdMember> = futures::future::join_all(hosts.iter().map(|h| async move {
+    // The cluster's own member list, to flag members the inventory no longer lists.
+    let member_list = async {
+        let h = hosts.iter().find(|h| sessions.contains_key(&h.name))?;
+        let url = format!("https://127.0.0.1:{}", inv.etcd.client_port);
+        let cmd = format!(
+            "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=3s --endpoints={url} --cacert={tls}/ca.crt \
+             --cert={tls}/{n}.crt --key={tls}/{n}.key member list -w json",
+            n = h.name
+        );
+        let o = sessions.get(&h.name)?.exec(&cmd, None).await.ok()?;
+        crate::phases::etcd::parse_member_list(&o.stdout_str()).ok()
+    };
+    let each = futures::future::join_all(hosts.iter().map(|h| async move {
         let mut m = EtcdMember {
             name: h.name.clone(),
             reachable: false,
@@ -154,11 +166,25 @@ async fn etcd_status(
             }
         }
         m
-    }))
-    .await;
+    }));
+    let (out, listed): (Vec<EtcdMember>, _) = tokio::join!(each, member_list);
     for m in &out {
         if !m.healthy {
             problems.push(format!("etcd member {} is not healthy", m.name));
+        }
+    }
+    for m in listed.unwrap_or_default() {
+        if m.name.is_empty() {
+            problems.push(format!(
+                "etcd member {:x} ({}) was added but never started (`pgdeploy apply` repairs it)",
+                m.id,
+                m.peer_urls.join(",")
+            ));
+        } else if !hosts.iter().any(|h| h.name == m.name) {
+            problems.push(format!(
+                "etcd member {} is in the cluster but not in the inventory (`pgdeploy apply` removes it)",
+                m.name
+            ));
         }
     }
     if !out.is_empty() && out.iter().filter(|m| m.leader).count() != 1 {

@@ -699,6 +699,15 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.all().contains("--allow-even-etcd"), "{}", out.all());
+    // status reads the membership from the cluster and flags the member left out.
+    let out = pgdeploy(&["status", inv_s]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("etcd member etcd5 is in the cluster but not in the inventory"),
+        "{}",
+        out.all()
+    );
 
     // etcd 5 -> 3.
     std::fs::write(inv, &base).unwrap();
