@@ -473,6 +473,7 @@ impl Phase for Patroni {
             }
             bounded(ctx.forks, futs).await?;
         } else {
+            let mut reloaded_at = None;
             for hp in &order {
                 let acts = units_of(hp);
                 if acts.is_empty() {
@@ -482,8 +483,17 @@ impl Phase for Patroni {
                 for (a, u) in acts {
                     ctx.observe(&hp.host, &format!("{} {u}", a.verb()));
                     run_unit(s, &u, a).await?;
+                    if a == UnitAction::Reload {
+                        reloaded_at = Some(&hp.host);
+                    }
                 }
                 wait_member_running(ctx, &hp.host).await?;
+            }
+            // A reload takes effect in the member's next HA loop (pg_hba rewritten, PostgreSQL
+            // reloaded): wait for it, so that later phases see the new access rules.
+            if let Some(host) = reloaded_at {
+                let since = loop_deadline(ctx, host).await?;
+                wait_all_looped_since(ctx, since, "its reloaded configuration").await?;
             }
         }
         wait_converged(ctx, Duration::from_secs(300)).await?;
@@ -530,15 +540,8 @@ impl Phase for Patroni {
             .await?;
             // Every member applies the new settings in its next HA loop; wait until each one
             // has been through a loop that started after the change.
-            let since = s
-                .run("date +%s")
-                .await?
-                .stdout_str()
-                .trim()
-                .parse::<f64>()
-                .unwrap_or(0.0)
-                + f64::from(ctx.inv.patroni.loop_wait);
-            wait_all_looped_since(ctx, since).await?;
+            let since = loop_deadline(ctx, &leader).await?;
+            wait_all_looped_since(ctx, since, "the new cluster-wide settings").await?;
         }
         restart_pending(ctx).await?;
         wait_converged(ctx, Duration::from_secs(300)).await
@@ -573,15 +576,26 @@ pub async fn restart_pending(ctx: &Ctx) -> Result<()> {
 }
 
 /// Wait until every member's Patroni has talked to the DCS after `since` (epoch seconds).
-async fn wait_all_looped_since(ctx: &Ctx, since: f64) -> Result<()> {
+/// The host's clock now plus one Patroni loop: a member seen in the DCS after that has run a
+/// whole HA loop that started after now.
+async fn loop_deadline(ctx: &Ctx, host: &str) -> Result<f64> {
+    Ok(ctx
+        .session(host)?
+        .run("date +%s.%N")
+        .await?
+        .stdout_str()
+        .trim()
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        + f64::from(ctx.inv.patroni.loop_wait))
+}
+
+async fn wait_all_looped_since(ctx: &Ctx, since: f64, what: &str) -> Result<()> {
     for h in ctx.inv.group_hosts(Group::Patroni) {
         let s = ctx.session(&h.name)?;
         let cmd = rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni");
         wait_until(
-            &format!(
-                "Patroni on {} applied the new cluster-wide settings",
-                h.name
-            ),
+            &format!("Patroni on {} applied {what}", h.name),
             Duration::from_secs(60),
             || async {
                 let out = s.exec(&cmd, None).await?;
