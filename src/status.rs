@@ -2,8 +2,8 @@
 //! they are. Hosts that cannot be reached are reported, not fatal.
 
 use crate::dns::DnsConfig;
-use crate::engine::facts::sh_quote;
 use crate::inventory::{self, Group, Host, Inventory};
+use crate::phases::etcd::etcdctl;
 use crate::phases::haproxy::{servers_up, stats_command};
 use crate::phases::patroni::{parse_cluster, rest_get_command};
 use crate::ssh::{ConnectOptions, Session};
@@ -124,17 +124,12 @@ async fn etcd_status(
     sessions: &BTreeMap<String, Session>,
     problems: &mut Vec<String>,
 ) -> Vec<EtcdMember> {
-    let tls = crate::phases::etcd::TLS_DIR;
     let hosts = inv.group_hosts(Group::Etcd);
     // The cluster's own member list, to flag members the inventory no longer lists.
     let member_list = async {
         let h = hosts.iter().find(|h| sessions.contains_key(&h.name))?;
         let url = format!("https://127.0.0.1:{}", inv.etcd.client_port);
-        let cmd = format!(
-            "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=3s --endpoints={url} --cacert={tls}/ca.crt \
-             --cert={tls}/{n}.crt --key={tls}/{n}.key member list -w json",
-            n = h.name
-        );
+        let cmd = etcdctl(&h.name, &[url], "member list -w json");
         let o = sessions.get(&h.name)?.exec(&cmd, None).await.ok()?;
         crate::phases::etcd::parse_member_list(&o.stdout_str()).ok()
     };
@@ -149,12 +144,7 @@ async fn etcd_status(
         if let Some(s) = sessions.get(&h.name) {
             m.reachable = true;
             let url = format!("https://{}:{}", h.address, inv.etcd.client_port);
-            let cmd = format!(
-                "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=3s --endpoints={} --cacert={tls}/ca.crt \
-                 --cert={tls}/{n}.crt --key={tls}/{n}.key endpoint status -w json",
-                sh_quote(&url),
-                n = h.name
-            );
+            let cmd = etcdctl(&h.name, &[url], "endpoint status -w json");
             if let Ok(o) = s.exec(&cmd, None).await {
                 let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
                 if let Some(st) = v.get(0).and_then(|e| e.get("Status")) {

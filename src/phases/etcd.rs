@@ -26,8 +26,7 @@ pub const JOIN_ENV: &str = "/run/pgdeploy/etcd-join.env";
 pub struct Etcd;
 
 /// etcdctl with our client certificate, run on an etcd host.
-pub fn etcdctl(ctx: &Ctx, on_host: &str, endpoints: &[String], args: &str) -> String {
-    let _ = ctx;
+pub fn etcdctl(on_host: &str, endpoints: &[String], args: &str) -> String {
     format!(
         "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=4s --endpoints={} \
          --cacert={TLS_DIR}/ca.crt --cert={TLS_DIR}/{on_host}.crt --key={TLS_DIR}/{on_host}.key {args}",
@@ -80,7 +79,7 @@ impl Gate for MemberHealthy {
     async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()> {
         let h = ctx.host(host)?;
         let s = ctx.session(host)?;
-        let cmd = etcdctl(ctx, host, &[client_url(ctx, &h.address)], "endpoint health");
+        let cmd = etcdctl(host, &[client_url(ctx, &h.address)], "endpoint health");
         wait_until(
             &format!("etcd member {host} is healthy"),
             Duration::from_secs(90),
@@ -116,7 +115,7 @@ pub async fn check_cluster_healthy(ctx: &Ctx) -> Result<()> {
         .map(|m| client_url(ctx, &m.address))
         .collect();
     let out = s
-        .exec(&etcdctl(ctx, &first.name, &eps, "endpoint health"), None)
+        .exec(&etcdctl(&first.name, &eps, "endpoint health"), None)
         .await?;
     if out.ok() {
         Ok(())
@@ -225,7 +224,6 @@ impl Phase for Etcd {
             MemberHealthy.wait_healthy(ctx, &hp.host).await?;
             let s = ctx.session(&hp.host)?;
             let all = etcdctl(
-                ctx,
                 &hp.host,
                 &[client_url(ctx, "127.0.0.1")],
                 "endpoint health --cluster",
@@ -248,7 +246,7 @@ impl Phase for Etcd {
 /// for that reason only, up to 60 s.
 fn join_command(ctx: &Ctx, j: &Join, endpoints: &[String]) -> String {
     let dir = data_dir(ctx);
-    let ctl = |args: &str| etcdctl(ctx, &j.host, endpoints, args);
+    let ctl = |args: &str| etcdctl(&j.host, endpoints, args);
     let remove = j
         .stale_id
         .map(|id| format!("{}; ", ctl(&format!("member remove {id:x}"))))
@@ -329,7 +327,7 @@ pub async fn probe_membership(ctx: &Ctx) -> Result<EtcdFacts> {
             "if [ -d {dir}/member ]; then echo {HAS_DATA}; fi; \
              if command -v etcdctl >/dev/null && [ -r {TLS_DIR}/{n}.key ]; then {ctl} 2>/dev/null; fi; true",
             n = h.name,
-            ctl = etcdctl(ctx, &h.name, &eps, "member list -w json")
+            ctl = etcdctl(&h.name, &eps, "member list -w json")
         );
         async move {
             let out = ctx.read(&h.name, &cmd).await?;

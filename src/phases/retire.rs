@@ -288,10 +288,7 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
     let rs = ctx.session(runner)?;
     let local = [etcd::client_url(ctx, "127.0.0.1")];
     let health = rs
-        .exec(
-            &etcdctl(ctx, runner, &local, "endpoint health --cluster"),
-            None,
-        )
+        .exec(&etcdctl(runner, &local, "endpoint health --cluster"), None)
         .await?;
     if !health.ok() {
         return Err(miette!(
@@ -309,7 +306,7 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
         async {
             let out = rs
                 .exec(
-                    &etcdctl(ctx, runner, &local, &format!("member remove {:x}", e.id)),
+                    &etcdctl(runner, &local, &format!("member remove {:x}", e.id)),
                     None,
                 )
                 .await?;

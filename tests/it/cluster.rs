@@ -507,43 +507,37 @@ fn status_scenario(lab: &LabGuard, inv: &std::path::Path) {
     }
 }
 
-/// A host entry for the lab inventory, after `after` in its group.
-fn add_host(inv: &std::path::Path, after: &str, name: &str, address: &str) {
-    let text = std::fs::read_to_string(inv).unwrap();
-    let anchor = format!("    - name: {after}\n");
-    let at = text
-        .find(&anchor)
-        .unwrap_or_else(|| panic!("no {after} in:\n{text}"));
-    // The end of the entry's address line (the last line may have no newline).
-    let rest = at + anchor.len();
-    let line_end = text[rest..].find('\n').map_or(text.len(), |i| rest + i + 1);
-    let mut new = text.clone();
-    new.insert_str(
-        line_end,
-        &format!(
-            "{}    - name: {name}\n      address: \"{address}\"\n",
-            if text[..line_end].ends_with('\n') {
-                ""
-            } else {
-                "\n"
-            }
-        ),
-    );
-    std::fs::write(inv, new).unwrap();
-}
-
-fn remove_host(inv: &std::path::Path, name: &str) {
-    let text = std::fs::read_to_string(inv).unwrap();
+/// Byte range of a host's entry (`- name:` line and the address line after it).
+fn host_entry(text: &str, name: &str) -> std::ops::Range<usize> {
     let anchor = format!("    - name: {name}\n");
     let at = text
         .find(&anchor)
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
     // The end of the entry's address line (the last line may have no newline).
     let rest = at + anchor.len();
-    let line_end = text[rest..].find('\n').map_or(text.len(), |i| rest + i + 1);
-    let mut new = text.clone();
-    new.replace_range(at..line_end, "");
-    std::fs::write(inv, new).unwrap();
+    at..text[rest..].find('\n').map_or(text.len(), |i| rest + i + 1)
+}
+
+/// A host entry for the lab inventory, after `after` in its group.
+fn add_host(inv: &std::path::Path, after: &str, name: &str, address: &str) {
+    let mut text = std::fs::read_to_string(inv).unwrap();
+    let end = host_entry(&text, after).end;
+    let sep = if text[..end].ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    text.insert_str(
+        end,
+        &format!("{sep}    - name: {name}\n      address: \"{address}\"\n"),
+    );
+    std::fs::write(inv, text).unwrap();
+}
+
+fn remove_host(inv: &std::path::Path, name: &str) {
+    let mut text = std::fs::read_to_string(inv).unwrap();
+    text.replace_range(host_entry(&text, name), "");
+    std::fs::write(inv, text).unwrap();
 }
 
 fn etcd_members(lab: &LabGuard) -> Vec<String> {
