@@ -12,6 +12,7 @@ pub mod journal;
 pub mod lab;
 pub mod ops;
 pub mod phases;
+pub mod platform;
 pub mod pki;
 pub mod report;
 pub mod secrets;

@@ -58,14 +58,21 @@ struct RunArgs {
     allow_even_etcd: bool,
 }
 
+/// A path given on the command line, made absolute against the current directory: it may be
+/// handed to another program that runs elsewhere. Paths inside the inventory resolve against
+/// the inventory's directory instead (see `Inventory::resolve_path`).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
-            roles_dir: self.roles_dir.clone(),
+            roles_dir: self.roles_dir.as_deref().map(absolute),
             forks: self.forks,
             connect: ConnectOptions {
                 accept_new_host_keys: self.accept_new_host_keys,
-                known_hosts: self.known_hosts.clone(),
+                known_hosts: self.known_hosts.as_deref().map(absolute),
             },
             only: self.only.clone(),
             allow_even_etcd: self.allow_even_etcd,
@@ -266,7 +273,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         } => {
             let opts = ConnectOptions {
                 accept_new_host_keys: false,
-                known_hosts,
+                known_hosts: known_hosts.as_deref().map(absolute),
             };
             if watch {
                 return Ok(watch_status(&inventory, &opts, format, interval).await);

@@ -4,6 +4,7 @@
 //!
 //! Usage: lab-bench [--runs N] [--skip-base-build]
 
+use pgdeploy::platform::Platform;
 use pgdeploy::lab::{self, Lab, LabOptions, Topology};
 use std::time::{Duration, Instant};
 
@@ -69,16 +70,16 @@ async fn main() -> miette::Result<()> {
                     .map_err(|e| miette::miette!("cannot create {}: {e}", lab::CACHE_DIR))?,
             )
             .map_err(|e| miette::miette!("cannot create a temporary cache: {e}"))?;
-        let img = lab::ensure_base(cache.path()).await?;
+        let img = lab::ensure_base(cache.path(), Platform::default()).await?;
         println!(
             "{:<44} {}  ({} packages on minbase, {})",
             "base image build (debootstrap, uncached)",
             secs(img.build_time),
             lab::PACKAGES.len(),
-            lab::SUITE
+            Platform::default().codename()
         );
     }
-    let img = lab::ensure_base(std::path::Path::new(lab::CACHE_DIR)).await?;
+    let img = lab::ensure_base(std::path::Path::new(lab::CACHE_DIR), Platform::default()).await?;
     if img.built {
         println!("(built the cached base image in {})", secs(img.build_time));
     }

@@ -2,8 +2,8 @@
 //! closure of the pinned packages, for hosts that cannot reach a package mirror.
 //!
 //! The closure is resolved by apt from an EMPTY dpkg status with private state
-//! (`<bundle>/.apt/`: sources, lists, cache, archives), so it is complete for any Debian 12
-//! system and the control machine's own apt state is untouched. The repository is built in a
+//! (`<bundle>/.apt/`: sources, lists, cache, archives), so it is complete for any system of
+//! the inventory's Debian release and the control machine's own apt state is untouched. The repository is built in a
 //! temporary directory next to the target and swapped in atomically. A host uses it as
 //! `deb [trusted=yes] file:/var/lib/pgdeploy/repo ./`; `manifest.json` lists every file with its
 //! size and SHA-256 so the packages phase pushes only what a host lacks.
@@ -20,7 +20,8 @@ pub use manifest::{
     hash_file, BundleFile, DebianRelease, Manifest, PostgresRelease, MANIFEST_FILE,
 };
 pub use sources::{
-    filter_debian, parse_any, parse_deb822, parse_one_line, read_system_sources, render_deb822,
+    debian_entries_for, filter_debian, parse_any, parse_deb822, parse_one_line, read_system_sources,
+    render_deb822,
     SourceEntry,
 };
 
@@ -29,8 +30,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Debian release the hosts run.
-pub const DEBIAN_CODENAME: &str = "bookworm";
 /// Architecture of the hosts.
 pub const ARCHITECTURE: &str = "amd64";
 /// Where the repository lives on a host.
@@ -145,7 +144,7 @@ impl BuildOptions {
             } else {
                 SourceChoice::Given(inv.packages.debian_sources.clone())
             },
-            codename: DEBIAN_CODENAME.into(),
+            codename: inv.platform.codename().into(),
             architecture: ARCHITECTURE.into(),
         }
     }
@@ -187,7 +186,7 @@ pub fn private_sources(choice: &SourceChoice, codename: &str) -> Result<String, 
     let entries = match choice {
         SourceChoice::System(etc_apt) => {
             let all = read_system_sources(etc_apt)?;
-            let deb = filter_debian(&all, codename);
+            let deb = sources::debian_entries_for(&all, codename);
             if deb.is_empty() {
                 return Err(BundleError::NoDebianSources {
                     codename: codename.into(),

@@ -331,6 +331,51 @@ fn is_debian_signed_by(entry: &SourceEntry) -> bool {
     }
 }
 
+/// Debian codenames whose archive entries can stand for another release's (same mirror).
+const KNOWN_CODENAMES: [&str; 5] = ["bullseye", "bookworm", "trixie", "forky", "duke"];
+
+/// `suite` of another Debian release, as the same suite of `codename`: `bookworm-security` ->
+/// `trixie-security`. None for suites that are not a release's main, updates or security
+/// suite.
+fn retarget_suite(suite: &str, codename: &str) -> Option<String> {
+    KNOWN_CODENAMES.iter().find_map(|known| {
+        let rest = suite.strip_prefix(known)?;
+        match rest {
+            "" | "-updates" | "-security" => Some(format!("{codename}{rest}")),
+            "/updates" => Some(format!("{codename}-security")),
+            _ => None,
+        }
+    })
+}
+
+/// The Debian archive entries for `codename`: those the configuration names for it, or else
+/// the entries of the release this machine is configured for, pointed at `codename`'s suites
+/// (a Debian mirror serves every release, so a Debian 12 machine builds a Debian 13 bundle
+/// from the mirror it already uses).
+pub fn debian_entries_for(entries: &[SourceEntry], codename: &str) -> Vec<SourceEntry> {
+    let exact = filter_debian(entries, codename);
+    if !exact.is_empty() {
+        return exact;
+    }
+    let moved: Vec<SourceEntry> = entries
+        .iter()
+        .map(|e| {
+            let mut suites: Vec<String> = e
+                .suites
+                .iter()
+                .filter_map(|s| retarget_suite(s, codename))
+                .collect();
+            suites.dedup();
+            SourceEntry {
+                suites,
+                ..e.clone()
+            }
+        })
+        .filter(|e| !e.suites.is_empty())
+        .collect();
+    filter_debian(&moved, codename)
+}
+
 /// Keep only enabled binary (`deb`) entries of the Debian archive for `codename` (its release,
 /// `-updates` and `-security` suites; not backports), restricted to Debian's components.
 /// Third-party repositories are dropped: other suites, other components, URIs outside a
@@ -399,6 +444,23 @@ pub fn render_deb822(entries: &[SourceEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_releases_entries_serve_the_wanted_release() {
+        let e = parse_deb822(DEB822, "debian.sources").unwrap();
+        let d = debian_entries_for(&e, "trixie");
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d[0].uris, ["http://mirror.example/debian"]);
+        assert_eq!(d[0].suites, ["trixie", "trixie-updates"]);
+        assert_eq!(d[1].uris, ["http://mirror.example/debian-security"]);
+        assert_eq!(d[1].suites, ["trixie-security"]);
+        // The configured release itself is taken as configured.
+        let b = debian_entries_for(&e, "bookworm");
+        assert_eq!(b[0].suites, ["bookworm", "bookworm-updates"]);
+        assert_eq!(retarget_suite("bullseye/updates", "trixie").as_deref(), Some("trixie-security"));
+        assert_eq!(retarget_suite("bookworm-backports", "trixie"), None);
+        assert_eq!(retarget_suite("nodistro", "trixie"), None);
+    }
 
     const DEB822: &str = "\
 Types: deb

@@ -6,6 +6,7 @@
 //! (`etcdctl endpoint health -w json`, `patronictl list -f json`, Patroni's REST `/patroni`).
 
 use crate::inventory::{Group, Host, Inventory, ParamValue};
+use crate::platform::Platform;
 use crate::pki::IssuedCert;
 use crate::secrets::Secrets;
 use include_dir::{include_dir, Dir};
@@ -25,13 +26,15 @@ pub const ROLE_ORDER: [&str; 4] = ["common", "etcd", "patroni", "haproxy"];
 /// Where pgdeploy puts TLS material on a host.
 pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
 
-/// The Debian package version of a PostgreSQL "MAJOR.MINOR" on Debian 12 (bookworm):
-/// "15.18" -> "15.18-0+deb12u1". A full Debian version (containing '-') is kept as is.
-pub fn debian_version(pg_version: &str) -> String {
+/// The Debian package version of a PostgreSQL "MAJOR.MINOR" as the release's own archive
+/// builds it: "15.18" -> "15.18-0+deb12u1" on Debian 12, "17.12" -> "17.12-0+deb13u1" on
+/// Debian 13. A full Debian version (containing '-') is kept as is. This is only a guess for
+/// `check` before the bundle (or the hosts' apt) says which build it is.
+pub fn debian_version(pg_version: &str, platform: Platform) -> String {
     if pg_version.contains('-') {
         pg_version.to_string()
     } else {
-        format!("{pg_version}-0+deb12u1")
+        format!("{pg_version}-0+deb{}u1", platform.version_id())
     }
 }
 
@@ -163,10 +166,11 @@ pub fn template_context(
     }
     json!({
         "cluster": { "name": inv.cluster.name },
+        "platform": inv.platform.template_json(),
         "postgres": {
             "version": pg.version,
             "major": maj,
-            "debian_version": debian_version(&pg.version),
+            "debian_version": debian_version(&pg.version, inv.platform),
             "port": pg.port,
             "parameters": params_json(&pg.parameters),
             "synchronous_mode": pg.synchronous_mode,
@@ -315,9 +319,11 @@ mod tests {
 
     const INV: &str = r#"
 cluster: { name: demo }
+platform: debian-12
 postgres:
   version: "15.18"
   parameters: { max_connections: 200, shared_buffers: 256MB, hot_standby: true, wal_keep_size: 128MB }
+patroni: { ttl: 10, loop_wait: 2, retry_timeout: 3 }
 groups:
   etcd:
     - { name: n1, address: 10.9.0.11 }
@@ -484,8 +490,18 @@ groups:
 
     #[test]
     fn versions() {
-        assert_eq!(debian_version("15.18"), "15.18-0+deb12u1");
-        assert_eq!(debian_version("15.20-0+deb12u1"), "15.20-0+deb12u1");
+        assert_eq!(
+            debian_version("15.18", Platform::Debian12),
+            "15.18-0+deb12u1"
+        );
+        assert_eq!(
+            debian_version("17.12", Platform::Debian13),
+            "17.12-0+deb13u1"
+        );
+        assert_eq!(
+            debian_version("15.20-0+deb12u1", Platform::Debian13),
+            "15.20-0+deb12u1"
+        );
         assert_eq!(major("15.18"), "15");
     }
 
@@ -509,6 +525,8 @@ groups:
         assert_eq!(cfg["etcd3"]["hosts"].as_array().unwrap().len(), 3);
         assert_eq!(cfg["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(cfg["bootstrap"]["dcs"]["loop_wait"], 2);
+        // Patroni 3 has no member_slots_ttl: nothing is written for it on Debian 12.
+        assert!(cfg["bootstrap"]["dcs"].get("member_slots_ttl").is_none());
         let p = &cfg["bootstrap"]["dcs"]["postgresql"]["parameters"];
         assert_eq!(p["max_connections"], "200");
         assert_eq!(p["hot_standby"], "on");

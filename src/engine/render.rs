@@ -53,6 +53,7 @@ pub fn context(inv: &Inventory, host: &Host, extra: &Value) -> Value {
     }
     let mut ctx = json!({
         "cluster": inv.cluster,
+        "platform": inv.platform.template_json(),
         "postgres": postgres,
         "patroni": inv.patroni,
         "etcd": inv.etcd,

@@ -26,10 +26,9 @@ pub fn load(path: &Path) -> miette::Result<(Inventory, Vec<Warning>)> {
             path.display()
         )
     })?;
-    let base_dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    // Absolute from here on: every path derived from it (bundle, keys, state) may be handed
+    // to another program that runs in another directory (apt, ssh-keygen).
+    let base_dir = absolute_dir(path);
     let (mut inv, warnings) = load_str(&text, &path.display().to_string(), &base_dir)?;
     inv.path = path.to_path_buf();
     Ok((inv, warnings))
@@ -57,6 +56,7 @@ pub fn load_str(
         Err(e) => return Err(fail(vec![parse_problem(&e, text, tree.as_ref())])),
     };
     inv.base_dir = base_dir.to_path_buf();
+    release_defaults(&mut inv, tree.as_ref());
     let own_name = Path::new(file_name)
         .file_name()
         .map(PathBuf::from)
@@ -71,6 +71,41 @@ pub fn load_str(
         Ok((inv, warnings))
     } else {
         Err(fail(problems))
+    }
+}
+
+/// The directory of `path` as an absolute path (the current directory for a bare file name).
+fn absolute_dir(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::canonicalize(&parent)
+        .or_else(|_| std::path::absolute(&parent))
+        .unwrap_or(parent)
+}
+
+/// Settings whose default depends on the Debian release, when the file does not give them:
+/// `postgres.version` and Patroni's timings.
+fn release_defaults(inv: &mut Inventory, tree: Option<&Node>) {
+    let written = |path: &[&str]| {
+        let segs: Vec<Seg<'_>> = path.iter().map(|k| Seg::Key(k)).collect();
+        tree.is_some_and(|t| t.get(&segs).is_some())
+    };
+    inv.platform_written = written(&["platform"]);
+    let p = inv.platform;
+    if !written(&["postgres", "version"]) {
+        inv.postgres.version = p.default_postgres().to_string();
+    }
+    let t = p.default_patroni_timings();
+    if !written(&["patroni", "ttl"]) {
+        inv.patroni.ttl = t.ttl;
+    }
+    if !written(&["patroni", "loop_wait"]) {
+        inv.patroni.loop_wait = t.loop_wait;
+    }
+    if !written(&["patroni", "retry_timeout"]) {
+        inv.patroni.retry_timeout = t.retry_timeout;
     }
 }
 

@@ -3,6 +3,7 @@
 //! These types are the contract shared by every module. Loading, defaults and
 //! validation live in `load.rs` and `validate.rs`.
 
+pub use crate::platform::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,9 @@ use std::path::PathBuf;
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     pub cluster: Cluster,
+    /// The Debian release of every host (`debian-13` unless written).
+    #[serde(default)]
+    pub platform: Platform,
     #[serde(default)]
     pub postgres: Postgres,
     #[serde(default)]
@@ -33,6 +37,10 @@ pub struct Inventory {
     /// Path of the inventory file (filled in by the loader).
     #[serde(skip)]
     pub path: PathBuf,
+    /// Whether `platform` was written in the file (filled in by the loader; messages say how
+    /// the release was chosen).
+    #[serde(skip)]
+    pub platform_written: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,7 +53,8 @@ pub struct Cluster {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Postgres {
-    /// "MAJOR.MINOR", e.g. "15.18". Resolved to the Debian version by the packages phase.
+    /// "MAJOR.MINOR", e.g. "17.12". Resolved to the Debian version by the packages phase.
+    /// Defaults to the release's own PostgreSQL (filled in by the loader).
     pub version: String,
     pub port: u16,
     /// PostgreSQL parameters (postgresql.conf), applied through Patroni.
@@ -58,7 +67,7 @@ pub struct Postgres {
 impl Default for Postgres {
     fn default() -> Self {
         Postgres {
-            version: "15.18".into(),
+            version: Platform::default().default_postgres().into(),
             port: 5432,
             parameters: BTreeMap::new(),
             synchronous_mode: false,
@@ -92,7 +101,8 @@ impl std::fmt::Display for ParamValue {
 #[serde(deny_unknown_fields, default)]
 pub struct Patroni {
     pub restapi_port: u16,
-    /// Leader key TTL in seconds (failover detection). Patroni's default is 30.
+    /// Leader key TTL in seconds (failover detection). Patroni's default is 30; pgdeploy's
+    /// depends on the release (filled in by the loader, see `Platform::default_patroni_timings`).
     pub ttl: u32,
     pub loop_wait: u32,
     pub retry_timeout: u32,
@@ -101,11 +111,12 @@ pub struct Patroni {
 
 impl Default for Patroni {
     fn default() -> Self {
+        let t = Platform::default().default_patroni_timings();
         Patroni {
             restapi_port: 8008,
-            ttl: 10,
-            loop_wait: 2,
-            retry_timeout: 3,
+            ttl: t.ttl,
+            loop_wait: t.loop_wait,
+            retry_timeout: t.retry_timeout,
             maximum_lag_on_failover: 1_048_576,
         }
     }

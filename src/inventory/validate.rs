@@ -499,6 +499,32 @@ impl<'a> Checker<'a> {
             }
         }
         let major = postgres_major(&pg.version);
+        let carried = inv.platform.postgres_major();
+        if let Some(m) = major.filter(|m| m.to_string() != carried) {
+            let path = [Seg::Key("postgres"), Seg::Key("version")];
+            self.push(
+                Problem::new(format!(
+                    "postgres version `{}` is PostgreSQL {m}, but {} carries PostgreSQL {carried} \
+                     only",
+                    pg.version,
+                    inv.platform.describe()
+                ))
+                .label(self.exact(&path), format!("expected {carried}.x"))
+                .help(if inv.platform_written {
+                    format!(
+                        "write `version: \"{}\"` (or leave it out for the release's own \
+                         minor), or choose the release that carries PostgreSQL {m} in `platform`",
+                        inv.platform.default_postgres()
+                    )
+                } else {
+                    format!(
+                        "`platform` is not set, so it is {}; for PostgreSQL {m} on Debian 12 add \
+                         `platform: debian-12` at the top of the inventory",
+                        inv.platform
+                    )
+                }),
+            );
+        }
         self.parameters(
             &pg.parameters,
             &[Seg::Key("postgres"), Seg::Key("parameters")],
@@ -648,6 +674,8 @@ impl<'a> Checker<'a> {
     fn patroni(&mut self, inv: &Inventory) {
         let p = &inv.patroni;
         let path = |k: &'static str| [Seg::Key("patroni"), Seg::Key(k)];
+        let defaults = inv.platform.default_patroni_timings();
+        let min = inv.platform.min_patroni_timings();
         let mut any_zero = false;
         for (key, v, what) in [
             (
@@ -668,14 +696,45 @@ impl<'a> Checker<'a> {
                     Problem::new(format!("`patroni.{key}` is 0 seconds; it is {what}"))
                         .label(self.exact(&path(key)), "must be at least 1")
                         .help(format!(
-                            "set `patroni.{key}` to at least 1 (pgdeploy's default is {})",
+                            "set `patroni.{key}` to at least 1 (pgdeploy's default on {} is {})",
+                            inv.platform,
                             match key {
-                                "ttl" => 10,
-                                "loop_wait" => 2,
-                                _ => 3,
+                                "ttl" => defaults.ttl,
+                                "loop_wait" => defaults.loop_wait,
+                                _ => defaults.retry_timeout,
                             }
                         )),
                 );
+            }
+        }
+        if !any_zero {
+            for (key, v, least) in [
+                ("ttl", p.ttl, min.ttl),
+                ("loop_wait", p.loop_wait, min.loop_wait),
+                ("retry_timeout", p.retry_timeout, min.retry_timeout),
+            ] {
+                if v < least {
+                    any_zero = true;
+                    self.push(
+                        Problem::new(format!(
+                            "`patroni.{key}` is {v} s, below the {least} s that Patroni {} \
+                             ({}) accepts: it would silently run with {least} s instead",
+                            inv.platform.patroni_major(),
+                            inv.platform.describe(),
+                        ))
+                        .label(self.exact(&path(key)), format!("at least {least}"))
+                        .help(format!(
+                            "set `patroni.{key}: {least}` or more (pgdeploy's default on {} is \
+                             {}), so that the timings in effect are the ones written here",
+                            inv.platform,
+                            match key {
+                                "ttl" => defaults.ttl,
+                                "loop_wait" => defaults.loop_wait,
+                                _ => defaults.retry_timeout,
+                            }
+                        )),
+                    );
+                }
             }
         }
         if !any_zero && !patroni_timing_ok(p.ttl, p.loop_wait, p.retry_timeout) {

@@ -1,14 +1,13 @@
-//! The cached Debian base image (debootstrap minbase + what a lab host needs).
+//! The cached Debian base images, one per release (debootstrap minbase + what a lab host
+//! needs).
 
 use super::error::{io, LabError, Result};
 use super::sys;
+use crate::platform::Platform;
 use sha2::{Digest, Sha256};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Debian suite of the lab hosts.
-pub const SUITE: &str = "bookworm";
 
 /// Packages on top of minbase: systemd as PID 1, sshd, and what the cluster's tooling needs.
 pub const PACKAGES: &[&str] = &[
@@ -30,19 +29,24 @@ const RECIPE: u32 = 1;
 pub const CACHE_DIR: &str = "/var/cache/pgdeploy";
 
 /// Cache key: hash of suite, variant, package list and recipe.
-pub fn cache_key() -> String {
+pub fn cache_key(platform: Platform) -> String {
     let mut pkgs: Vec<&str> = PACKAGES.to_vec();
     pkgs.sort_unstable();
     let text = format!(
-        "suite={SUITE}\nvariant=minbase\ninclude={}\nrecipe={RECIPE}\n",
+        "suite={}\nvariant=minbase\ninclude={}\nrecipe={RECIPE}\n",
+        platform.codename(),
         pkgs.join(",")
     );
     hex::encode(Sha256::digest(text.as_bytes()))[..16].to_string()
 }
 
-/// Path of the cached base image for the current key.
-pub fn base_path(cache_dir: &Path) -> PathBuf {
-    cache_dir.join(format!("base-{SUITE}-{}", cache_key()))
+/// Path of the cached base image of a release for the current key.
+pub fn base_path(cache_dir: &Path, platform: Platform) -> PathBuf {
+    cache_dir.join(format!(
+        "base-{}-{}",
+        platform.codename(),
+        cache_key(platform)
+    ))
 }
 
 /// The result of [`ensure_base`].
@@ -54,49 +58,23 @@ pub struct BaseImage {
     pub build_time: Duration,
 }
 
-/// The Debian mirror for `SUITE`, from this machine's apt sources (deb822 or one-line format).
-pub fn mirror() -> Result<String> {
-    let deb822 = Path::new("/etc/apt/sources.list.d/debian.sources");
-    if let Ok(text) = std::fs::read_to_string(deb822) {
-        for stanza in text.split("\n\n") {
-            let mut uri = None;
-            let mut suite_ok = false;
-            for line in stanza.lines() {
-                let line = line.trim();
-                if let Some(v) = line.strip_prefix("URIs:") {
-                    uri = v.split_whitespace().next().map(str::to_string);
-                } else if let Some(v) = line.strip_prefix("Suites:") {
-                    suite_ok = v.split_whitespace().any(|s| s == SUITE);
-                }
-            }
-            if let (Some(u), true) = (uri, suite_ok) {
-                return Ok(u);
-            }
-        }
-    }
-    let list = Path::new("/etc/apt/sources.list");
-    if let Ok(text) = std::fs::read_to_string(list) {
-        for line in text.lines() {
-            let mut f = line
-                .split_whitespace()
-                .filter(|w| !w.starts_with('['))
-                .peekable();
-            if f.next() != Some("deb") {
-                continue;
-            }
-            let (Some(uri), Some(suite)) = (f.next(), f.next()) else {
-                continue;
-            };
-            if suite == SUITE {
-                return Ok(uri.to_string());
-            }
-        }
-    }
-    Err(LabError::NoMirror(format!(
-        "{} or {}",
-        deb822.display(),
-        list.display()
-    )))
+/// The Debian mirror for a release, from this machine's apt sources (deb822 or one-line
+/// format): the entry for the release's main suite, or the one of the release this machine is
+/// configured for (the same mirror serves both).
+pub fn mirror(platform: Platform) -> Result<String> {
+    let etc_apt = Path::new("/etc/apt");
+    let entries = crate::bundle::read_system_sources(etc_apt).unwrap_or_default();
+    crate::bundle::debian_entries_for(&entries, platform.codename())
+        .into_iter()
+        .find(|e| e.suites.iter().any(|s| s == platform.codename()))
+        .and_then(|e| e.uris.first().cloned())
+        .ok_or_else(|| {
+            LabError::NoMirror(format!(
+                "{} or {}",
+                etc_apt.join("sources.list.d/debian.sources").display(),
+                etc_apt.join("sources.list").display()
+            ))
+        })
 }
 
 /// Exclusive lock on the cache directory while building (released when dropped).
@@ -133,8 +111,8 @@ impl CacheLock {
 
 /// Return the cached base image, building it first if missing. A build goes to a temporary
 /// directory and is renamed into place when complete, so the cache never holds a half image.
-pub async fn ensure_base(cache_dir: &Path) -> Result<BaseImage> {
-    let path = base_path(cache_dir);
+pub async fn ensure_base(cache_dir: &Path, platform: Platform) -> Result<BaseImage> {
+    let path = base_path(cache_dir, platform);
     if path.join("etc/os-release").exists() {
         return Ok(BaseImage {
             path,
@@ -163,7 +141,7 @@ pub async fn ensure_base(cache_dir: &Path) -> Result<BaseImage> {
             cache_dir.display()
         )))?;
     let root = tmp.path().join("root");
-    let result = build_into(&root).await;
+    let result = build_into(&root, platform).await;
     if let Err(e) = result {
         sys::unmount_all_under(tmp.path());
         return Err(e);
@@ -203,8 +181,8 @@ fn remove_stale_builds(cache_dir: &Path) {
     }
 }
 
-async fn build_into(root: &Path) -> Result<()> {
-    let mirror = mirror()?;
+async fn build_into(root: &Path, platform: Platform) -> Result<()> {
+    let mirror = mirror(platform)?;
     let include = format!("--include={}", PACKAGES.join(","));
     let root_s = root.to_string_lossy().into_owned();
     sys::run_async(
@@ -212,7 +190,7 @@ async fn build_into(root: &Path) -> Result<()> {
         &[
             "--variant=minbase",
             include.as_str(),
-            SUITE,
+            platform.codename(),
             root_s.as_str(),
             mirror.as_str(),
         ],

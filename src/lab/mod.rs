@@ -33,7 +33,7 @@ mod named;
 mod net;
 mod sys;
 
-pub use base::{base_path, cache_key, ensure_base, BaseImage, CACHE_DIR, PACKAGES, SUITE};
+pub use base::{base_path, cache_key, ensure_base, mirror, BaseImage, CACHE_DIR, PACKAGES};
 pub use control::{
     exclusive, exclusive_blocking, leftovers, preflight_tools, teardown, DownReport, HostState,
     HostStatus, Lab, LabHost, LabOptions, SshOutput, State, Topology, UpReport, STATE_DIR,
@@ -89,6 +89,9 @@ enum LabCmd {
         /// Keep what was created when `up` fails (for debugging; remove with `lab down`).
         #[arg(long)]
         keep_on_failure: bool,
+        /// The Debian release the hosts run (the inventory gets the matching `platform`).
+        #[arg(long, default_value = "13", value_parser = ["12", "13"], value_name = "RELEASE")]
+        debian: String,
     },
     /// Each host: running, answering SSH, address.
     Status,
@@ -113,6 +116,7 @@ pub async fn run(args: Args) -> miette::Result<()> {
             dir,
             timeout,
             keep_on_failure,
+            debian,
         } => {
             let topology = match (hosts, topology) {
                 (Some(n), _) => Topology::Hosts(n),
@@ -123,9 +127,12 @@ pub async fn run(args: Args) -> miette::Result<()> {
             opts.boot_timeout = Duration::from_secs(timeout);
             opts.down_on_failure = !keep_on_failure;
             opts.spares = spares;
-            if !control::base_cached(&opts.cache_dir) {
+            opts.platform = crate::platform::Platform::from_release_number(&debian)
+                .ok_or_else(|| miette::miette!("--debian takes 12 or 13, not {debian}"))?;
+            if !control::base_cached(&opts.cache_dir, opts.platform) {
                 eprintln!(
-                    "building the Debian base image in {} (once; about a minute)...",
+                    "building the {} base image in {} (once; about a minute)...",
+                    opts.platform.describe(),
                     opts.cache_dir.display()
                 );
             }

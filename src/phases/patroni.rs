@@ -90,6 +90,12 @@ pub fn desired_dcs(ctx: &Ctx) -> BTreeMap<String, String> {
         "synchronous_mode".into(),
         inv.postgres.synchronous_mode.to_string(),
     );
+    if inv.platform.patroni_major() >= 4 {
+        // Patroni 4 keeps a departed member's replication slot for member_slots_ttl (30 min
+        // by default) on every node; pgdeploy retires members explicitly and drops their
+        // slot then, as Patroni 3 did.
+        m.insert("member_slots_ttl".into(), "0".into());
+    }
     for (k, v) in &inv.postgres.parameters {
         m.insert(format!("postgresql.parameters.{k}"), param_str(v));
     }

@@ -1,10 +1,11 @@
 //! Preflight: before anything changes, every host must be reachable with root rights, run
-//! Debian 12, keep its clock close to ours, have its ports free (or already ours) and enough
+//! the inventory's Debian release, keep its clock close to ours, have its ports free (or already ours) and enough
 //! disk. All failures of all hosts are reported at once.
 
 use crate::engine::phase::{HostPlan, Phase, PhasePlan};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::{Group, Host, Inventory};
+use crate::platform::Platform;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -145,15 +146,8 @@ pub fn problems(inv: &Inventory, h: &Host, f: &PreflightFacts, skew: f64, rtt: f
             f.uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into())
         ));
     }
-    if f.os_id != "debian" || f.os_version != "12" {
-        p.push(format!(
-            "unsupported operating system {:?}: pgdeploy supports Debian 12 (bookworm) only",
-            if f.os_pretty.is_empty() {
-                &f.os_id
-            } else {
-                &f.os_pretty
-            }
-        ));
+    if let Some(problem) = release_problem(inv, f) {
+        p.push(problem);
     }
     if !f.arch.is_empty() && f.arch != "amd64" {
         p.push(format!(
@@ -193,6 +187,72 @@ pub fn problems(inv: &Inventory, h: &Host, f: &PreflightFacts, skew: f64, rtt: f
     p
 }
 
+/// The release a host runs, when it is one pgdeploy supports.
+pub fn host_platform(f: &PreflightFacts) -> Option<Platform> {
+    (f.os_id == "debian")
+        .then(|| Platform::from_version_id(&f.os_version))
+        .flatten()
+}
+
+/// Pure: why a host's release does not fit the inventory, if it does not.
+fn release_problem(inv: &Inventory, f: &PreflightFacts) -> Option<String> {
+    let want = inv.platform;
+    let runs = if f.os_pretty.is_empty() {
+        format!("{} {}", f.os_id, f.os_version)
+    } else {
+        f.os_pretty.clone()
+    };
+    let chosen = if inv.platform_written {
+        format!("`platform: {want}`")
+    } else {
+        format!("{want} (the default: `platform` is not set)")
+    };
+    match host_platform(f) {
+        Some(have) if have == want => None,
+        Some(have) => Some(format!(
+            "runs {runs}, but the inventory says {chosen}: to deploy {} add `platform: {have}` at \
+             the top of the inventory, or reinstall the host with {}",
+            have.describe(),
+            want.describe()
+        )),
+        None => Some(format!(
+            "unsupported operating system {runs:?}: the inventory says {chosen}, and pgdeploy \
+             supports {}",
+            Platform::ALL
+                .iter()
+                .map(|p| p.describe())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+}
+
+/// Pure: hosts that run different supported releases (one cluster runs one release for now).
+pub fn mixed_releases(facts: &[(String, Option<Platform>)]) -> Option<String> {
+    let mut seen: Vec<Platform> = facts.iter().filter_map(|(_, p)| *p).collect();
+    seen.sort_by_key(|p| p.version_id());
+    seen.dedup();
+    if seen.len() < 2 {
+        return None;
+    }
+    let groups: Vec<String> = seen
+        .iter()
+        .map(|p| {
+            let names: Vec<&str> = facts
+                .iter()
+                .filter(|(_, q)| q == &Some(*p))
+                .map(|(h, _)| h.as_str())
+                .collect();
+            format!("{} on {}", p.describe(), names.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "the hosts run a mix of releases ({}): pgdeploy deploys one release per cluster; bring \
+         every host to the same release first",
+        groups.join("; ")
+    ))
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -220,11 +280,19 @@ impl Phase for Preflight {
                 Ok::<_, miette::Report>((
                     h.name.clone(),
                     problems(&ctx.inv, h, &facts, skew, t1 - t0),
+                    host_platform(&facts),
                 ))
             });
         }
-        let results = bounded(ctx.forks, futs).await?;
+        let all = bounded(ctx.forks, futs).await?;
+        let releases: Vec<(String, Option<Platform>)> =
+            all.iter().map(|(h, _, p)| (h.clone(), *p)).collect();
+        let results: Vec<(String, Vec<String>)> =
+            all.into_iter().map(|(h, probs, _)| (h, probs)).collect();
         let mut lines = Vec::new();
+        if let Some(mix) = mixed_releases(&releases) {
+            lines.push(format!("  {mix}"));
+        }
         for (host, probs) in &results {
             for p in probs {
                 lines.push(format!("  {host}: {p}"));
@@ -258,7 +326,7 @@ impl Phase for Preflight {
 mod tests {
     use super::*;
 
-    const OUT: &str = "@ID\n0\n@OS\ndebian|12|Debian GNU/Linux 12 (bookworm)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
+    const OUT: &str = "@ID\n0\n@OS\ndebian|13|Debian GNU/Linux 13 (trixie)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
 
     fn inv() -> Inventory {
         let text = "cluster: {name: t}\ngroups:\n  etcd: [{name: a, address: 10.0.0.1}]\n  patroni: [{name: a, address: 10.0.0.1}]\n  haproxy: [{name: a, address: 10.0.0.1}]\n";
@@ -270,7 +338,7 @@ mod tests {
         let f = parse(OUT).unwrap();
         assert_eq!(f.uid, Some(0));
         assert_eq!(f.os_id, "debian");
-        assert_eq!(f.os_version, "12");
+        assert_eq!(f.os_version, "13");
         assert_eq!(f.arch, "amd64");
         assert_eq!(f.listeners.len(), 3);
         assert_eq!(f.listeners[1], (2379, "etcd".to_string()));
@@ -305,6 +373,42 @@ mod tests {
         assert!(p.iter().any(|x| x.contains("become: sudo")));
         assert!(p.iter().any(|x| x.contains("Ubuntu 24.04")));
         assert!(p.iter().any(|x| x.contains("clock")));
+    }
+
+    #[test]
+    fn a_release_other_than_the_inventorys_is_refused_with_the_line_to_add() {
+        let inv = inv();
+        let h = &inv.hosts()[0];
+        let mut f = parse(OUT).unwrap();
+        f.listeners.clear();
+        f.os_version = "12".into();
+        f.os_pretty = "Debian GNU/Linux 12 (bookworm)".into();
+        // The test inventory sets no platform: Debian 13 is the default.
+        let p = problems(&inv, h, &f, 0.0, 0.0);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("Debian GNU/Linux 12 (bookworm)")
+                && p[0].contains("debian-13 (the default")
+                && p[0].contains("add `platform: debian-12`"),
+            "{p:?}"
+        );
+        f.os_version = "13".into();
+        assert!(problems(&inv, h, &f, 0.0, 0.0).is_empty());
+    }
+
+    #[test]
+    fn mixed_releases_are_refused() {
+        let facts = vec![
+            ("a".to_string(), Some(Platform::Debian12)),
+            ("b".to_string(), Some(Platform::Debian13)),
+            ("c".to_string(), Some(Platform::Debian13)),
+        ];
+        let m = mixed_releases(&facts).unwrap();
+        assert!(
+            m.contains("Debian 12 (bookworm) on a") && m.contains("Debian 13 (trixie) on b, c"),
+            "{m}"
+        );
+        assert!(mixed_releases(&facts[1..]).is_none());
     }
 
     #[test]

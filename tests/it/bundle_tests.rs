@@ -5,8 +5,11 @@
 
 use pgdeploy::bundle::{
     build, filter_debian, madison_versions, private_sources, read_system_sources, BuildOptions,
-    BuildSummary, BundleError, Manifest, PrivateApt, SourceChoice, DEBIAN_CODENAME,
+    BuildSummary, BundleError, Manifest, PrivateApt, SourceChoice,
 };
+
+/// These tests build Debian 12 bundles (the release with two PostgreSQL 15 minors to pin).
+const DEBIAN_CODENAME: &str = "bookworm";
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ fn inventory(dir: &Path, version: &str) -> pgdeploy::inventory::Inventory {
     std::fs::write(
         &path,
         format!(
-            "cluster:\n  name: bundletest\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd: [{{name: n1, address: 192.0.2.1}}]\n  patroni: [{{name: n1, address: 192.0.2.1}}]\n  haproxy: [{{name: n1, address: 192.0.2.1}}]\n"
+            "cluster:\n  name: bundletest\nplatform: debian-12\npostgres:\n  version: \"{version}\"\npackages:\n  bundle_dir: repo\ngroups:\n  etcd: [{{name: n1, address: 192.0.2.1}}]\n  patroni: [{{name: n1, address: 192.0.2.1}}]\n  haproxy: [{{name: n1, address: 192.0.2.1}}]\n"
         ),
     )
     .unwrap();

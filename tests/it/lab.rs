@@ -92,7 +92,9 @@ async fn lab_end_to_end() {
     let mut opts = LabOptions::new(Topology::Hosts(2), &dir);
     opts.down_on_failure = false;
     // base image first, so the interruption lands in the host setup or boot
-    lab::ensure_base(&opts.cache_dir).await.expect("base image");
+    lab::ensure_base(&opts.cache_dir, opts.platform)
+        .await
+        .expect("base image");
     let cut = tokio::time::timeout(Duration::from_millis(700), Lab::up(opts)).await;
     if let Ok(Ok(l)) = cut {
         // it finished within the time: still a good test of down
