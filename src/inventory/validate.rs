@@ -467,13 +467,21 @@ impl<'a> Checker<'a> {
         if !is_valid_postgres_version(&pg.version) {
             let path = [Seg::Key("postgres"), Seg::Key("version")];
             let hint = if pg.version.bytes().all(|b| b.is_ascii_digit()) && !pg.version.is_empty() {
+                let example = if pg.version == inv.platform.postgres_major() {
+                    inv.platform.default_postgres().to_string()
+                } else {
+                    format!("{}.N", pg.version)
+                };
                 format!(
-                    "give the minor version too, quoted, e.g. \"{}.18\" (pgdeploy pins exact \
-                     packages so that every host runs the same build)",
-                    pg.version
+                    "give the minor version too, quoted, e.g. \"{example}\" (pgdeploy pins \
+                     exact packages so that every host runs the same build)"
                 )
             } else {
-                "write it as \"MAJOR.MINOR\" in quotes, e.g. \"15.18\"".to_string()
+                format!(
+                    "write it as \"MAJOR.MINOR\" in quotes, e.g. \"{}\" (the minor {} ships)",
+                    inv.platform.default_postgres(),
+                    inv.platform.describe()
+                )
             };
             self.push(
                 Problem::new(format!(
@@ -500,7 +508,8 @@ impl<'a> Checker<'a> {
         }
         let major = postgres_major(&pg.version);
         let carried = inv.platform.postgres_major();
-        if let Some(m) = major.filter(|m| m.to_string() != carried) {
+        let checked = is_valid_postgres_version(&pg.version).then_some(major).flatten();
+        if let Some(m) = checked.filter(|m| m.to_string() != carried) {
             let path = [Seg::Key("postgres"), Seg::Key("version")];
             self.push(
                 Problem::new(format!(
@@ -717,8 +726,8 @@ impl<'a> Checker<'a> {
                     any_zero = true;
                     self.push(
                         Problem::new(format!(
-                            "`patroni.{key}` is {v} s, below the {least} s that Patroni {} \
-                             ({}) accepts: it would silently run with {least} s instead",
+                            "`patroni.{key}` is {v} s, below the {least} s that Patroni {} on \
+                             {} accepts: it would silently run with {least} s instead",
                             inv.platform.patroni_major(),
                             inv.platform.describe(),
                         ))

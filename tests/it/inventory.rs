@@ -133,9 +133,12 @@ fn shipped_inventories_load_cleanly() {
             inv.patroni.loop_wait,
             inv.patroni.retry_timeout
         ),
-        (10, 2, 3)
+        (20, 2, 3)
     );
-    assert!(inventory::patroni_timing_ok(10, 2, 3));
+    assert!(inventory::patroni_timing_ok(20, 2, 3));
+    // Debian 13 with its own PostgreSQL.
+    assert_eq!(inv.platform, pgdeploy::platform::Platform::Debian13);
+    assert_eq!(inv.postgres.version, "17.12");
 }
 
 #[test]
