@@ -25,7 +25,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let lab = LabGuard::up("production");
+    // The Debian release of the lab hosts: PGDEPLOY_BENCH_DEBIAN=12 or 13 (the default).
+    let debian = std::env::var("PGDEPLOY_BENCH_DEBIAN").unwrap_or_else(|_| "13".into());
+    let lab = LabGuard::up("production", &debian);
     let inv = lab.inventory();
     let inv_s = inv.to_str().unwrap();
     use_shared_bundle(&inv);

@@ -168,7 +168,14 @@ async fn prepare_loaded(
         .iter()
         .any(|p| matches!(p.name(), "packages" | "patroni" | "verify"))
     {
-        crate::phases::resolve_postgres_version(&ctx).await?;
+        if let Err(e) = crate::phases::resolve_postgres_version(&ctx).await {
+            // A host of another release (say a Debian 12 host under an inventory that defaults
+            // to Debian 13) explains a missing PostgreSQL build better: say that first.
+            if phases.iter().any(|p| p.name() == "preflight") {
+                crate::phases::preflight::Preflight.plan(&ctx).await?;
+            }
+            return Err(e);
+        }
     }
     Ok((ctx, phases))
 }
@@ -255,6 +262,76 @@ pub async fn apply_until(
 
 /// Replace the pinned PostgreSQL version in the inventory file, keeping everything else
 /// (comments, layout) as it is.
+/// The upgrade target when `--postgres` is not given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpgradeTarget {
+    /// The newest minor of the inventory's major in the bundle, newer than the inventory's.
+    Bundled(String),
+    /// The bundle has nothing newer, but the Debian sources it was built from offer this minor.
+    NotBundled(String),
+    /// Nothing newer in the bundle nor in the sources it was built from (as of its build).
+    Newest,
+}
+
+/// The upgrade target when `--postgres` is not given: the newest minor of the inventory's
+/// PostgreSQL major in the bundle, else what the bundle's apt state (the sources as of the
+/// bundle's build) offers. Read on this machine: no host is contacted, nothing downloaded.
+pub fn upgrade_target(inv: &Inventory) -> Result<UpgradeTarget> {
+    if inv.packages.source != inventory::PackageSource::Bundle {
+        return Err(miette!(
+            help = "give the minor to upgrade to, e.g. --postgres 17.13",
+            "with `packages.source: apt` pgdeploy does not know which minors the hosts' sources \
+             offer"
+        ));
+    }
+    let dir = inv.resolve_path(&inv.packages.bundle_dir);
+    let m = crate::bundle::Manifest::load(&dir).map_err(|e| {
+        miette!(
+            help = format!("build it first: pgdeploy bundle {}", inv.path.display()),
+            "no usable package bundle in {}: {e}",
+            dir.display()
+        )
+    })?;
+    let major = inv.postgres.version.split('.').next().unwrap_or("").to_string();
+    let current = minor_key(&inv.postgres.version);
+    let newer = |vs: Vec<String>| {
+        vs.into_iter()
+            .filter(|v| minor_key(v) > current)
+            .max_by_key(|v| minor_key(v))
+    };
+    let bundled = m
+        .postgres
+        .iter()
+        .filter(|p| p.major == major)
+        .map(|p| p.version.clone())
+        .collect();
+    if let Some(v) = newer(bundled) {
+        return Ok(UpgradeTarget::Bundled(v));
+    }
+    let apt = crate::bundle::PrivateApt::new(
+        &dir.join(crate::bundle::APT_STATE_DIR),
+        crate::bundle::ARCHITECTURE,
+    );
+    let package = format!("postgresql-{major}");
+    let offered = apt
+        .madison(&package)
+        .map(|out| crate::bundle::madison_versions(&out, &package))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|debian| debian.split('-').next().unwrap_or("").to_string())
+        .collect();
+    Ok(match newer(offered) {
+        Some(v) => UpgradeTarget::NotBundled(v),
+        None => UpgradeTarget::Newest,
+    })
+}
+
+/// (major, minor) of a "MAJOR.MINOR" for ordering; unparsable parts count as 0.
+fn minor_key(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
 pub fn pin_postgres_version(path: &std::path::Path, new: &str) -> Result<bool> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| miette!("cannot read {}: {e}", path.display()))?;

@@ -210,9 +210,14 @@ fn release_problem(inv: &Inventory, f: &PreflightFacts) -> Option<String> {
     match host_platform(f) {
         Some(have) if have == want => None,
         Some(have) => Some(format!(
-            "runs {runs}, but the inventory says {chosen}: to deploy {} add `platform: {have}` at \
-             the top of the inventory, or reinstall the host with {}",
+            "runs {runs}, but the inventory says {chosen}: to deploy {} {}, or reinstall the host \
+             with {}",
             have.describe(),
+            if inv.platform_written {
+                format!("write `platform: {have}` instead")
+            } else {
+                format!("add `platform: {have}` at the top of the inventory")
+            },
             want.describe()
         )),
         None => Some(format!(

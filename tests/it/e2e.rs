@@ -103,11 +103,12 @@ pub struct LabGuard {
 }
 
 impl LabGuard {
-    pub fn up(topology: &str) -> LabGuard {
-        Self::up_with_spares(topology, 0)
+    /// The lab on Debian `debian` ("12" or "13").
+    pub fn up(topology: &str, debian: &str) -> LabGuard {
+        Self::up_with_spares(topology, debian, 0)
     }
     /// The lab plus `spares` bare hosts spare1.. (not in the inventory) to grow onto.
-    pub fn up_with_spares(topology: &str, spares: usize) -> LabGuard {
+    pub fn up_with_spares(topology: &str, debian: &str, spares: usize) -> LabGuard {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("lab");
         // A lab left over by a crashed run is removed first.
@@ -122,8 +123,13 @@ impl LabGuard {
             dir.to_str().unwrap(),
             "--spares",
             &spares.to_string(),
+            "--debian",
+            debian,
         ]);
-        figure(&format!("lab up {topology} (s)"), t.elapsed().as_secs_f64());
+        figure(
+            &format!("lab up {topology} on Debian {debian} (s)"),
+            t.elapsed().as_secs_f64(),
+        );
         LabGuard { dir, _tmp: tmp }
     }
     pub fn inventory(&self) -> PathBuf {
@@ -217,7 +223,13 @@ impl Drop for LabGuard {
 /// Keep the bundle between runs in one cache directory (it is keyed by its content).
 pub fn use_shared_bundle(inv: &Path) {
     let text = std::fs::read_to_string(inv).expect("inventory");
-    let cache = "/var/cache/pgdeploy/test-bundle";
+    // One bundle directory per release (its private apt state keeps the downloads).
+    let release = text
+        .lines()
+        .find_map(|l| l.strip_prefix("platform:"))
+        .map(|p| p.trim().to_string())
+        .unwrap_or_else(|| "debian-13".into());
+    let cache = format!("/var/cache/pgdeploy/test-bundle-{release}");
     let _ = std::fs::create_dir_all("/var/cache/pgdeploy");
     let new = if text.contains("bundle_dir:") {
         text.lines()
