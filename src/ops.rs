@@ -292,7 +292,13 @@ pub fn upgrade_target(inv: &Inventory) -> Result<UpgradeTarget> {
             dir.display()
         )
     })?;
-    let major = inv.postgres.version.split('.').next().unwrap_or("").to_string();
+    let major = inv
+        .postgres
+        .version
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_string();
     let current = minor_key(&inv.postgres.version);
     let newer = |vs: Vec<String>| {
         vs.into_iter()

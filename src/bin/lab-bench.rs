@@ -4,8 +4,8 @@
 //!
 //! Usage: lab-bench [--runs N] [--skip-base-build]
 
-use pgdeploy::platform::Platform;
 use pgdeploy::lab::{self, Lab, LabOptions, Topology};
+use pgdeploy::platform::Platform;
 use std::time::{Duration, Instant};
 
 fn secs(d: Duration) -> String {

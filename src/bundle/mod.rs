@@ -20,9 +20,8 @@ pub use manifest::{
     hash_file, BundleFile, DebianRelease, Manifest, PostgresRelease, MANIFEST_FILE,
 };
 pub use sources::{
-    debian_entries_for, filter_debian, parse_any, parse_deb822, parse_one_line, read_system_sources,
-    render_deb822,
-    SourceEntry,
+    debian_entries_for, filter_debian, parse_any, parse_deb822, parse_one_line,
+    read_system_sources, render_deb822, SourceEntry,
 };
 
 use crate::inventory::Inventory;

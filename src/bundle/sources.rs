@@ -457,7 +457,10 @@ mod tests {
         // The configured release itself is taken as configured.
         let b = debian_entries_for(&e, "bookworm");
         assert_eq!(b[0].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(retarget_suite("bullseye/updates", "trixie").as_deref(), Some("trixie-security"));
+        assert_eq!(
+            retarget_suite("bullseye/updates", "trixie").as_deref(),
+            Some("trixie-security")
+        );
         assert_eq!(retarget_suite("bookworm-backports", "trixie"), None);
         assert_eq!(retarget_suite("nodistro", "trixie"), None);
     }

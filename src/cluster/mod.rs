@@ -6,8 +6,8 @@
 //! (`etcdctl endpoint health -w json`, `patronictl list -f json`, Patroni's REST `/patroni`).
 
 use crate::inventory::{Group, Host, Inventory, ParamValue};
-use crate::platform::Platform;
 use crate::pki::IssuedCert;
+use crate::platform::Platform;
 use crate::secrets::Secrets;
 use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};

@@ -48,7 +48,7 @@ enum Minimum {
 
 /// Parameters Patroni keeps in etcd for the whole cluster: they must be equal on every member,
 /// Patroni ignores per-host values, and it drops values below its minimum (taken from Patroni
-/// 3.0.2, the version in Debian 12).
+/// 3.0.2, the version in Debian 12; Patroni 4.0.7 in Debian 13 has the same minimums).
 const CLUSTER_WIDE_PARAMETERS: [(&str, Minimum); 10] = [
     (
         "wal_level",
@@ -508,7 +508,9 @@ impl<'a> Checker<'a> {
         }
         let major = postgres_major(&pg.version);
         let carried = inv.platform.postgres_major();
-        let checked = is_valid_postgres_version(&pg.version).then_some(major).flatten();
+        let checked = is_valid_postgres_version(&pg.version)
+            .then_some(major)
+            .flatten();
         if let Some(m) = checked.filter(|m| m.to_string() != carried) {
             let path = [Seg::Key("postgres"), Seg::Key("version")];
             self.push(

@@ -109,7 +109,9 @@ pub enum LabError {
     #[error("the Debian mirror could not be found in {0}")]
     #[diagnostic(
         code(lab::no_mirror),
-        help("configure a Debian 12 (bookworm) source for apt on this machine")
+        help(
+            "configure a Debian source for apt on this machine (its mirror serves every release)"
+        )
     )]
     NoMirror(String),
 

@@ -224,14 +224,16 @@ fn no_newer_minor_scenario(lab: &LabGuard, inv: &std::path::Path) {
     let out = pgdeploy(&["upgrade", inv_s]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(
-        out.stdout.contains("Nothing to upgrade: PostgreSQL 17.12 is the newest 17 minor"),
+        out.stdout
+            .contains("Nothing to upgrade: PostgreSQL 17.12 is the newest 17 minor"),
         "{}",
         out.all()
     );
     let out = pgdeploy(&["upgrade", inv_s, "--postgres", "17.99"]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(
-        out.all().contains("has PostgreSQL 17.12 but 17.99 is asked for"),
+        out.all()
+            .contains("has PostgreSQL 17.12 but 17.99 is asked for"),
         "{}",
         out.all()
     );
@@ -242,7 +244,11 @@ fn no_newer_minor_scenario(lab: &LabGuard, inv: &std::path::Path) {
         "{}",
         out.all()
     );
-    assert_eq!(before, service_starts(lab), "a refused upgrade restarted a service");
+    assert_eq!(
+        before,
+        service_starts(lab),
+        "a refused upgrade restarted a service"
+    );
     for pg in ["pg1", "pg2", "pg3"] {
         let v = lab.ssh(
             pg,
@@ -250,7 +256,11 @@ fn no_newer_minor_scenario(lab: &LabGuard, inv: &std::path::Path) {
         );
         assert!(v.trim().starts_with("17.12"), "{pg} runs {v}");
     }
-    assert_eq!(pgdeploy(&["check", inv_s]).code, 0, "check after the refused upgrade");
+    assert_eq!(
+        pgdeploy(&["check", inv_s]).code,
+        0,
+        "check after the refused upgrade"
+    );
 }
 
 /// Records of the lab's name at the lab's authoritative server.
@@ -508,14 +518,24 @@ fn poc_cluster_end_to_end() {
     let text = std::fs::read_to_string(&inv)
         .unwrap()
         .replace("platform: debian-12\n", "")
-        .replace("private_key: id_ed25519", &format!("private_key: {}", abs("id_ed25519")))
-        .replace("known_hosts: known_hosts", &format!("known_hosts: {}", abs("known_hosts")))
-        .replace("secret_file: tsig.key", &format!("secret_file: {}", abs("tsig.key")));
+        .replace(
+            "private_key: id_ed25519",
+            &format!("private_key: {}", abs("id_ed25519")),
+        )
+        .replace(
+            "known_hosts: known_hosts",
+            &format!("known_hosts: {}", abs("known_hosts")),
+        )
+        .replace(
+            "secret_file: tsig.key",
+            &format!("secret_file: {}", abs("tsig.key")),
+        );
     std::fs::write(&old_inv, &text).unwrap();
     let out = pgdeploy(&["check", old_inv.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(
-        out.all().contains("PostgreSQL 15, but Debian 13 (trixie) carries PostgreSQL 17 only")
+        out.all()
+            .contains("PostgreSQL 15, but Debian 13 (trixie) carries PostgreSQL 17 only")
             && out.all().contains("add `platform:"),
         "{}",
         out.all()
@@ -530,7 +550,9 @@ fn poc_cluster_end_to_end() {
         out.all()
     );
     assert!(
-        lab.ssh("pg1", "ls /etc/pgdeploy 2>/dev/null | wc -l").trim() == "0",
+        lab.ssh("pg1", "ls /etc/pgdeploy 2>/dev/null | wc -l")
+            .trim()
+            == "0",
         "the refused check touched pg1"
     );
     let t = Instant::now();
