@@ -229,22 +229,23 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             max_xact_age,
             check,
         } => {
-            let postgres =
-                match postgres {
-                    Some(v) => v,
-                    None => {
-                        let (inv, _) = pgdeploy::inventory::load(&run.inventory)?;
-                        let bundle = format!("pgdeploy bundle {}", run.inventory.display());
-                        match ops::upgrade_target(&inv)? {
-                            ops::UpgradeTarget::Bundled(v) => v,
-                            ops::UpgradeTarget::NotBundled(v) => return Err(miette::miette!(
+            let postgres = match postgres {
+                Some(v) => v,
+                None => {
+                    let (inv, _) = pgdeploy::inventory::load(&run.inventory)?;
+                    let bundle = format!("pgdeploy bundle {}", run.inventory.display());
+                    match ops::upgrade_target(&inv)? {
+                        ops::UpgradeTarget::Bundled(v) => v,
+                        ops::UpgradeTarget::NotBundled(v) => {
+                            return Err(miette::miette!(
                                 help =
                                     format!("add it to the bundle: {bundle} --also-postgres {v}"),
                                 "PostgreSQL {v} is available but not in the bundle; nothing was \
                                  changed"
-                            )),
-                            ops::UpgradeTarget::Newest => {
-                                println!(
+                            ))
+                        }
+                        ops::UpgradeTarget::Newest => {
+                            println!(
                                 "Nothing to upgrade: PostgreSQL {} is the newest {} minor in the \
                                  bundle and in the {} sources it was built from. Nothing was \
                                  changed. When a newer minor is published, rebuild the bundle \
@@ -253,11 +254,11 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                                 inv.platform.postgres_major(),
                                 inv.platform.describe(),
                             );
-                                return Ok(ExitCode::SUCCESS);
-                            }
+                            return Ok(ExitCode::SUCCESS);
                         }
                     }
-                };
+                }
+            };
             let mut opts = run.options();
             opts.postgres_version = Some(postgres.clone());
             opts.max_lag_bytes = Some(max_lag_mb * 1024 * 1024);

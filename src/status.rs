@@ -4,8 +4,8 @@
 use crate::dns::DnsConfig;
 use crate::inventory::{self, Group, Host, Inventory};
 use crate::phases::etcd::etcdctl;
-use crate::phases::haproxy::{servers_up, stats_command};
-use crate::phases::patroni::{parse_cluster, rest_get_command};
+use crate::phases::haproxy::{servers_up, stats_csv};
+use crate::phases::patroni::parse_cluster;
 use crate::ssh::{ConnectOptions, Session};
 use miette::Result;
 use serde::Serialize;
@@ -190,16 +190,39 @@ async fn patroni_status(
 ) -> (Option<String>, Vec<PatroniMember>) {
     let port = inv.patroni.restapi_port;
     let mut cluster = None;
+    // Patroni's REST API is asked through each host's SSH connection, verified against the
+    // cluster CA kept next to the inventory (read only: status never creates state).
+    let ca_path = inv.state_dir().join("tls").join("ca.crt");
+    let tls = match std::fs::read_to_string(&ca_path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| crate::ssh::tls_config(&pem))
+    {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!(
+                "cannot ask Patroni's REST API without the cluster CA ({}: {e})",
+                ca_path.display()
+            ));
+            None
+        }
+    };
     for h in inv.group_hosts(Group::Patroni) {
-        if let Some(s) = sessions.get(&h.name) {
-            if let Ok(o) = s
-                .exec(&rest_get_command(&h.address, port, "/cluster"), None)
-                .await
-            {
-                if o.ok() {
-                    cluster = parse_cluster(&o.stdout_str()).ok();
-                    break;
-                }
+        let (Some(s), Some(tls)) = (sessions.get(&h.name), tls.clone()) else {
+            continue;
+        };
+        if let Ok(r) = s
+            .https_get(
+                tls,
+                &h.address,
+                port,
+                "/cluster",
+                crate::engine::REST_TIMEOUT,
+            )
+            .await
+        {
+            if r.ok() {
+                cluster = parse_cluster(&r.body_str()).ok();
+                break;
             }
         }
     }
@@ -223,17 +246,24 @@ async fn patroni_status(
             ));
         }
     }
-    let details: Vec<(Option<String>, Value)> =
-        futures::future::join_all(hosts.iter().map(|h| async move {
-            let Some(s) = sessions.get(&h.name) else {
+    let details: Vec<(Option<String>, Value)> = futures::future::join_all(hosts.iter().map(|h| {
+        let tls = tls.clone();
+        async move {
+            let (Some(s), Some(tls)) = (sessions.get(&h.name), tls) else {
                 return (None, Value::Null);
             };
             match s
-                .exec(&rest_get_command(&h.address, port, "/patroni"), None)
+                .https_get(
+                    tls,
+                    &h.address,
+                    port,
+                    "/patroni",
+                    crate::engine::REST_TIMEOUT,
+                )
                 .await
             {
-                Ok(o) => {
-                    let v: Value = serde_json::from_str(&o.stdout_str()).unwrap_or(Value::Null);
+                Ok(r) => {
+                    let v: Value = serde_json::from_str(&r.body_str()).unwrap_or(Value::Null);
                     (
                         v["server_version"]
                             .as_i64()
@@ -243,8 +273,9 @@ async fn patroni_status(
                 }
                 Err(_) => (None, Value::Null),
             }
-        }))
-        .await;
+        }
+    }))
+    .await;
     let mut out = Vec::new();
     for (h, (version, tags)) in hosts.iter().zip(details) {
         let Some(m) = members.iter().find(|m| m.name == h.name) else {
@@ -287,11 +318,7 @@ async fn haproxy_status(
     let hosts = inv.group_hosts(Group::Haproxy);
     let stats: Vec<Option<String>> = futures::future::join_all(hosts.iter().map(|h| async move {
         let s = sessions.get(&h.name)?;
-        let o = s
-            .exec(&stats_command(inv.haproxy.stats_port), None)
-            .await
-            .ok()?;
-        o.ok().then(|| o.stdout_str())
+        stats_csv(s, inv.haproxy.stats_port).await
     }))
     .await;
     let mut out = Vec::new();

@@ -61,6 +61,9 @@ pub struct Ctx {
 
 type Shared<T> = Arc<tokio::sync::OnceCell<T>>;
 
+/// How long a REST call through a host may take.
+pub const REST_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What phases planned at the same time share: one probe of every role per host, and the
 /// output of read-only commands (cluster membership, Patroni's REST API).
 #[derive(Default)]
@@ -128,6 +131,68 @@ impl Ctx {
             }
         }
     }
+    /// GET `path` from the HTTPS service at `address:port` as `host` reaches it (Patroni's REST
+    /// API), through `host`'s SSH connection, verified against the cluster CA. The answer comes
+    /// as an [`Output`]: status 0 and the body for a 2xx answer, else the HTTP status (or 1
+    /// when there was no answer, with the reason on stderr). Shared between phases while they
+    /// are planned together, like [`Ctx::read`].
+    pub async fn https_get(
+        &self,
+        host: &str,
+        address: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Output> {
+        let key = format!("\0GET https://{address}:{port}{path}");
+        let cell = self.planning.lock().ok().and_then(|mut p| {
+            p.as_mut().map(|p| {
+                p.reads
+                    .entry((host.to_string(), key.clone()))
+                    .or_default()
+                    .clone()
+            })
+        });
+        let s = self.session(host)?;
+        let tls = self.ca_tls()?;
+        let get = || async {
+            Ok::<Output, crate::ssh::SshError>(
+                match s
+                    .https_get(tls.clone(), address, port, path, REST_TIMEOUT)
+                    .await
+                {
+                    Ok(r) => Output {
+                        status: if r.ok() { 0 } else { u32::from(r.status) },
+                        stdout: r.body,
+                        stderr: Vec::new(),
+                    },
+                    // The service not answering is an answer here (a member that is down).
+                    Err(e) => Output {
+                        status: 1,
+                        stdout: Vec::new(),
+                        stderr: e.to_string().into_bytes(),
+                    },
+                },
+            )
+        };
+        match cell {
+            Some(c) => Ok(c.get_or_try_init(get).await?.clone()),
+            None => Ok(get().await?),
+        }
+    }
+
+    /// TLS client settings trusting the cluster CA (from the run's host variables).
+    fn ca_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let hv = self
+            .host_vars
+            .read()
+            .map_err(|_| miette!("host variables poisoned"))?;
+        let pem = hv
+            .values()
+            .find_map(|v| v["tls"]["ca_pem"].as_str().map(str::to_string))
+            .ok_or_else(|| miette!("the cluster CA is not loaded"))?;
+        crate::ssh::tls_config(&pem).map_err(|e| miette!("{e}"))
+    }
+
     /// Run a read-only command on `host`; while phases are planned together, the same command
     /// on the same host runs once and its output is shared.
     pub async fn read(&self, host: &str, cmd: &str) -> Result<Output> {

@@ -34,11 +34,22 @@ pub fn servers_up(csv: &str, backend: &str) -> Vec<String> {
         .collect()
 }
 
-/// Fetch the stats CSV on the host itself (python3 is on every host; no curl needed).
-pub fn stats_command(port: u16) -> String {
-    format!(
-        "python3 -c \"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/;csv', timeout=3).read().decode())\""
+/// Where HAProxy's stats CSV is read: on the host's loopback, through its SSH connection.
+pub const STATS_CSV_PATH: &str = "/;csv";
+
+/// The stats CSV of HAProxy on `host` (its stats port on the host's loopback).
+pub async fn stats_csv(s: &crate::ssh::Session, port: u16) -> Option<String> {
+    s.http_get(
+        None,
+        "127.0.0.1",
+        port,
+        STATS_CSV_PATH,
+        crate::engine::REST_TIMEOUT,
     )
+    .await
+    .ok()
+    .filter(|r| r.ok())
+    .map(|r| r.body_str())
 }
 
 struct RoutesToLeader;
@@ -47,13 +58,14 @@ struct RoutesToLeader;
 impl Gate for RoutesToLeader {
     async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()> {
         let s = ctx.session(host)?;
-        let cmd = stats_command(ctx.inv.haproxy.stats_port);
+        let port = ctx.inv.haproxy.stats_port;
         wait_until(
             &format!("HAProxy on {host} routes writes to exactly one leader"),
             Duration::from_secs(60),
             || async {
-                let out = s.exec(&cmd, None).await?;
-                Ok(out.ok() && servers_up(&out.stdout_str(), "primary").len() == 1)
+                Ok(stats_csv(&s, port)
+                    .await
+                    .is_some_and(|csv| servers_up(&csv, "primary").len() == 1))
             },
         )
         .await

@@ -8,7 +8,7 @@
 //! command again after a failure continues where it stopped.
 
 use super::etcd::wait_until;
-use super::patroni::{members, rest_get_command, Member, CONFIG};
+use super::patroni::{members, Member, CONFIG};
 use super::verify::local_sql;
 use crate::engine::change::{Change, UnitAction};
 use crate::engine::exec::{apply_changes, install_packages};
@@ -97,12 +97,8 @@ async fn installed_versions(
 
 async fn running_minor(ctx: &Ctx, host: &str) -> Result<Option<String>> {
     let h = ctx.host(host)?;
-    let s = ctx.session(host)?;
-    let out = s
-        .exec(
-            &rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni"),
-            None,
-        )
+    let out = ctx
+        .https_get(host, &h.address, ctx.inv.patroni.restapi_port, "/patroni")
         .await?;
     if !out.ok() {
         return Ok(None);
@@ -253,12 +249,12 @@ async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
     )
     .await?;
     let h = ctx.host(host)?;
-    let cmd = rest_get_command(&h.address, ctx.inv.patroni.restapi_port, "/patroni");
+    let port = ctx.inv.patroni.restapi_port;
     wait_until(
         &format!("Patroni on {host} reports nofailover={on}"),
         Duration::from_secs(60),
         || async {
-            let out = s.exec(&cmd, None).await?;
+            let out = ctx.https_get(host, &h.address, port, "/patroni").await?;
             let v: Value = serde_json::from_str(&out.stdout_str()).unwrap_or(Value::Null);
             Ok(out.ok() && v["tags"]["nofailover"].as_bool().unwrap_or(false) == on)
         },

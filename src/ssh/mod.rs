@@ -14,6 +14,7 @@
 //!   `~/` expanded; the inventory loader is expected to make relative paths absolute.
 
 mod auth;
+mod https;
 pub mod known_hosts;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::inventory::{Become, Host, Ssh};
 
 pub use auth::Secret;
+pub use https::{parse_response, tls_config, HttpResponse};
 
 /// Concurrent channels per connection.
 pub const MAX_CHANNELS: usize = 8;

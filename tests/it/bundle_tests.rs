@@ -220,6 +220,54 @@ fn unknown_postgres_minor_lists_available_versions() {
     assert!(!scratch.path().join("repo").join("manifest.json").exists());
 }
 
+/// A new user's first command: `pgdeploy bundle lab/inventory.yaml`, a relative path from the
+/// directory above the inventory. Relative directories once reached apt as they were, and apt
+/// (which resolves its state directories against each other) failed. Debian 13 here: the
+/// bundle of the default release, resolved from this Debian 12 machine's mirror.
+#[test]
+fn bundle_with_a_relative_inventory_path_works() {
+    let scratch = tempfile::tempdir().unwrap();
+    let sub = scratch.path().join("lab");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("inventory.yaml"),
+        "cluster: {name: relative}\npackages: {bundle_dir: bundle}\ngroups:\n  etcd: [{name: n1, address: 192.0.2.1}]\n  patroni: [{name: n1, address: 192.0.2.1}]\n  haproxy: [{name: n1, address: 192.0.2.1}]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgdeploy"))
+        .args(["bundle", "lab/inventory.yaml"])
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let m = Manifest::load(&sub.join("bundle")).unwrap();
+    assert_eq!(m.debian_release.codename, "trixie", "{text}");
+    assert!(
+        m.postgres_debian_version()
+            .is_some_and(|v| v.starts_with("17.12-")),
+        "{:?}",
+        m.postgres
+    );
+    for pkg in [
+        "postgresql-17",
+        "patroni",
+        "etcd-server",
+        "haproxy",
+        "python3-etcd",
+    ] {
+        assert!(
+            m.debs.iter().any(|d| d.package == pkg),
+            "{pkg} missing from the Debian 13 bundle"
+        );
+    }
+}
+
 #[test]
 fn refuses_to_replace_a_directory_that_is_not_a_bundle() {
     let scratch = tempfile::tempdir().unwrap();

@@ -1,0 +1,235 @@
+//! HTTP(S) requests to a service on (or reachable from) a host, carried by the host's SSH
+//! connection: a `direct-tcpip` channel to `address:port`, TLS over it verified against the
+//! cluster CA (or plain HTTP to the host's loopback), one HTTP/1.1 request with
+//! `Connection: close`.
+//!
+//! This replaces starting python3 on the host for each REST call (about 0.1-0.2 s of CPU on a
+//! small host): it works behind a jump host and opens no new port on the control machine.
+
+use super::{short, Session, SshError};
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A response: status code and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// TLS client configuration that trusts exactly the certificates in `ca_pem`.
+pub fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("cannot read the CA certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("cannot use the CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate given".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Pure: split a raw HTTP/1.x response into status and body (identity or chunked encoding).
+pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of the response headers")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length: Option<usize> = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if k == "content-length" {
+                length = v.parse().ok();
+            }
+        }
+    }
+    let rest = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        match length {
+            Some(n) if n <= rest.len() => rest[..n].to_vec(),
+            Some(n) => return Err(format!("body cut short: {} of {n} bytes", rest.len())),
+            None => rest.to_vec(),
+        }
+    };
+    Ok(HttpResponse { status, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line not terminated")?;
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err("chunk cut short".into());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Send one request on `stream` and read the whole answer (until the server closes).
+async fn exchange<S>(mut stream: S, req: &str) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw).await {
+        Ok(_) => Ok(raw),
+        // A server that closes without TLS close_notify (Python's http.server does): the
+        // response is complete when its headers and body are (checked by the parser).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(format!("reading the response: {e}")),
+    }
+}
+
+impl Session {
+    /// GET `path` from `address:port` as the host reaches it, through this connection: over
+    /// TLS verified against `tls`'s CA when given (the server's certificate must name
+    /// `address`), in plain HTTP otherwise (a service on the host's loopback).
+    pub async fn http_get(
+        &self,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        address: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, SshError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let shown = format!("GET {scheme}://{address}:{port}{path}");
+        let fail = |why: String| {
+            SshError::new(
+                &self.host,
+                format!("{}: {why}", short(&shown)),
+                Some("check that the service runs on the host and that its certificate is the cluster CA's".into()),
+            )
+        };
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .map_err(|e| self.lost(&shown, e))?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}:{port}\r\nConnection: close\r\n\r\n");
+        let work = async {
+            let ch = self
+                .inner
+                .handle
+                .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
+                .await
+                .map_err(|e| format!("the host could not connect: {e}"))?;
+            let stream = ch.into_stream();
+            let raw = match tls {
+                Some(tls) => {
+                    let name = ServerName::try_from(address.to_string())
+                        .map_err(|e| format!("not a valid server name: {e}"))?;
+                    let tls_stream = tokio_rustls::TlsConnector::from(tls)
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    exchange(tls_stream, &req).await?
+                }
+                None => exchange(stream, &req).await?,
+            };
+            parse_response(&raw)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(fail(format!("no answer within {} s", timeout.as_secs()))),
+        }
+    }
+
+    /// [`Session::http_get`] over TLS.
+    pub async fn https_get(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        address: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, SshError> {
+        self.http_get(Some(tls), address, port, path, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_identity_and_chunked_bodies() {
+        let r = parse_response(
+            b"HTTP/1.0 200 OK\r\nServer: BaseHTTP\r\nContent-Length: 11\r\n\r\n{\"a\": 1}xyzEXTRA",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"{\"a\": 1}xyz");
+        let r = parse_response(
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ro\r\n5\r\nle\":1\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.status, 503);
+        assert!(!r.ok());
+        assert_eq!(r.body_str(), "{\"role\":1");
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nall of it").unwrap();
+        assert_eq!(r.body, b"all of it");
+        assert!(parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_ca_is_required() {
+        assert!(tls_config("").is_err());
+        assert!(
+            tls_config("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+    }
+}
