@@ -63,7 +63,7 @@ impl Gate for RoutesToLeader {
             &format!("HAProxy on {host} routes writes to exactly one leader"),
             Duration::from_secs(60),
             || async {
-                Ok(stats_csv(&s, port)
+                Ok(stats_csv(s, port)
                     .await
                     .is_some_and(|csv| servers_up(&csv, "primary").len() == 1))
             },
