@@ -69,6 +69,13 @@ fn main() {
     figure("no-op apply, median of 3 (s)", median(noops));
 
     let pw = lab.secret("superuser_password");
+    psql(
+        "10.231.0.31",
+        5000,
+        &pw,
+        "create table if not exists pgdeploy_bench (id bigserial primary key)",
+    )
+    .expect("create the benchmark's table");
     let leader = wait_leader(&lab);
     let t = Instant::now();
     lab.kill(&leader);
@@ -76,7 +83,7 @@ fn main() {
         "10.231.0.32",
         5000,
         &pw,
-        "insert into pgdeploy_verify (via) values ('bench') returning id",
+        "insert into pgdeploy_bench default values returning id",
     )
     .is_err()
     {

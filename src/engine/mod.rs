@@ -390,9 +390,13 @@ pub async fn apply(
                 ));
             }
         }
-        record::in_phase(ctx.observer.clone(), p.name(), p.after_apply(ctx))
-            .await
-            .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
+        record::in_phase(
+            ctx.observer.clone(),
+            p.name(),
+            p.after_apply(ctx, changed_before),
+        )
+        .await
+        .map_err(|e| miette!("phase {}: {}", p.name(), ctx.redact(&format!("{e:?}"))))?;
         ctx.observer
             .phase_finished(p.name(), plan.change_count(), t.elapsed());
         out.push(PhaseOutcome {

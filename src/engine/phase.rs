@@ -46,8 +46,9 @@ pub trait Phase: Send + Sync {
     /// Execute a plan made by `plan` in this same run.
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()>;
     /// Run by `apply` after the phase converged, even when it had nothing to change
-    /// (end-to-end checks such as the verify phase). Never run by `check`.
-    async fn after_apply(&self, _ctx: &Ctx) -> Result<()> {
+    /// (end-to-end checks such as the verify phase); `changed` says whether this or an earlier
+    /// phase of the run changed anything. Never run by `check`.
+    async fn after_apply(&self, _ctx: &Ctx, _changed: bool) -> Result<()> {
         Ok(())
     }
 }

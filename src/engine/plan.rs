@@ -27,6 +27,9 @@ pub struct DesiredFile {
     pub validate: Option<String>,
     /// Written by the packages phase, before installing.
     pub before_packages: bool,
+    /// For generated files that are not configuration (a repository index): what `check`
+    /// shows instead of the content diff.
+    pub summary: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +135,8 @@ pub fn plan_resources(desired: &Desired, facts: &HostFacts, secrets: &[String]) 
         }
         let diff = if same_content {
             String::new()
+        } else if let Some(summary) = &want.summary {
+            format!("{summary} (generated; content not shown)\n")
         } else {
             let shown_secrets: Vec<String> = secrets.to_vec();
             if want.secret {
@@ -317,6 +322,7 @@ mod tests {
             notify: notify.iter().map(|s| s.to_string()).collect(),
             validate: None,
             before_packages: false,
+            summary: None,
         }
     }
 
@@ -376,6 +382,28 @@ mod tests {
             matches!(&p[0], Change::Sysctl { to, .. } if to == "60"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn a_generated_file_shows_its_summary_not_its_content() {
+        let mut index = file(
+            "/var/lib/pgdeploy/repo/Packages",
+            &"Package: x\n".repeat(500),
+            &[],
+        );
+        index.summary = Some("repository index (500 packages, 1.0 MB)".into());
+        let d = Desired {
+            files: vec![index],
+            ..Default::default()
+        };
+        let plan = plan_resources(&d, &HostFacts::default(), &[]);
+        match &plan[0] {
+            Change::File { diff, .. } => assert_eq!(
+                diff,
+                "repository index (500 packages, 1.0 MB) (generated; content not shown)\n"
+            ),
+            c => panic!("unexpected {c:?}"),
+        }
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub fn desired_for(
             notify: f.notify.clone(),
             validate: f.validate.clone(),
             before_packages: f.stage == Some(Stage::BeforePackages),
+            summary: None,
         });
     }
     if !spec.sysctls.is_empty() {
@@ -152,6 +153,7 @@ pub fn desired_for(
             notify: vec![],
             validate: None,
             before_packages: false,
+            summary: None,
         });
     }
     for u in &spec.units {
@@ -172,6 +174,7 @@ pub fn desired_for(
                 notify: vec![u.name.clone()],
                 validate: None,
                 before_packages: false,
+                summary: None,
             });
         }
         d.units.push(DesiredUnit {

@@ -205,6 +205,11 @@ fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<
             notify: vec![],
             validate: None,
             before_packages: true,
+            summary: Some(format!(
+                "repository index ({} packages, {:.1} MB)",
+                manifest.debs.len(),
+                manifest.debs.iter().map(|d| d.size).sum::<u64>() as f64 / 1e6
+            )),
         });
     }
     Ok(v)

@@ -1,5 +1,7 @@
-//! Verify: the seed's own "Uso" scenario, automated. Through every HAProxy, write on the leader
-//! (port 5000) and read the rows back on the replicas (port 5001) and directly on each replica.
+//! Verify, after an apply that changed something: through every HAProxy, the write port (5000)
+//! reaches a writable leader and the read port (5001) a replica that has replayed the leader's
+//! WAL; so has every replica, asked directly. Nothing is left in the user's databases: the
+//! write is a transaction that gets a transaction ID and is rolled back.
 
 use super::etcd::wait_until;
 use super::patroni::members;
@@ -74,7 +76,11 @@ impl Phase for Verify {
     async fn apply(&self, _ctx: &Ctx, _plan: &PhasePlan) -> Result<()> {
         Ok(())
     }
-    async fn after_apply(&self, ctx: &Ctx) -> Result<()> {
+    async fn after_apply(&self, ctx: &Ctx, changed: bool) -> Result<()> {
+        // A no-op apply touches nothing, not even to prove the routing (check and status do).
+        if !changed {
+            return Ok(());
+        }
         let ms = members(ctx)
             .await?
             .ok_or_else(|| miette!("verify: Patroni does not answer"))?;
@@ -92,69 +98,78 @@ impl Phase for Verify {
         let ls = ctx.session(&leader)?;
         let p = &ctx.inv.haproxy;
         let lbs = ctx.inv.group_hosts(Group::Haproxy);
-        // The table first (concurrent CREATE TABLE IF NOT EXISTS can collide), then every
-        // HAProxy host at once.
-        if let Some(first) = lbs.first() {
-            psql(
-                ctx,
-                ls,
-                &first.address,
-                p.primary_port,
-                "CREATE TABLE IF NOT EXISTS pgdeploy_verify (id bigserial PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now());\
-                 DELETE FROM pgdeploy_verify WHERE at < now() - interval '1 day'",
-            )
-            .await?;
-        }
         let checks = lbs.iter().map(|lb| {
             let replicas = &replicas;
             async move {
-                ctx.observe(&lb.name, "writing through port 5000");
-                let id = psql(
+                ctx.observe(&lb.name, "checking writes through port 5000");
+                // Writable: a transaction that gets a transaction ID (a replica refuses one),
+                // rolled back, so nothing is left in the user's databases. Then the leader's
+                // WAL position, which the replicas must reach.
+                let out = psql(
                     ctx,
                     ls,
                     &lb.address,
                     p.primary_port,
-                    &format!(
-                        "INSERT INTO pgdeploy_verify (via) SELECT {} WHERE NOT pg_is_in_recovery() RETURNING id",
-                        sh_sql_str(&lb.name)
-                    ),
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN 'replica' ELSE 'leader' END;\
+                     BEGIN; SELECT txid_current() > 0; ROLLBACK;\
+                     SELECT pg_current_wal_lsn()",
                 )
-                .await?;
-                let id: i64 = id
-                    .lines()
-                    .last()
-                    .and_then(|l| l.trim().parse().ok())
-                    .ok_or_else(|| {
-                        miette!(
-                            "verify: the write through {}:{} did not reach the leader",
+                .await;
+                let out = match out {
+                    Ok(o) => o,
+                    Err(e) => {
+                        return Err(miette!(
+                            "verify: no writable leader through {}:{}: {e}",
                             lb.name,
                             p.primary_port
-                        )
-                    })?;
+                        ))
+                    }
+                };
+                let lines: Vec<&str> = out.lines().map(str::trim).collect();
+                if lines.first() != Some(&"leader") {
+                    return Err(miette!(
+                        "verify: port {} of {} reaches a replica, not the leader",
+                        p.primary_port,
+                        lb.name
+                    ));
+                }
+                let lsn = lines
+                    .last()
+                    .filter(|l| l.contains('/'))
+                    .ok_or_else(|| miette!("verify: no WAL position from the leader: {out:?}"))?
+                    .to_string();
+                let caught_up = format!(
+                    "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
+                );
                 if !replicas.is_empty() {
-                    ctx.observe(&lb.name, "reading back through port 5001");
-                    let q = format!(
-                        "SELECT count(*) FROM pgdeploy_verify WHERE id = {id} AND pg_is_in_recovery()"
-                    );
+                    ctx.observe(&lb.name, "checking a replica through port 5001");
                     wait_until(
                         &format!(
-                            "row {id} is readable on a replica through {}:{}",
+                            "a replica through {}:{} has replayed the leader's WAL up to {lsn}",
                             lb.name, p.replica_port
                         ),
                         Duration::from_secs(30),
-                        || async { Ok(psql(ctx, ls, &lb.address, p.replica_port, &q).await? == "1") },
+                        || async {
+                            Ok(
+                                psql(ctx, ls, &lb.address, p.replica_port, &caught_up).await?
+                                    == "t",
+                            )
+                        },
                     )
                     .await?;
                 }
-                let on_replicas = replicas.iter().map(|r| async move {
-                    let rs = ctx.session(r)?;
-                    let q = format!("SELECT count(*) FROM pgdeploy_verify WHERE id = {id}");
-                    wait_until(
-                        &format!("row {id} is on replica {r}"),
-                        Duration::from_secs(30),
-                        || async { Ok(local_sql(rs, &q).await? == "1") },
-                    )
-                    .await
+                let on_replicas = replicas.iter().map(|r| {
+                    let caught_up = &caught_up;
+                    let lsn = &lsn;
+                    async move {
+                        let rs = ctx.session(r)?;
+                        wait_until(
+                            &format!("replica {r} has replayed the leader's WAL up to {lsn}"),
+                            Duration::from_secs(30),
+                            || async { Ok(local_sql(rs, caught_up).await? == "t") },
+                        )
+                        .await
+                    }
                 });
                 futures::future::try_join_all(on_replicas).await?;
                 Ok::<_, miette::Report>(())
@@ -163,8 +178,4 @@ impl Phase for Verify {
         futures::future::try_join_all(checks).await?;
         Ok(())
     }
-}
-
-fn sh_sql_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

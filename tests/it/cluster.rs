@@ -111,6 +111,13 @@ fn production_cluster_end_to_end() {
         service_starts(&lab),
         "a no-op apply restarted a service"
     );
+    // Nothing pgdeploy did is left in the user's databases (verify's write was rolled back).
+    let leader = wait_leader(&lab);
+    let tables = lab.ssh(
+        &leader,
+        "runuser -u postgres -- psql -AtXc \"select count(*) from pg_tables where schemaname = 'public'\"",
+    );
+    assert_eq!(tables.trim(), "0", "tables left in the postgres database");
 
     // A changed PostgreSQL parameter: check shows it, apply rolls it out while a writer writes.
     edit_inventory(&inv, "max_connections: 100", "max_connections: 120");
@@ -146,7 +153,7 @@ fn production_cluster_end_to_end() {
                 "10.231.0.32",
                 5000,
                 &pw,
-                "insert into pgdeploy_verify (via) values ('failover') returning id",
+                "insert into pgdeploy_writer (tag) values ('failover') returning id",
             )
             .is_ok()
             {
