@@ -143,15 +143,7 @@ impl Ctx {
         port: u16,
         path: &str,
     ) -> Result<Output> {
-        let key = format!("\0GET https://{address}:{port}{path}");
-        let cell = self.planning.lock().ok().and_then(|mut p| {
-            p.as_mut().map(|p| {
-                p.reads
-                    .entry((host.to_string(), key.clone()))
-                    .or_default()
-                    .clone()
-            })
-        });
+        let cell = self.shared_read(host, &format!("\0GET https://{address}:{port}{path}"));
         let s = self.session(host)?;
         let tls = self.ca_tls()?;
         let get = || async {
@@ -193,17 +185,22 @@ impl Ctx {
         crate::ssh::tls_config(&pem).map_err(|e| miette!("{e}"))
     }
 
-    /// Run a read-only command on `host`; while phases are planned together, the same command
-    /// on the same host runs once and its output is shared.
-    pub async fn read(&self, host: &str, cmd: &str) -> Result<Output> {
-        let cell = self.planning.lock().ok().and_then(|mut p| {
+    /// The shared result of the read `key` on `host` while planning (None otherwise).
+    fn shared_read(&self, host: &str, key: &str) -> Option<Shared<Output>> {
+        self.planning.lock().ok().and_then(|mut p| {
             p.as_mut().map(|p| {
                 p.reads
-                    .entry((host.to_string(), cmd.to_string()))
+                    .entry((host.to_string(), key.to_string()))
                     .or_default()
                     .clone()
             })
-        });
+        })
+    }
+
+    /// Run a read-only command on `host`; while phases are planned together, the same command
+    /// on the same host runs once and its output is shared.
+    pub async fn read(&self, host: &str, cmd: &str) -> Result<Output> {
+        let cell = self.shared_read(host, cmd);
         let s = self.session(host)?;
         match cell {
             Some(c) => Ok(c
