@@ -99,6 +99,8 @@ pub fn figure(what: &str, value: f64) {
 /// The lab, brought up through the CLI and always torn down.
 pub struct LabGuard {
     pub dir: PathBuf,
+    /// The inventory as `lab up` wrote it (every host's address).
+    initial_inventory: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -130,7 +132,13 @@ impl LabGuard {
             &format!("lab up {topology} on Debian {debian} (s)"),
             t.elapsed().as_secs_f64(),
         );
-        LabGuard { dir, _tmp: tmp }
+        let initial_inventory =
+            std::fs::read_to_string(dir.join("inventory.yaml")).unwrap_or_default();
+        LabGuard {
+            dir,
+            initial_inventory,
+            _tmp: tmp,
+        }
     }
     pub fn inventory(&self) -> PathBuf {
         self.dir.join("inventory.yaml")
@@ -146,28 +154,15 @@ impl LabGuard {
         }
         "<no secret yet>".into()
     }
+    /// A lab host's address: from the inventory as it is now, else as `lab up` wrote it (a
+    /// test may have taken the host out of the inventory, as the scaling scenario does).
     pub fn address(&self, host: &str) -> String {
-        let inv = std::fs::read_to_string(self.inventory()).expect("inventory");
-        let mut lines = inv.lines();
-        while let Some(l) = lines.next() {
-            if l.contains(&format!("name: {host}")) {
-                if let Some(a) = l.split("address:").nth(1) {
-                    return a
-                        .trim()
-                        .trim_end_matches('}')
-                        .trim()
-                        .trim_matches('"')
-                        .to_string();
-                }
-                if let Some(next) = lines.next() {
-                    if let Some(a) = next.split("address:").nth(1) {
-                        return a.trim().trim_matches('"').to_string();
-                    }
-                }
-            }
-        }
-        panic!("host {host} not in the lab inventory");
+        let now = std::fs::read_to_string(self.inventory()).expect("inventory");
+        address_in(&now, host)
+            .or_else(|| address_in(&self.initial_inventory, host))
+            .unwrap_or_else(|| panic!("host {host} not in the lab inventory"))
     }
+
     /// Run a command on a lab host as root with OpenSSH (host key verified).
     pub fn ssh(&self, host: &str, cmd: &str) -> String {
         let o = self.ssh_out(host, cmd);
@@ -417,4 +412,28 @@ impl Writer {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("writer thread")
     }
+}
+
+/// The address of `host` in an inventory text (flow or block style, or a spare's comment).
+fn address_in(inv: &str, host: &str) -> Option<String> {
+    let mut lines = inv.lines();
+    while let Some(l) = lines.next() {
+        if l.contains(&format!("name: {host}")) {
+            if let Some(a) = l.split("address:").nth(1) {
+                return Some(
+                    a.trim()
+                        .trim_end_matches('}')
+                        .trim()
+                        .trim_matches('"')
+                        .to_string(),
+                );
+            }
+            if let Some(next) = lines.next() {
+                if let Some(a) = next.split("address:").nth(1) {
+                    return Some(a.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    None
 }
