@@ -292,13 +292,7 @@ pub fn upgrade_target(inv: &Inventory) -> Result<UpgradeTarget> {
             dir.display()
         )
     })?;
-    let major = inv
-        .postgres
-        .version
-        .split('.')
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let major = crate::cluster::major(&inv.postgres.version).to_string();
     let current = minor_key(&inv.postgres.version);
     let newer = |vs: Vec<String>| {
         vs.into_iter()

@@ -57,11 +57,6 @@ impl Platform {
         Platform::ALL.into_iter().find(|p| p.version_id() == id)
     }
 
-    /// The platform for `lab up --debian N`.
-    pub fn from_release_number(n: &str) -> Option<Platform> {
-        Self::from_version_id(n.trim())
-    }
-
     /// The PostgreSQL minor the release ships ("MAJOR.MINOR"): the default `postgres.version`.
     pub fn default_postgres(self) -> &'static str {
         match self {

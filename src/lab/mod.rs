@@ -127,7 +127,7 @@ pub async fn run(args: Args) -> miette::Result<()> {
             opts.boot_timeout = Duration::from_secs(timeout);
             opts.down_on_failure = !keep_on_failure;
             opts.spares = spares;
-            opts.platform = crate::platform::Platform::from_release_number(&debian)
+            opts.platform = crate::platform::Platform::from_version_id(&debian)
                 .ok_or_else(|| miette::miette!("--debian takes 12 or 13, not {debian}"))?;
             if !control::base_cached(&opts.cache_dir, opts.platform) {
                 eprintln!(
