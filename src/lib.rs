@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod clock;
 pub mod cluster;
+pub mod crypto;
 pub mod dns;
 pub mod engine;
 pub mod inventory;

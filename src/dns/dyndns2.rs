@@ -162,6 +162,7 @@ impl Dyndns2 {
             url: shown.clone(),
             detail,
         };
+        crate::crypto::install_default();
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .user_agent(concat!("pgdeploy/", env!("CARGO_PKG_VERSION")))

@@ -90,6 +90,7 @@ pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
         }
     }
     let url = format!("http://{}/;csv", SocketAddr::new(t.check_addr, ports.stats));
+    crate::crypto::install_default();
     let client = match reqwest::Client::builder()
         .timeout(ports.timeout)
         .no_proxy()

@@ -40,7 +40,7 @@ pub fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     if roots.is_empty() {
         return Err("no CA certificate given".into());
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::crypto::provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
