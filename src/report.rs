@@ -2,6 +2,7 @@
 
 use crate::engine::change::Change;
 use crate::engine::phase::PhasePlan;
+use crate::engine::step::Step;
 use std::collections::BTreeSet;
 
 /// Totals of a plan.
@@ -24,7 +25,7 @@ pub fn totals(plans: &[PhasePlan]) -> (usize, usize) {
 pub fn phase_text(p: &PhasePlan) -> String {
     let mut s = String::new();
     let with_changes: Vec<_> = p.hosts.iter().filter(|h| !h.changes.is_empty()).collect();
-    if with_changes.is_empty() {
+    if with_changes.is_empty() && p.steps.is_empty() {
         return s;
     }
     s.push_str(&format!("== {} ==\n", p.phase));
@@ -37,6 +38,17 @@ pub fn phase_text(p: &PhasePlan) -> String {
                     s.push_str(&format!("        {line}\n"));
                 }
             }
+        }
+    }
+    if !p.steps.is_empty() {
+        s.push_str("  steps, in this order:\n");
+        for (i, st) in p.steps.iter().enumerate() {
+            s.push_str(&format!(
+                "    {:>2}. {}: {}\n",
+                i + 1,
+                st.host,
+                st.step.summary()
+            ));
         }
     }
     s
@@ -58,7 +70,12 @@ pub fn summary_line(plans: &[PhasePlan]) -> String {
         .iter()
         .flat_map(|p| p.hosts.iter())
         .map(|h| h.changes.iter().filter(|c| c.is_deferred()).count())
-        .sum();
+        .sum::<usize>()
+        + plans
+            .iter()
+            .flat_map(|p| p.steps.iter())
+            .filter(|s| matches!(s.step, Step::Deferred { .. }))
+            .count();
     let mut s = if n == 0 {
         "No changes: the hosts match the inventory.".to_string()
     } else {
@@ -97,6 +114,7 @@ mod tests {
     #[test]
     fn summary_counts_hosts_and_changes() {
         let p = PhasePlan {
+            steps: Vec::new(),
             phase: "common".into(),
             hosts: vec![
                 HostPlan {

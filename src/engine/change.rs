@@ -10,6 +10,9 @@ pub enum UnitAction {
     Enable,
     Disable,
     Start,
+    /// Start without waiting for the unit to be up (a static etcd cluster forms only once a
+    /// quorum of members started).
+    StartNoBlock,
     Stop,
     Restart,
     Reload,
@@ -22,6 +25,7 @@ impl UnitAction {
             UnitAction::Enable => "enable",
             UnitAction::Disable => "disable",
             UnitAction::Start => "start",
+            UnitAction::StartNoBlock => "start --no-block",
             UnitAction::Stop => "stop",
             UnitAction::Restart => "restart",
             UnitAction::Reload => "reload",

@@ -161,6 +161,7 @@ async fn unit_action(s: &Session, unit: &str, action: UnitAction) -> Result<()> 
         UnitAction::Enable => format!("systemctl enable --quiet {q}"),
         UnitAction::Disable => format!("systemctl disable --quiet {q}"),
         UnitAction::Start => format!("systemctl start {q}"),
+        UnitAction::StartNoBlock => format!("systemctl start --no-block {q}"),
         UnitAction::Stop => format!("systemctl stop {q}"),
         UnitAction::Restart => format!("systemctl restart {q}"),
         UnitAction::Reload => format!("systemctl reload {q}"),
@@ -184,7 +185,11 @@ async fn unit_action(s: &Session, unit: &str, action: UnitAction) -> Result<()> 
     }
     if matches!(
         action,
-        UnitAction::Restart | UnitAction::Reload | UnitAction::Start | UnitAction::Stop
+        UnitAction::Restart
+            | UnitAction::Reload
+            | UnitAction::Start
+            | UnitAction::StartNoBlock
+            | UnitAction::Stop
     ) {
         s.exec(&format!("rm -f {PENDING_DIR}/{q}"), None).await?;
     }

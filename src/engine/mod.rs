@@ -11,6 +11,7 @@ pub mod plan;
 pub mod record;
 pub mod render;
 pub mod roles;
+pub mod step;
 
 use crate::inventory::{Host, Inventory};
 use crate::ssh::{ConnectOptions, Output, Session};

@@ -5,6 +5,7 @@ use super::exec::apply_changes;
 use super::facts::{content_command, parse_contents, parse_probe, probe_command, HostFacts};
 use super::plan::{plan_packages, plan_resources, Desired};
 use super::render::{context, desired_for, role_applies};
+use super::step::PlannedStep;
 use super::{bounded, Ctx};
 use async_trait::async_trait;
 use miette::{miette, Result};
@@ -23,18 +24,31 @@ pub struct HostPlan {
 pub struct PhasePlan {
     pub phase: String,
     pub hosts: Vec<HostPlan>,
+    /// Orchestration steps, run in this order after the hosts' own changes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<PlannedStep>,
 }
 
 impl PhasePlan {
-    /// Number of real (non-deferred) changes.
+    /// A plan of host changes only.
+    pub fn new(phase: &str, hosts: Vec<HostPlan>) -> Self {
+        PhasePlan {
+            phase: phase.to_string(),
+            hosts,
+            steps: Vec::new(),
+        }
+    }
+    /// Number of real changes: host changes and steps that change something (not deferred
+    /// notes, waits or gates).
     pub fn change_count(&self) -> usize {
         self.hosts
             .iter()
             .map(|h| h.changes.iter().filter(|c| !c.is_deferred()).count())
-            .sum()
+            .sum::<usize>()
+            + self.steps.iter().filter(|s| s.step.is_change()).count()
     }
     pub fn is_empty(&self) -> bool {
-        self.hosts.iter().all(|h| h.changes.is_empty())
+        self.hosts.iter().all(|h| h.changes.is_empty()) && self.steps.is_empty()
     }
 }
 
@@ -285,6 +299,7 @@ impl Phase for RolePhase {
     }
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: self.name.clone(),
             hosts: plan_roles(ctx, &self.roles, false).await?,
         })

@@ -40,6 +40,7 @@ impl Phase for Dns {
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         let Some(cfg) = config(ctx)? else {
             return Ok(PhasePlan {
+                steps: Vec::new(),
                 phase: "dns".into(),
                 hosts: vec![],
             });
@@ -79,6 +80,7 @@ impl Phase for Dns {
             });
         }
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: "dns".into(),
             hosts: vec![HostPlan {
                 host: format!("{} @ {}", cfg.zone, cfg.server),

@@ -6,15 +6,14 @@
 //! cluster is healthy.
 
 use crate::engine::change::{Change, UnitAction};
+use crate::engine::exec::apply_changes;
 use crate::engine::facts::{sh_quote, PENDING_DIR};
-use crate::engine::phase::{
-    apply_host_plans, plan_roles, Gate, HostPlan, Phase, PhasePlan, RestartPolicy,
-};
-use crate::engine::Ctx;
+use crate::engine::phase::{plan_roles, Gate, HostPlan, Phase, PhasePlan};
+use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
+use crate::engine::{bounded, Ctx};
 use crate::inventory::Group;
 use async_trait::async_trait;
 use miette::{miette, Result};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
@@ -72,7 +71,7 @@ where
     }
 }
 
-struct MemberHealthy;
+pub(crate) struct MemberHealthy;
 
 #[async_trait]
 impl Gate for MemberHealthy {
@@ -137,107 +136,170 @@ impl Phase for Etcd {
         // A running cluster (its member list answers) grows by `member add`, one host at a
         // time; members that left the inventory are removed later, by the retire phase.
         let facts = probe_membership(ctx).await?;
+        let mut joins = Vec::new();
+        let mut endpoints = Vec::new();
         if let Some(members) = &facts.members {
             let wanted = wanted_members(ctx);
             let allow_even = ctx.vars()["allow_even_etcd"].as_bool().unwrap_or(false);
             check_size_change(members.len(), wanted.len(), allow_even)
                 .map_err(|e| miette!("{e}"))?;
-            let (joins, _) = plan_membership(&wanted, members);
-            let endpoints: Vec<String> = members
+            joins = plan_membership(&wanted, members).0;
+            endpoints = members
                 .iter()
                 .filter(|m| !m.name.is_empty())
                 .flat_map(|m| m.client_urls.iter().take(1).cloned())
                 .collect();
-            for j in joins {
-                let change = Change::Command {
-                    command: join_command(ctx, &j, &endpoints),
-                    reason: format!(
-                        "{} is not a member of the running etcd cluster ({} members): add it \
-                         with `etcdctl member add` and start it (the other members keep running)",
-                        j.host,
-                        endpoints.len()
-                    ),
-                };
-                match hosts.iter_mut().find(|h| h.host == j.host) {
-                    Some(hp) => {
-                        // The join command starts etcd itself; keep enable and daemon-reload.
-                        hp.changes.retain(|c| {
-                            !matches!(c, Change::Unit { unit, action, .. } if unit == "etcd.service"
-                                && matches!(action, UnitAction::Start | UnitAction::Restart | UnitAction::Reload))
-                        });
-                        hp.changes.push(change);
-                    }
-                    None => hosts.push(HostPlan {
-                        host: j.host.clone(),
-                        changes: vec![change],
-                    }),
-                }
-            }
         }
+        let steps = plan_steps(&mut hosts, &joins, &endpoints);
         Ok(PhasePlan {
             phase: "etcd".into(),
             hosts,
+            steps,
         })
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        // A new member's start blocks until a quorum is up, so members start without
-        // waiting (all at once) and the phase then waits for health; restarts of running
-        // members go one at a time, each gated on that member's health.
-        let is_join = |hp: &HostPlan| {
-            hp.changes
-                .iter()
-                .any(|c| matches!(c, Change::Command { command, .. } if command.contains(JOIN_ENV)))
-        };
-        let (joining, others): (Vec<&HostPlan>, Vec<&HostPlan>) =
-            plan.hosts.iter().partition(|hp| is_join(hp));
-        let others: Vec<HostPlan> = others
-            .into_iter()
-            .map(|hp| HostPlan {
-                host: hp.host.clone(),
-                changes: hp
-                    .changes
-                    .iter()
-                    .map(|c| match c {
-                        Change::Unit {
-                            unit,
-                            action: UnitAction::Start,
-                            reason,
-                        } => Change::Command {
-                            command: format!(
-                                "systemctl start --no-block {u} && rm -f {PENDING_DIR}/{u}",
-                                u = sh_quote(unit)
-                            ),
-                            reason: reason.clone(),
-                        },
-                        other => other.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let policy = RestartPolicy::Rolling(Some(Arc::new(MemberHealthy)));
-        apply_host_plans(ctx, &others, &policy).await?;
-        // New members join one at a time: each is healthy, and so is the whole cluster,
-        // before the next one is added (the quorum grows by one each step).
-        for hp in joining {
-            ctx.observe(&hp.host, "joining the etcd cluster");
-            apply_host_plans(ctx, std::slice::from_ref(hp), &policy).await?;
-            MemberHealthy.wait_healthy(ctx, &hp.host).await?;
-            let s = ctx.session(&hp.host)?;
-            let all = etcdctl(
-                &hp.host,
-                &[client_url(ctx, "127.0.0.1")],
-                "endpoint health --cluster",
-            );
-            wait_until(
-                &format!("every etcd member is healthy after {} joined", hp.host),
-                Duration::from_secs(120),
-                || async { Ok(s.exec(&all, None).await?.ok()) },
-            )
-            .await?;
-            s.run(&format!("rm -f {JOIN_ENV}")).await?;
+        let mut futs = Vec::new();
+        for hp in &plan.hosts {
+            futs.push(async move {
+                if hp.changes.iter().any(|c| !c.is_deferred()) {
+                    ctx.observe(&hp.host, "applying");
+                }
+                apply_changes(ctx.session(&hp.host)?, &hp.changes).await
+            });
         }
-        wait_cluster_healthy(ctx).await
+        bounded(ctx.forks, futs).await?;
+        super::steps::run_all(ctx, &plan.steps).await
     }
+}
+
+/// Pure: the ordered steps of the etcd phase; the members' unit actions move out of `hosts`.
+/// A start does not wait for the unit (a new static cluster forms only once a quorum of
+/// members started, so they start together); restarts of running members go one at a time,
+/// each gated on that member's health; new members join one at a time, each healthy, with the
+/// whole cluster, before the next is added; the phase ends when every member is healthy.
+pub fn plan_steps(
+    hosts: &mut [HostPlan],
+    joins: &[Join],
+    endpoints: &[String],
+) -> Vec<PlannedStep> {
+    let mut starts = Vec::new();
+    let mut restarts = Vec::new();
+    let mut joined = Vec::new();
+    for hp in hosts.iter_mut() {
+        let join = joins.iter().find(|j| j.host == hp.host);
+        let host = hp.host.clone();
+        let mut mine_restarts = Vec::new();
+        hp.changes.retain(|c| {
+            let Change::Unit {
+                unit,
+                action,
+                reason,
+            } = c
+            else {
+                return true;
+            };
+            let restart = matches!(action, UnitAction::Restart | UnitAction::Reload);
+            if join.is_some() && (restart || *action == UnitAction::Start) {
+                return false; // the join starts etcd itself
+            }
+            let action = if *action == UnitAction::Start {
+                UnitAction::StartNoBlock
+            } else {
+                *action
+            };
+            let step = PlannedStep::new(
+                &host,
+                Step::Unit {
+                    unit: unit.clone(),
+                    action,
+                    reason: reason.clone(),
+                },
+            );
+            if restart {
+                mine_restarts.push(step);
+            } else {
+                starts.push(step);
+            }
+            false
+        });
+        if !mine_restarts.is_empty() {
+            restarts.extend(mine_restarts);
+            restarts.push(PlannedStep::new(
+                &host,
+                Step::Wait {
+                    gate: StepGate::EtcdMemberHealthy {
+                        member: host.clone(),
+                    },
+                },
+            ));
+        }
+    }
+    for j in joins {
+        joined.push(PlannedStep::new(
+            &j.host,
+            Step::EtcdMemberAdd {
+                member: j.host.clone(),
+                peer_url: j.peer_url.clone(),
+                endpoints: endpoints.to_vec(),
+                stale_id: j.stale_id.map(|id| format!("{id:x}")),
+            },
+        ));
+    }
+    let mut steps = starts;
+    steps.extend(restarts);
+    steps.extend(joined);
+    if let Some(first) = hosts.first() {
+        if !steps.is_empty() {
+            steps.push(PlannedStep::new(
+                &first.host,
+                Step::Wait {
+                    gate: StepGate::EtcdHealthy,
+                },
+            ));
+        }
+    }
+    steps
+}
+
+/// Step: add `member` to the running cluster and start it (see [`Step::EtcdMemberAdd`]).
+pub(crate) async fn join(
+    ctx: &Ctx,
+    member: &str,
+    peer_url: &str,
+    endpoints: &[String],
+    stale_id: Option<&str>,
+) -> Result<()> {
+    let now = probe_membership(ctx).await?;
+    let Some(ms) = now.members else {
+        return Err(miette!(
+            help = "run `pgdeploy check` to see the new plan",
+            "the etcd cluster does not answer any more: {member} cannot join it"
+        ));
+    };
+    if ms.iter().any(|m| m.name == member) {
+        return Ok(()); // joined meanwhile
+    }
+    let j = Join {
+        host: member.to_string(),
+        peer_url: peer_url.to_string(),
+        stale_id: stale_id.and_then(|id| u64::from_str_radix(id, 16).ok()),
+    };
+    let s = ctx.session(member)?;
+    s.run(&join_command(ctx, &j, endpoints)).await?;
+    MemberHealthy.wait_healthy(ctx, member).await?;
+    let all = etcdctl(
+        member,
+        &[client_url(ctx, "127.0.0.1")],
+        "endpoint health --cluster",
+    );
+    wait_until(
+        &format!("every etcd member is healthy after {member} joined"),
+        Duration::from_secs(120),
+        || async { Ok(s.exec(&all, None).await?.ok()) },
+    )
+    .await?;
+    s.run(&format!("rm -f {JOIN_ENV}")).await?;
+    Ok(())
 }
 
 /// The command that adds `j` to the running cluster and starts it (run on the joining host).

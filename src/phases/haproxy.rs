@@ -79,6 +79,7 @@ impl Phase for Haproxy {
     }
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: "haproxy".into(),
             hosts: plan_roles(ctx, &["haproxy".to_string()], false).await?,
         })

@@ -9,6 +9,7 @@ pub mod packages;
 pub mod patroni;
 pub mod preflight;
 pub mod retire;
+pub mod steps;
 pub mod upgrade;
 pub mod verify;
 

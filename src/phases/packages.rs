@@ -326,6 +326,7 @@ impl Phase for Packages {
             });
         }
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: "packages".into(),
             hosts: bounded(ctx.forks, futs).await?,
         })

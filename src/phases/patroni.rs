@@ -5,13 +5,13 @@
 
 use super::etcd::wait_until;
 use crate::engine::change::{Change, UnitAction};
-use crate::engine::exec::{apply_changes, run_unit};
-use crate::engine::facts::sh_quote;
+use crate::engine::exec::apply_changes;
 use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
+use crate::engine::step::{Expand, Gate, PlannedStep, Step};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::{Group, ParamValue};
 use async_trait::async_trait;
-use miette::{miette, Result};
+use miette::Result;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -102,7 +102,7 @@ pub fn desired_dcs(ctx: &Ctx) -> BTreeMap<String, String> {
     m
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(o) => {
             for (k, x) in o {
@@ -130,7 +130,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     }
 }
 
-fn same_value(a: &str, b: &str) -> bool {
+pub(crate) fn same_value(a: &str, b: &str) -> bool {
     let norm = |s: &str| match s.to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" => "true".to_string(),
         "off" | "false" | "no" => "false".to_string(),
@@ -185,7 +185,7 @@ pub fn dcs_patch(diff: &[(String, Option<String>, String)]) -> Value {
     Value::Object(root)
 }
 
-fn patronictl(args: &str) -> String {
+pub(crate) fn patronictl(args: &str) -> String {
     format!("patronictl -c {CONFIG} {args}")
 }
 
@@ -285,7 +285,7 @@ pub async fn wait_converged(ctx: &Ctx, deadline: Duration) -> Result<()> {
     .await
 }
 
-async fn wait_member_running(ctx: &Ctx, name: &str) -> Result<()> {
+pub(crate) async fn wait_member_running(ctx: &Ctx, name: &str) -> Result<()> {
     wait_until(
         &format!("Patroni member {name} is running"),
         Duration::from_secs(180),
@@ -314,231 +314,191 @@ impl Phase for Patroni {
             super::upgrade::states(ctx)
         );
         let (mut hosts, ms, config, states) = (hosts?, ms?, config?, states?);
-        let Some(ms) = ms else {
-            if let Some(first) = hosts.first_mut() {
-                first.changes.push(Change::Deferred {
-                    what: "bootstrap: this member initialises the cluster, then the others join and stream from it".into(),
-                    why: "Patroni is not running yet".into(),
-                });
-            }
-            return Ok(PhasePlan {
-                phase: "patroni".into(),
-                hosts,
-            });
-        };
-        let leader = ms.iter().find(|m| m.is_leader()).map(|m| m.name.clone());
-        // DCS settings (PostgreSQL parameters and Patroni timing) live in etcd.
-        if let Some(l) = &leader {
-            if let Some((_, body)) = &config {
-                let current: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-                let diff = dcs_diff(&current, &desired_dcs(ctx));
-                if !diff.is_empty() {
-                    let what: Vec<String> = diff
-                        .iter()
-                        .map(|(k, c, d)| {
-                            format!("{k}: {} -> {d}", c.as_deref().unwrap_or("(unset)"))
-                        })
-                        .collect();
-                    if let Some(hp) = hosts.iter_mut().find(|h| &h.host == l) {
-                        hp.changes.push(Change::Command {
-                            command: format!(
-                                "patronictl edit-config --apply - ({})",
-                                what.join(", ")
-                            ),
-                            reason:
-                                "the cluster-wide settings in the DCS differ from the inventory"
-                                    .into(),
-                        });
-                        hp.changes.push(Change::Deferred {
-                            what: "rolling restart (replicas first, the leader last) of members that report pending_restart".into(),
-                            why: "PostgreSQL tells which parameters need a restart only after they are applied".into(),
-                        });
-                    }
-                }
-            }
-        }
-        // A pinned minor that differs from what members run: the rolling upgrade.
-        for (member, changes) in super::upgrade::plan_changes(&states, &ctx.inv.postgres.version) {
-            if let Some(hp) = hosts.iter_mut().find(|h| h.host == member) {
-                hp.changes.extend(changes);
-            }
-        }
-        for m in &ms {
-            if m.pending_restart {
-                if let Some(hp) = hosts.iter_mut().find(|h| h.host == m.name) {
-                    hp.changes.push(Change::Unit {
-                        unit: format!("postgresql (member {})", m.name),
-                        action: UnitAction::Restart,
-                        reason: "PostgreSQL reports pending_restart".into(),
-                    });
-                }
-            }
-        }
+        let config = config.map(|(_, body)| serde_json::from_str(&body).unwrap_or(Value::Null));
+        let steps = plan_steps(
+            &mut hosts,
+            ms.as_deref(),
+            config.as_ref(),
+            &states,
+            &desired_dcs(ctx),
+            &ctx.inv.postgres.version,
+            &upgrade_bounds(ctx),
+        )?;
         Ok(PhasePlan {
             phase: "patroni".into(),
             hosts,
+            steps,
         })
     }
 
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        // 1. Files on every member.
+        // The members' own changes (files, directories, sysctls) in parallel; their unit
+        // actions are steps, ordered by the plan.
         let mut futs = Vec::new();
         for hp in &plan.hosts {
-            let files: Vec<Change> = hp
-                .changes
-                .iter()
-                .filter(|c| {
-                    matches!(
-                        c,
-                        Change::File { .. } | Change::Directory { .. } | Change::Sysctl { .. }
-                    )
-                })
-                .cloned()
-                .collect();
             futs.push(async move {
-                if !files.is_empty() {
+                if hp.changes.iter().any(|c| !c.is_deferred()) {
                     ctx.observe(&hp.host, "applying");
                 }
-                apply_changes(ctx.session(&hp.host)?, &files).await
+                apply_changes(ctx.session(&hp.host)?, &hp.changes).await
             });
         }
         bounded(ctx.forks, futs).await?;
-        let units_of = |hp: &HostPlan| -> Vec<(UnitAction, String)> {
-            hp.changes
-                .iter()
-                .filter_map(|c| match c {
-                    Change::Unit { unit, action, .. } if !unit.starts_with("postgresql (") => {
-                        Some((*action, unit.clone()))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        let ms = members(ctx).await?.unwrap_or_default();
-        let leader = ms
-            .iter()
-            .find(|m| m.is_leader() && m.is_running())
-            .map(|m| m.name.clone());
-        // 2. Units. Without a leader: bootstrap the first member alone, then the others.
-        let order: Vec<&HostPlan> = {
-            let mut v: Vec<&HostPlan> = plan.hosts.iter().collect();
-            // Replicas first, the leader last (for restarts); on bootstrap the first member first.
-            // Members new to the cluster start after every reload, the leader's included: its
-            // pg_hba must let them replicate before they clone from it.
-            if let Some(l) = &leader {
-                v.sort_by_key(|h| (!ms.iter().any(|m| m.name == h.host), &h.host == l));
-            }
-            v
-        };
-        if leader.is_none() {
-            if let Some(first) = order.first() {
-                ctx.observe(&first.host, "bootstrapping the cluster");
-                let s = ctx.session(&first.host)?;
-                for (a, u) in units_of(first) {
-                    run_unit(s, &u, a).await?;
-                }
-                wait_until(
-                    &format!("{} leads the new cluster", first.host),
-                    Duration::from_secs(180),
-                    || async {
-                        Ok(members(ctx)
-                            .await?
-                            .map(|ms| {
-                                ms.iter().any(|m| {
-                                    m.name == first.host && m.is_leader() && m.is_running()
-                                })
-                            })
-                            .unwrap_or(false))
-                    },
-                )
-                .await?;
-            }
-            let mut futs = Vec::new();
-            for hp in order.iter().skip(1) {
-                futs.push(async move {
-                    ctx.observe(&hp.host, "joining as a replica");
-                    let s = ctx.session(&hp.host)?;
-                    for (a, u) in units_of(hp) {
-                        run_unit(s, &u, a).await?;
-                    }
-                    Ok::<_, miette::Report>(())
-                });
-            }
-            bounded(ctx.forks, futs).await?;
-        } else {
-            let mut reloaded_at = None;
-            for hp in &order {
-                let acts = units_of(hp);
-                if acts.is_empty() {
-                    continue;
-                }
-                let s = ctx.session(&hp.host)?;
-                for (a, u) in acts {
-                    ctx.observe(&hp.host, &format!("{} {u}", a.verb()));
-                    run_unit(s, &u, a).await?;
-                    if a == UnitAction::Reload {
-                        reloaded_at = Some(&hp.host);
-                    }
-                }
-                wait_member_running(ctx, &hp.host).await?;
-            }
-            // A reload takes effect in the member's next HA loop (pg_hba rewritten, PostgreSQL
-            // reloaded): wait for it, so that later phases see the new access rules.
-            if let Some(host) = reloaded_at {
-                let since = loop_deadline(ctx, host).await?;
-                wait_all_looped_since(ctx, since, "its reloaded configuration").await?;
-            }
-        }
-        wait_converged(ctx, Duration::from_secs(300)).await?;
-        // 3. A rolling minor upgrade, when members run another minor than the inventory pins.
-        super::upgrade::run(ctx, &upgrade_bounds(ctx)).await?;
-        // 4. DCS settings, then restarts that PostgreSQL asks for.
-        let ms = members(ctx)
-            .await?
-            .ok_or_else(|| miette!("Patroni does not answer after start"))?;
-        let leader = ms
-            .iter()
-            .find(|m| m.is_leader())
-            .map(|m| m.name.clone())
-            .ok_or_else(|| miette!("no Patroni leader"))?;
-        let s = ctx.session(&leader)?;
-        let (_, body) = cluster_json(ctx, "/config")
-            .await?
-            .ok_or_else(|| miette!("Patroni's REST API does not answer"))?;
-        let current: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let diff = dcs_diff(&current, &desired_dcs(ctx));
-        if !diff.is_empty() {
-            ctx.observe(&leader, "updating the cluster-wide settings");
-            let patch = dcs_patch(&diff).to_string();
-            let keys: Vec<&str> = diff.iter().map(|(k, _, _)| k.as_str()).collect();
-            ctx.step(
-                &leader,
-                &format!("~ patroni cluster settings: {}", keys.join(", ")),
-                async {
-                    let out = s
-                        .exec(
-                            &patronictl("edit-config --force --apply -"),
-                            Some(patch.as_bytes()),
-                        )
-                        .await?;
-                    if !out.ok() {
-                        return Err(miette!(
-                            "{leader}: patronictl edit-config failed: {}",
-                            ctx.redact(&out.stderr_str())
-                        ));
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
-            // Every member applies the new settings in its next HA loop; wait until each one
-            // has been through a loop that started after the change.
-            let since = loop_deadline(ctx, &leader).await?;
-            wait_all_looped_since(ctx, since, "the new cluster-wide settings").await?;
-        }
-        restart_pending(ctx).await?;
-        wait_converged(ctx, Duration::from_secs(300)).await
+        super::steps::run_all(ctx, &plan.steps).await
     }
+}
+
+fn wait(host: &str, gate: Gate) -> PlannedStep {
+    PlannedStep::new(host, Step::Wait { gate })
+}
+
+/// Pure: the ordered steps of the patroni phase, from the members' own planned changes (their
+/// unit actions move out of `hosts` into the steps), the cluster as Patroni reports it (None:
+/// it does not answer), its DCS configuration, the members' PostgreSQL versions and packages,
+/// the settings the inventory wants in the DCS, and the pinned minor.
+///
+/// - No leader yet: the first member starts alone and must lead, then the others start and
+///   stream from it; the DCS is compared once the cluster runs.
+/// - A running cluster: unit actions member by member (replicas first, the leader last, new
+///   members after every reload), each followed by a wait until it runs; then the rolling
+///   minor upgrade; then the DCS patch and the restarts PostgreSQL asks for.
+pub fn plan_steps(
+    hosts: &mut [HostPlan],
+    ms: Option<&[Member]>,
+    config: Option<&Value>,
+    states: &[super::upgrade::MemberState],
+    desired: &BTreeMap<String, String>,
+    want_minor: &str,
+    bounds: &super::upgrade::Bounds,
+) -> Result<Vec<PlannedStep>> {
+    // Unit actions leave the host plans: the steps order them across members.
+    let mut units: BTreeMap<String, Vec<PlannedStep>> = BTreeMap::new();
+    for hp in hosts.iter_mut() {
+        let host = hp.host.clone();
+        hp.changes.retain(|c| match c {
+            Change::Unit {
+                unit,
+                action,
+                reason,
+            } => {
+                units
+                    .entry(host.clone())
+                    .or_default()
+                    .push(PlannedStep::new(
+                        &host,
+                        Step::Unit {
+                            unit: unit.clone(),
+                            action: *action,
+                            reason: reason.clone(),
+                        },
+                    ));
+                false
+            }
+            _ => true,
+        });
+    }
+    let ms = ms.unwrap_or(&[]);
+    let leader = ms
+        .iter()
+        .find(|m| m.is_leader() && m.is_running())
+        .map(|m| m.name.clone());
+    let mut steps = Vec::new();
+    let Some(leader) = leader else {
+        // Bootstrap (or a cluster without a leader): the first member alone, then the others.
+        let Some(first) = hosts.first().map(|h| h.host.clone()) else {
+            return Ok(steps);
+        };
+        let first_units = units.remove(&first).unwrap_or_default();
+        if first_units.is_empty() && units.is_empty() {
+            return Ok(steps);
+        }
+        steps.extend(first_units);
+        steps.push(wait(
+            &first,
+            Gate::Leads {
+                member: first.clone(),
+            },
+        ));
+        for hp in hosts.iter() {
+            steps.extend(units.remove(&hp.host).unwrap_or_default());
+        }
+        steps.push(wait(&first, Gate::Converged));
+        steps.push(PlannedStep::new(
+            &first,
+            Step::Deferred {
+                expand: Expand::DcsAfterBootstrap,
+                what: "compare the cluster-wide settings with the DCS, patch it if they differ"
+                    .into(),
+                why: "the new cluster writes its DCS settings when it bootstraps".into(),
+            },
+        ));
+        return Ok(steps);
+    };
+    // 1. Unit actions: existing replicas, the leader, then members new to the cluster (the
+    //    leader's pg_hba must let them replicate before they clone from it).
+    let mut order: Vec<&HostPlan> = hosts.iter().collect();
+    order.sort_by_key(|h| (!ms.iter().any(|m| m.name == h.host), h.host == leader));
+    let mut reloaded = None;
+    for hp in order {
+        let Some(us) = units.remove(&hp.host) else {
+            continue;
+        };
+        if us.iter().any(|s| {
+            matches!(
+                s.step,
+                Step::Unit {
+                    action: UnitAction::Reload,
+                    ..
+                }
+            )
+        }) {
+            reloaded = Some(hp.host.clone());
+        }
+        steps.extend(us);
+        steps.push(wait(
+            &hp.host,
+            Gate::MemberRunning {
+                member: hp.host.clone(),
+            },
+        ));
+    }
+    // A reload takes effect in the member's next HA loop (pg_hba rewritten, PostgreSQL
+    // reloaded): later phases must see the new access rules.
+    if let Some(h) = &reloaded {
+        steps.push(wait(h, Gate::NextLoop));
+    }
+    if !steps.is_empty() {
+        steps.push(wait(&leader, Gate::Converged));
+    }
+    // 2. A pinned minor that differs from what members run: the rolling upgrade.
+    let upgrade = super::upgrade::plan_steps(states, ms, want_minor, bounds)?;
+    // 3. DCS settings, then the restarts PostgreSQL asks for.
+    let dcs = config
+        .map(|c| super::steps::dcs_steps(&leader, c, desired))
+        .unwrap_or_default();
+    let restarts = if dcs.is_empty() && upgrade.is_empty() {
+        super::steps::pending_restarts(ms, "PostgreSQL reports pending_restart")
+    } else {
+        Vec::new()
+    };
+    let more = !upgrade.is_empty() || !dcs.is_empty() || !restarts.is_empty();
+    steps.extend(upgrade);
+    steps.extend(dcs);
+    if !restarts.is_empty() {
+        steps.extend(restarts);
+        steps.push(PlannedStep::new(
+            &leader,
+            Step::Deferred {
+                expand: Expand::PendingRestarts,
+                what: "restart again members that still report pending_restart".into(),
+                why: "a replica keeps the leader's higher value of some parameters until the leader restarted".into(),
+            },
+        ));
+    }
+    if more {
+        steps.push(wait(&leader, Gate::Converged));
+    }
+    Ok(steps)
 }
 
 /// Upgrade bounds, from `pgdeploy upgrade` options when given.
@@ -554,24 +514,10 @@ pub fn upgrade_bounds(ctx: &Ctx) -> super::upgrade::Bounds {
     b
 }
 
-/// Restart members with pending_restart: replicas one at a time, then the leader.
-pub async fn restart_pending(ctx: &Ctx) -> Result<()> {
-    for _round in 0..4 {
-        let Some(ms) = members(ctx).await? else {
-            return Ok(());
-        };
-        if !ms.iter().any(|m| m.pending_restart) {
-            return Ok(());
-        }
-        restart_pending_once(ctx, &ms).await?;
-    }
-    Ok(())
-}
-
 /// Wait until every member's Patroni has talked to the DCS after `since` (epoch seconds).
 /// The host's clock now plus one Patroni loop: a member seen in the DCS after that has run a
 /// whole HA loop that started after now.
-async fn loop_deadline(ctx: &Ctx, host: &str) -> Result<f64> {
+pub(crate) async fn loop_deadline(ctx: &Ctx, host: &str) -> Result<f64> {
     Ok(ctx
         .session(host)?
         .run("date +%s.%N")
@@ -583,7 +529,7 @@ async fn loop_deadline(ctx: &Ctx, host: &str) -> Result<f64> {
         + f64::from(ctx.inv.patroni.loop_wait))
 }
 
-async fn wait_all_looped_since(ctx: &Ctx, since: f64, what: &str) -> Result<()> {
+pub(crate) async fn wait_all_looped_since(ctx: &Ctx, since: f64, what: &str) -> Result<()> {
     for h in ctx.inv.group_hosts(Group::Patroni) {
         let port = ctx.inv.patroni.restapi_port;
         wait_until(
@@ -596,67 +542,6 @@ async fn wait_all_looped_since(ctx: &Ctx, since: f64, what: &str) -> Result<()> 
                     .as_f64()
                     .map(|t| t > since)
                     .unwrap_or(false))
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn restart_pending_once(ctx: &Ctx, ms: &[Member]) -> Result<()> {
-    let mut pending: Vec<&Member> = ms.iter().filter(|m| m.pending_restart).collect();
-    pending.sort_by_key(|m| m.is_leader());
-    for m in pending {
-        ctx.observe(&m.name, "restarting PostgreSQL (pending_restart)");
-        let s = ctx.session(&m.name)?;
-        ctx.step(
-            &m.name,
-            "! restart PostgreSQL (pending_restart) through Patroni",
-            async {
-                let out = s
-                    .exec(
-                        &patronictl(&format!(
-                            "restart {} {} --pending --force",
-                            sh_quote(&ctx.inv.cluster.name),
-                            sh_quote(&m.name)
-                        )),
-                        None,
-                    )
-                    .await?;
-                if !out.ok() {
-                    return Err(miette!(
-                        "{}: restart through Patroni failed: {}",
-                        m.name,
-                        out.stderr_str()
-                    ));
-                }
-                Ok(())
-            },
-        )
-        .await?;
-        // Running again (and streaming, for a replica). It may still report pending_restart:
-        // a replica keeps the leader's higher value of max_connections and the like until
-        // the leader has restarted with the lower one; the next round restarts it again.
-        wait_until(
-            &format!("{} runs again after its restart", m.name),
-            Duration::from_secs(180),
-            || async {
-                let Some(ms) = members(ctx).await? else {
-                    return Ok(false);
-                };
-                let Some(me) = ms.iter().find(|x| x.name == m.name) else {
-                    return Ok(false);
-                };
-                if !me.is_running() {
-                    return Ok(false);
-                }
-                if me.is_leader() {
-                    return Ok(true);
-                }
-                let Some(leader) = ms.iter().find(|x| x.is_leader()) else {
-                    return Ok(false);
-                };
-                Ok(streaming(ctx, &leader.name).await?.contains(&m.name))
             },
         )
         .await?;
@@ -729,5 +614,143 @@ mod tests {
             p,
             serde_json::json!({"postgresql": {"parameters": {"max_connections": 200, "work_mem": "8MB"}}})
         );
+    }
+
+    fn m(name: &str, leader: bool, pending: bool) -> Member {
+        Member {
+            name: name.into(),
+            host: String::new(),
+            role: if leader { "Leader" } else { "Replica" }.into(),
+            state: if leader { "running" } else { "streaming" }.into(),
+            timeline: Some(1),
+            lag_mb: Some(0.0),
+            pending_restart: pending,
+        }
+    }
+
+    fn unit(name: &str, action: UnitAction) -> Change {
+        Change::Unit {
+            unit: name.into(),
+            action,
+            reason: "r".into(),
+        }
+    }
+
+    fn hosts(units: &[(&str, Vec<Change>)]) -> Vec<HostPlan> {
+        units
+            .iter()
+            .map(|(h, c)| HostPlan {
+                host: h.to_string(),
+                changes: c.clone(),
+            })
+            .collect()
+    }
+
+    fn lines(steps: &[PlannedStep]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| format!("{}: {}", s.host, s.step.summary()))
+            .collect()
+    }
+
+    fn plan(hp: &mut [HostPlan], ms: Option<&[Member]>, config: Option<&Value>) -> Vec<String> {
+        let mut want = BTreeMap::new();
+        want.insert("ttl".to_string(), "20".to_string());
+        let b = crate::phases::upgrade::Bounds::default();
+        lines(&plan_steps(hp, ms, config, &[], &want, "17.12", &b).unwrap())
+    }
+
+    #[test]
+    fn bootstrap_starts_the_first_member_alone_then_the_others() {
+        let start = || {
+            vec![
+                unit(UNIT, UnitAction::Enable),
+                unit(UNIT, UnitAction::Start),
+            ]
+        };
+        let mut hp = hosts(&[("pg1", start()), ("pg2", start()), ("pg3", start())]);
+        let got = plan(&mut hp, None, None);
+        assert_eq!(
+            got,
+            vec![
+                "pg1: ! unit enable patroni.service (r)",
+                "pg1: ! unit start patroni.service (r)",
+                "pg1: ? wait: pg1 leads the cluster",
+                "pg2: ! unit enable patroni.service (r)",
+                "pg2: ! unit start patroni.service (r)",
+                "pg3: ! unit enable patroni.service (r)",
+                "pg3: ! unit start patroni.service (r)",
+                "pg1: ? wait: one leader runs and every replica streams from it",
+                "pg1: ? compare the cluster-wide settings with the DCS, patch it if they differ (deferred: the new cluster writes its DCS settings when it bootstraps)",
+            ]
+        );
+        // The unit actions moved out of the host plans into the ordered steps.
+        assert!(hp.iter().all(|h| h.changes.is_empty()));
+    }
+
+    #[test]
+    fn reloads_replicas_first_leader_last_then_a_new_member_joins() {
+        let cfg = serde_json::json!({"ttl": 20});
+        let ms = [
+            m("pg1", false, false),
+            m("pg2", true, false),
+            m("pg3", false, false),
+        ];
+        let mut hp = hosts(&[
+            ("pg1", vec![unit(UNIT, UnitAction::Reload)]),
+            ("pg2", vec![unit(UNIT, UnitAction::Reload)]),
+            ("pg3", vec![unit(UNIT, UnitAction::Reload)]),
+            ("pg4", vec![unit(UNIT, UnitAction::Start)]),
+        ]);
+        let got = plan(&mut hp, Some(&ms), Some(&cfg));
+        assert_eq!(
+            got,
+            vec![
+                "pg1: ! unit reload patroni.service (r)",
+                "pg1: ? wait: member pg1 runs (and streams)",
+                "pg3: ! unit reload patroni.service (r)",
+                "pg3: ? wait: member pg3 runs (and streams)",
+                "pg2: ! unit reload patroni.service (r)",
+                "pg2: ? wait: member pg2 runs (and streams)",
+                "pg4: ! unit start patroni.service (r)",
+                "pg4: ? wait: member pg4 runs (and streams)",
+                "pg2: ? wait: every member has been through a new HA loop",
+                "pg2: ? wait: one leader runs and every replica streams from it",
+            ]
+        );
+    }
+
+    #[test]
+    fn dcs_patch_then_deferred_restarts_or_known_restarts_replicas_first() {
+        let ms = [m("pg1", true, false), m("pg2", false, false)];
+        let cfg = serde_json::json!({"ttl": 10});
+        let got = plan(&mut hosts(&[("pg1", vec![])]), Some(&ms), Some(&cfg));
+        assert_eq!(got[0], "pg1: ~ patch DCS {\"ttl\":20} (ttl: 10 -> 20)");
+        assert_eq!(
+            got[1],
+            "pg1: ? wait: every member has been through a new HA loop"
+        );
+        assert!(
+            got[2].starts_with("pg1: ? restart, one at a time"),
+            "{}",
+            got[2]
+        );
+        assert_eq!(got.len(), 4, "{got:#?}");
+        // Nothing to patch, but two members report pending_restart: the replica first.
+        let ms = [m("pg1", true, true), m("pg2", false, true)];
+        let cfg = serde_json::json!({"ttl": 20});
+        let got = plan(&mut hosts(&[("pg1", vec![])]), Some(&ms), Some(&cfg));
+        assert!(
+            got[0].starts_with("pg2: ! restart PostgreSQL of pg2"),
+            "{got:#?}"
+        );
+        assert_eq!(got[1], "pg2: ? wait: member pg2 runs (and streams)");
+        assert!(
+            got[2].starts_with("pg1: ! restart PostgreSQL of pg1"),
+            "{got:#?}"
+        );
+        // A converged cluster plans nothing.
+        let ms = [m("pg1", true, false), m("pg2", false, false)];
+        assert!(plan(&mut hosts(&[("pg1", vec![])]), Some(&ms), Some(&cfg)).is_empty());
     }
 }

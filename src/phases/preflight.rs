@@ -312,6 +312,7 @@ impl Phase for Preflight {
             ));
         }
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: "preflight".into(),
             hosts: results
                 .into_iter()

@@ -16,8 +16,8 @@ use super::etcd::{
     wanted_members, Leave,
 };
 use super::patroni::{members, Member};
-use crate::engine::change::Change;
-use crate::engine::phase::{HostPlan, Phase, PhasePlan};
+use crate::engine::phase::{Phase, PhasePlan};
+use crate::engine::step::{Gate, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::inventory::Group;
 use crate::ssh::Session;
@@ -29,7 +29,7 @@ use std::time::Duration;
 pub struct Retire;
 
 const STOP_PATRONI: &str = "systemctl disable --now patroni.service";
-const STOP_ETCD: &str = "systemctl disable --now etcd.service";
+const ETCD_UNIT: &str = "etcd.service";
 
 /// What leaves, read from the cluster.
 struct Leaving {
@@ -90,14 +90,59 @@ fn leaving_patroni(
     Ok(out)
 }
 
-fn push(hosts: &mut Vec<HostPlan>, host: &str, change: Change) {
-    match hosts.iter_mut().find(|h| h.host == host) {
-        Some(h) => h.changes.push(change),
-        None => hosts.push(HostPlan {
-            host: host.to_string(),
-            changes: vec![change],
-        }),
+/// Pure: the ordered steps for what leaves. Patroni members first (HAProxy has already
+/// stopped routing to them): stop Patroni, wait until its member key expired and the leader
+/// dropped its slot. Then etcd members, one at a time through `runner` (a member that stays),
+/// each followed by disabling etcd on the host that left and a wait until etcd is healthy.
+fn plan_steps(l: &Leaving, runner: Option<&str>) -> Vec<PlannedStep> {
+    let mut steps = Vec::new();
+    for m in &l.patroni {
+        steps.push(PlannedStep::new(
+            &m.name,
+            Step::LeavePatroni {
+                member: m.name.clone(),
+                address: m.host.clone(),
+            },
+        ));
+        for gate in [
+            Gate::MemberGone {
+                member: m.name.clone(),
+            },
+            Gate::SlotDropped {
+                slot: slot_name(&m.name),
+            },
+        ] {
+            steps.push(PlannedStep::new(&m.name, Step::Wait { gate }));
+        }
     }
+    let Some(runner) = runner else {
+        return steps;
+    };
+    for (i, e) in l.etcd.iter().enumerate() {
+        steps.push(PlannedStep::new(
+            runner,
+            Step::EtcdMemberRemove {
+                name: e.name.clone(),
+                id: format!("{:x}", e.id),
+                size_after: l.etcd_size.saturating_sub(i + 1),
+            },
+        ));
+        steps.push(PlannedStep::new(
+            &e.name,
+            Step::DisableRetired {
+                name: e.name.clone(),
+                address: e.address.clone(),
+                unit: ETCD_UNIT.into(),
+            },
+        ));
+        steps.push(PlannedStep::new(
+            runner,
+            Step::Wait {
+                gate: Gate::EtcdHealthy,
+            },
+        ));
+    }
+    steps
 }
 
 #[async_trait]
@@ -108,73 +153,18 @@ impl Phase for Retire {
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         let l = leaving(ctx).await?;
-        let mut hosts = Vec::new();
-        for m in &l.patroni {
-            push(
-                &mut hosts,
-                &m.name,
-                Change::Command {
-                    command: STOP_PATRONI.into(),
-                    reason: format!(
-                        "{} ({}) is no longer in the inventory: it leaves the Patroni cluster \
-                         after HAProxy stopped routing to it; its replication slot is dropped, \
-                         its data directory is kept",
-                        m.name, m.host
-                    ),
-                },
-            );
-        }
         let runner = ctx
             .inv
             .group_hosts(Group::Etcd)
             .first()
             .map(|h| h.name.clone());
-        for (i, e) in l.etcd.iter().enumerate() {
-            let from = l.etcd_size - i;
-            push(
-                &mut hosts,
-                &e.name,
-                Change::Command {
-                    command: format!(
-                        "etcdctl member remove {:x} (on {})",
-                        e.id,
-                        runner.as_deref().unwrap_or("an etcd host")
-                    ),
-                    reason: format!(
-                        "{} ({}) is no longer in the inventory: the etcd cluster goes from {from} \
-                         to {} members, once every member is healthy",
-                        e.name,
-                        e.address,
-                        from - 1
-                    ),
-                },
-            );
-            push(
-                &mut hosts,
-                &e.name,
-                Change::Command {
-                    command: STOP_ETCD.into(),
-                    reason: "the removed member's etcd stays stopped (its data directory is kept)"
-                        .into(),
-                },
-            );
-        }
-        Ok(PhasePlan {
-            phase: "retire".into(),
-            hosts,
-        })
+        let mut plan = PhasePlan::new("retire", Vec::new());
+        plan.steps = plan_steps(&l, runner.as_deref());
+        Ok(plan)
     }
 
-    async fn apply(&self, ctx: &Ctx, _plan: &PhasePlan) -> Result<()> {
-        // The cluster is read again: it is what the plan was made from, and it is the truth.
-        let l = leaving(ctx).await?;
-        for m in &l.patroni {
-            retire_patroni_member(ctx, m).await?;
-        }
-        for e in &l.etcd {
-            retire_etcd_member(ctx, e).await?;
-        }
-        Ok(())
+    async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
+        super::steps::run_all(ctx, &plan.steps).await
     }
 }
 
@@ -191,54 +181,60 @@ async fn reach(ctx: &Ctx, name: &str, address: &str) -> Result<Option<Session>> 
         .map_err(|e| miette!("{e}"))
 }
 
-async fn retire_patroni_member(ctx: &Ctx, m: &Member) -> Result<()> {
-    ctx.observe(&m.name, "leaving the Patroni cluster");
-    let own = reach(ctx, &m.name, &m.host).await.map_err(|e| {
+/// Step: stop and disable Patroni on a member that leaves (never the leader).
+pub(crate) async fn leave_patroni(ctx: &Ctx, member: &str, address: &str) -> Result<()> {
+    let ms = members(ctx).await?.unwrap_or_default();
+    match ms.iter().find(|m| m.name == member) {
+        None => return Ok(()), // already gone
+        Some(m) if m.is_leader() => {
+            return Err(miette!(
+                help = "run `pgdeploy check` to see the new plan",
+                "{member} leads the Patroni cluster now: pgdeploy does not remove the leader"
+            ))
+        }
+        Some(_) => {}
+    }
+    let own = reach(ctx, member, address).await.map_err(|e| {
         miette!(
-            help = format!(
-                "stop it yourself on {} (`{STOP_PATRONI}`), then run apply again",
-                m.host
-            ),
-            "{} is no longer in the inventory but still runs in the Patroni cluster, and \
-             pgdeploy cannot reach it to stop Patroni: {e}",
-            m.name
+            help =
+                format!("stop it yourself on {address} (`{STOP_PATRONI}`), then run apply again"),
+            "{member} is no longer in the inventory but still runs in the Patroni cluster, and \
+             pgdeploy cannot reach it to stop Patroni: {e}"
         )
     })?;
     let s = match &own {
         Some(s) => s,
-        None => ctx.session(&m.name)?,
+        None => ctx.session(member)?,
     };
-    ctx.step(
-        &m.name,
-        &format!("! run `{STOP_PATRONI}` ({} leaves the cluster)", m.name),
-        async {
-            let out = s.exec(STOP_PATRONI, None).await?;
-            if !out.ok() {
-                return Err(miette!(
-                    "{}: `{STOP_PATRONI}` failed: {}",
-                    m.name,
-                    out.stderr_str().trim()
-                ));
-            }
-            Ok(())
-        },
-    )
-    .await?;
+    let out = s.exec(STOP_PATRONI, None).await?;
     if let Some(s) = own {
         s.close().await;
     }
-    // Its member key expires within Patroni's ttl; the leader then drops its slot.
+    if !out.ok() {
+        return Err(miette!(
+            "{member}: `{STOP_PATRONI}` failed: {}",
+            out.stderr_str().trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Gate: `member` has left the Patroni cluster (its key expires within Patroni's ttl).
+pub(crate) async fn wait_member_gone(ctx: &Ctx, member: &str) -> Result<()> {
     wait_until(
-        &format!("{} has left the Patroni cluster", m.name),
+        &format!("{member} has left the Patroni cluster"),
         Duration::from_secs(90),
         || async {
             Ok(members(ctx)
                 .await?
-                .is_some_and(|ms| ms.iter().all(|x| x.name != m.name)))
+                .is_some_and(|ms| ms.iter().all(|x| x.name != member)))
         },
     )
-    .await?;
-    let slot = slot_name(&m.name);
+    .await
+}
+
+/// Gate: the leader has dropped replication slot `slot`.
+pub(crate) async fn wait_slot_dropped(ctx: &Ctx, slot: &str) -> Result<()> {
     wait_until(
         &format!("the leader has dropped replication slot {slot}"),
         Duration::from_secs(90),
@@ -280,11 +276,14 @@ pub fn slot_name(member: &str) -> String {
         .collect()
 }
 
-async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
-    let stays = wanted_members(ctx);
-    let Some((runner, _)) = stays.first() else {
-        return Err(miette!("the inventory lists no etcd host"));
-    };
+/// Step: remove etcd member `name` (`id` in hexadecimal) through `runner`, only while every
+/// member is healthy (never below quorum).
+pub(crate) async fn remove_etcd_member(
+    ctx: &Ctx,
+    runner: &str,
+    name: &str,
+    id: &str,
+) -> Result<()> {
     let rs = ctx.session(runner)?;
     let local = [etcd::client_url(ctx, "127.0.0.1")];
     let health = rs
@@ -293,51 +292,52 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
     if !health.ok() {
         return Err(miette!(
             help = "bring every member back first (`pgdeploy status` shows which), then run apply again",
-            "not every etcd member is healthy, so removing {} now could cost the cluster its \
+            "not every etcd member is healthy, so removing {name} now could cost the cluster its \
              quorum; nothing was removed:\n{}",
-            e.name,
             (health.stdout_str() + &health.stderr_str()).trim()
         ));
     }
-    ctx.observe(runner, &format!("removing etcd member {}", e.name));
-    ctx.step(
-        &e.name,
-        &format!("! run `etcdctl member remove {:x}` (on {runner})", e.id),
-        async {
-            let out = rs
-                .exec(
-                    &etcdctl(runner, &local, &format!("member remove {:x}", e.id)),
-                    None,
-                )
-                .await?;
-            if !out.ok() {
-                return Err(miette!(
-                    "etcdctl member remove {:x} ({}) failed: {}",
-                    e.id,
-                    e.name,
-                    out.stderr_str().trim()
-                ));
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    // The removed member stops by itself; make sure it stays stopped after a reboot.
-    match reach(ctx, &e.name, &e.address).await {
+    let listed = probe_membership(ctx)
+        .await?
+        .members
+        .is_some_and(|ms| ms.iter().any(|m| format!("{:x}", m.id) == id));
+    if !listed {
+        return Ok(()); // already removed
+    }
+    let out = rs
+        .exec(
+            &etcdctl(runner, &local, &format!("member remove {id}")),
+            None,
+        )
+        .await?;
+    if !out.ok() {
+        return Err(miette!(
+            "etcdctl member remove {id} ({name}) failed: {}",
+            out.stderr_str().trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Step: disable `unit` on a host that left; one that cannot be reached only gets a warning
+/// (a removed etcd member also stops by itself).
+pub(crate) async fn disable_retired(
+    ctx: &Ctx,
+    name: &str,
+    address: &str,
+    unit: &str,
+) -> Result<()> {
+    let cmd = format!("systemctl disable --now {unit}");
+    match reach(ctx, name, address).await {
         Ok(own) => {
             let s = match &own {
                 Some(s) => s,
-                None => ctx.session(&e.name)?,
+                None => ctx.session(name)?,
             };
-            let out = ctx
-                .step(&e.name, &format!("! run `{STOP_ETCD}`"), async {
-                    Ok(s.exec(STOP_ETCD, None).await?)
-                })
-                .await?;
+            let out = s.exec(&cmd, None).await?;
             if !out.ok() {
                 ctx.observer.message(&format!(
-                    "warning: {}: `{STOP_ETCD}` failed: {}",
-                    e.name,
+                    "warning: {name}: `{cmd}` failed: {}",
                     out.stderr_str().trim()
                 ));
             }
@@ -346,13 +346,17 @@ async fn retire_etcd_member(ctx: &Ctx, e: &Leave) -> Result<()> {
             }
         }
         Err(err) => ctx.observer.message(&format!(
-            "warning: {} left the etcd cluster, but pgdeploy cannot reach it to disable etcd \
-             there ({err}); disable it yourself (`{STOP_ETCD}`)",
-            e.name
+            "warning: {name} left the cluster, but pgdeploy cannot reach it to disable {unit} \
+             there ({err}); disable it yourself (`{cmd}`)"
         )),
     }
+    Ok(())
+}
+
+/// Gate: every etcd member is healthy.
+pub(crate) async fn wait_etcd_healthy(ctx: &Ctx) -> Result<()> {
     wait_until(
-        &format!("every etcd member is healthy after {} left", e.name),
+        "every etcd member is healthy",
         Duration::from_secs(120),
         || async { check_cluster_healthy(ctx).await.map(|()| true) },
     )
@@ -395,5 +399,40 @@ mod tests {
     fn slot_names_follow_patroni() {
         assert_eq!(slot_name("pg4"), "pg4");
         assert_eq!(slot_name("DB-Node.2"), "db_node_2");
+    }
+
+    #[test]
+    fn patroni_members_leave_first_then_etcd_members_one_at_a_time() {
+        let l = Leaving {
+            patroni: vec![m("pg4", "Replica")],
+            etcd: vec![
+                Leave {
+                    id: 0xabc,
+                    name: "etcd4".into(),
+                    address: "10.0.0.14".into(),
+                },
+                Leave {
+                    id: 0xdef,
+                    name: "etcd5".into(),
+                    address: "10.0.0.15".into(),
+                },
+            ],
+            etcd_size: 5,
+        };
+        let got: Vec<String> = plan_steps(&l, Some("etcd1"))
+            .iter()
+            .map(|s| format!("{}: {}", s.host, s.step.summary()))
+            .collect();
+        assert_eq!(got.len(), 9, "{got:#?}");
+        assert!(got[0].starts_with("pg4: ! systemctl disable --now patroni.service on pg4"));
+        assert_eq!(got[1], "pg4: ? wait: pg4 has left the Patroni cluster");
+        assert_eq!(
+            got[2],
+            "pg4: ? wait: the leader has dropped replication slot pg4"
+        );
+        assert!(got[3].starts_with("etcd1: ! etcdctl member remove abc (etcd4): 4 members remain"));
+        assert!(got[4].starts_with("etcd4: ! disable --now etcd.service on etcd4 (10.0.0.14)"));
+        assert_eq!(got[5], "etcd1: ? wait: every etcd member is healthy");
+        assert!(got[6].contains("member remove def (etcd5): 3 members remain"));
     }
 }

@@ -4,17 +4,19 @@
 //! (`nofailover`, `noloadbalance`), install the new packages, restart PostgreSQL through
 //! Patroni, wait until it streams again with lag under the bound, restore its tags. Then a
 //! planned switchover to the upgraded replica with the least lag, and the old leader is
-//! upgraded like a replica. Every step is re-derived from the hosts, so running the same
-//! command again after a failure continues where it stopped.
+//! upgraded like a replica. The plan holds every one of these steps (`check` and
+//! `upgrade --check` list them); a failed run leaves the hosts in a state from which the same
+//! command plans the steps that are left.
 
 use super::etcd::wait_until;
 use super::patroni::{members, Member, CONFIG};
 use super::verify::local_sql;
-use crate::engine::change::{Change, UnitAction};
-use crate::engine::exec::{apply_changes, install_packages};
+use crate::engine::change::Change;
+use crate::engine::exec::apply_changes;
 use crate::engine::facts::sh_quote;
 use crate::engine::phase::desired_for_host;
 use crate::engine::plan::{plan_resources, DesiredPackage};
+use crate::engine::step::{Gate, PackageChange, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::inventory::Group;
 use miette::{miette, Result};
@@ -68,7 +70,7 @@ impl MemberState {
     }
 }
 
-async fn installed_versions(
+pub(crate) async fn installed_versions(
     ctx: &Ctx,
     host: &str,
     names: &[String],
@@ -95,7 +97,7 @@ async fn installed_versions(
         .collect())
 }
 
-async fn running_minor(ctx: &Ctx, host: &str) -> Result<Option<String>> {
+pub(crate) async fn running_minor(ctx: &Ctx, host: &str) -> Result<Option<String>> {
     let h = ctx.host(host)?;
     let out = ctx
         .https_get(host, &h.address, ctx.inv.patroni.restapi_port, "/patroni")
@@ -161,59 +163,122 @@ pub fn order(states: &[MemberState], want_minor: &str) -> Vec<String> {
     v.into_iter().map(|s| s.name.clone()).collect()
 }
 
-/// Pure: the changes `check` shows for an upgrade.
-pub fn plan_changes(states: &[MemberState], want_minor: &str) -> Vec<(String, Vec<Change>)> {
+/// Pure: the steps of a rolling minor upgrade to `want_minor`, as data: a fitness gate, then
+/// member by member (replicas first, the leader last, after a switchover to an upgraded
+/// replica): tag it out of failover and the replica pool, install the pinned packages,
+/// restart it through Patroni, wait until it runs the new minor and streams, restore its tags.
+pub fn plan_steps(
+    states: &[MemberState],
+    ms: &[Member],
+    want_minor: &str,
+    bounds: &Bounds,
+) -> Result<Vec<PlannedStep>> {
     let seq = order(states, want_minor);
-    let mut out = Vec::new();
+    let Some(first) = seq.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![PlannedStep::new(
+        first,
+        Step::UpgradePrechecks {
+            max_lag_bytes: bounds.max_lag_bytes,
+            max_xact_age_secs: bounds.max_xact_age_secs,
+        },
+    )];
     for (i, name) in seq.iter().enumerate() {
         let Some(st) = states.iter().find(|s| &s.name == name) else {
             continue;
         };
-        let mut ch = Vec::new();
         if st.leader {
-            ch.push(Change::Command {
-                command: "switchover to the upgraded replica with the least lag".into(),
-                reason: "the leader is upgraded last, as a replica".into(),
-            });
-        }
-        ch.push(Change::Command {
-            command: "tag nofailover + noloadbalance, reload Patroni".into(),
-            reason: format!(
-                "step {} of {}: keep {name} out of failover and the replica pool while it restarts",
-                i + 1,
-                seq.len()
-            ),
-        });
-        for p in &st.packages {
-            let from = st
-                .installed
+            // The upgraded (or to be upgraded) running replica with the least lag now.
+            let mut cands: Vec<(f64, &str)> = ms
                 .iter()
-                .find(|(n, _)| n == &p.name)
-                .and_then(|(_, v)| v.clone());
-            ch.push(Change::Package {
-                name: p.name.clone(),
-                from,
-                to: p.version.clone().unwrap_or_default(),
-            });
+                .filter(|m| !m.is_leader() && m.is_running())
+                .filter(|m| {
+                    seq.contains(&m.name)
+                        || states.iter().any(|s| {
+                            s.name == m.name && s.running_minor.as_deref() == Some(want_minor)
+                        })
+                })
+                .map(|m| (m.lag_mb.unwrap_or(0.0), m.name.as_str()))
+                .collect();
+            cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+            let Some((_, to)) = cands.first() else {
+                return Err(miette!(
+                    help = "add a replica (or start the stopped one) and run the command again; nothing was changed",
+                    "the rolling upgrade needs a running replica to switch over to before {name}, the leader, restarts"
+                ));
+            };
+            out.push(PlannedStep::new(
+                name,
+                Step::Switchover {
+                    from: name.clone(),
+                    to: to.to_string(),
+                },
+            ));
         }
-        ch.push(Change::Unit {
-            unit: format!("postgresql (member {name})"),
-            action: UnitAction::Restart,
-            reason: format!(
-                "runs {}, the inventory pins {want_minor}; restarted through Patroni, then waits until it streams",
-                st.running_minor.as_deref().unwrap_or("an unknown version")
-            ),
-        });
-        ch.push(Change::Command {
-            command: "restore tags, reload Patroni".into(),
-            reason: "back into failover and the replica pool".into(),
-        });
-        out.push((name.clone(), ch));
+        out.push(PlannedStep::new(
+            name,
+            Step::SetTags {
+                member: name.clone(),
+                on: true,
+            },
+        ));
+        if !st.packages.is_empty() {
+            out.push(PlannedStep::new(
+                name,
+                Step::Install {
+                    member: name.clone(),
+                    packages: st
+                        .packages
+                        .iter()
+                        .map(|p| PackageChange {
+                            name: p.name.clone(),
+                            from: st
+                                .installed
+                                .iter()
+                                .find(|(n, _)| n == &p.name)
+                                .and_then(|(_, v)| v.clone()),
+                            to: p.version.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                },
+            ));
+        }
+        out.push(PlannedStep::new(
+            name,
+            Step::RestartMember {
+                member: name.clone(),
+                pending: false,
+                reason: format!(
+                    "upgrade {} of {}: runs {}, the inventory pins {want_minor}",
+                    i + 1,
+                    seq.len(),
+                    st.running_minor.as_deref().unwrap_or("an unknown version")
+                ),
+            },
+        ));
+        out.push(PlannedStep::new(
+            name,
+            Step::Wait {
+                gate: Gate::Streams {
+                    member: name.clone(),
+                    minor: want_minor.to_string(),
+                    max_lag_bytes: bounds.max_lag_bytes,
+                },
+            },
+        ));
+        out.push(PlannedStep::new(
+            name,
+            Step::SetTags {
+                member: name.clone(),
+                on: false,
+            },
+        ));
     }
-    out
+    Ok(out)
 }
 
-async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
+pub(crate) async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
     let tags = if on {
         json!({"nofailover": true, "noloadbalance": true})
     } else {
@@ -262,32 +327,7 @@ async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
     .await
 }
 
-async fn install(ctx: &Ctx, host: &str, pkgs: &[DesiredPackage]) -> Result<()> {
-    if pkgs.is_empty() {
-        return Ok(());
-    }
-    let s = ctx.session(host)?;
-    let versions: Vec<(String, String)> = pkgs
-        .iter()
-        .map(|p| (p.name.clone(), p.version.clone().unwrap_or_default()))
-        .collect();
-    let refs: Vec<(&String, &String)> = versions.iter().map(|(n, v)| (n, v)).collect();
-    let opts = super::packages::apt_source_opts(ctx.inv.packages.source);
-    install_packages(s, &refs, &opts, false).await?;
-    let names: Vec<String> = pkgs.iter().map(|p| sh_quote(&p.name)).collect();
-    ctx.step(
-        host,
-        &format!("~ hold packages {}", names.join(" ")),
-        async {
-            s.run(&format!("apt-mark hold {} >/dev/null", names.join(" ")))
-                .await?;
-            Ok(())
-        },
-    )
-    .await
-}
-
-fn lag_of(ms: &[Member], name: &str) -> Option<f64> {
+pub(crate) fn lag_of(ms: &[Member], name: &str) -> Option<f64> {
     ms.iter().find(|m| m.name == name).and_then(|m| m.lag_mb)
 }
 
@@ -363,187 +403,6 @@ pub async fn prechecks(ctx: &Ctx, bounds: &Bounds) -> Result<()> {
     Ok(())
 }
 
-/// Run the rolling upgrade (no-op when every member already runs the pinned minor).
-pub async fn run(ctx: &Ctx, bounds: &Bounds) -> Result<()> {
-    let want = ctx.inv.postgres.version.clone();
-    let st = states(ctx).await?;
-    let seq = order(&st, &want);
-    if seq.is_empty() {
-        return Ok(());
-    }
-    prechecks(ctx, bounds).await?;
-    for name in &seq {
-        let result = upgrade_member(ctx, name, &want, bounds).await;
-        if let Err(e) = result {
-            let summary = match members(ctx).await {
-                Ok(Some(ms)) => ms
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "  {}: {} {}{}",
-                            m.name,
-                            m.role,
-                            m.state,
-                            if m.pending_restart {
-                                " (pending restart)"
-                            } else {
-                                ""
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                _ => "  (Patroni does not answer)".into(),
-            };
-            return Err(miette!(
-                help = "the cluster keeps serving writes; running the same command again continues from here",
-                "the rolling upgrade stopped at {name}: {e:?}\nmembers now:\n{summary}"
-            ));
-        }
-    }
-    // Every member runs the pinned minor.
-    for h in ctx.inv.group_hosts(Group::Patroni) {
-        let v = local_sql(ctx.session(&h.name)?, "show server_version").await?;
-        if !v.trim().starts_with(&want) {
-            return Err(miette!(
-                "{}: runs PostgreSQL {} after the upgrade, not {want}",
-                h.name,
-                v.trim()
-            ));
-        }
-    }
-    Ok(())
-}
-
-async fn upgrade_member(ctx: &Ctx, name: &str, want: &str, bounds: &Bounds) -> Result<()> {
-    let ms = members(ctx)
-        .await?
-        .ok_or_else(|| miette!("Patroni does not answer"))?;
-    let is_leader = ms.iter().any(|m| m.name == name && m.is_leader());
-    if is_leader {
-        ctx.step(
-            name,
-            &format!("! switchover from {name} to the upgraded replica with the least lag"),
-            switchover_from(ctx, name, want),
-        )
-        .await?;
-    }
-    ctx.observe(name, "upgrade: tagging nofailover/noloadbalance");
-    set_tags(ctx, name, true).await?;
-    let st = states(ctx).await?;
-    let pkgs = st
-        .iter()
-        .find(|s| s.name == name)
-        .map(|s| s.packages.clone())
-        .unwrap_or_default();
-    ctx.observe(name, "upgrade: installing packages");
-    install(ctx, name, &pkgs).await?;
-    ctx.observe(name, "upgrade: restarting PostgreSQL through Patroni");
-    let s = ctx.session(name)?;
-    ctx.step(
-        name,
-        &format!("! restart PostgreSQL on {name} through Patroni (upgrade to {want})"),
-        async {
-            let out = s
-                .exec(
-                    &format!(
-                        "patronictl -c {CONFIG} restart {} {} --force",
-                        sh_quote(&ctx.inv.cluster.name),
-                        sh_quote(name)
-                    ),
-                    None,
-                )
-                .await?;
-            if !out.ok() {
-                return Err(miette!(
-                    "{name}: restart through Patroni failed: {}",
-                    out.stderr_str().trim()
-                ));
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    ctx.observe(name, "upgrade: waiting until it streams again");
-    let max_lag_mb = bounds.max_lag_bytes as f64 / 1_048_576.0;
-    wait_until(
-        &format!("{name} runs {want} and streams with lag under the bound"),
-        Duration::from_secs(300),
-        || async {
-            let Some(ms) = members(ctx).await? else {
-                return Ok(false);
-            };
-            let Some(leader) = ms.iter().find(|m| m.is_leader()).map(|m| m.name.clone()) else {
-                return Ok(false);
-            };
-            let running = running_minor(ctx, name).await?;
-            let streams = super::patroni::streaming(ctx, &leader)
-                .await?
-                .contains(name);
-            Ok(running.as_deref() == Some(want)
-                && streams
-                && lag_of(&ms, name).unwrap_or(0.0) <= max_lag_mb)
-        },
-    )
-    .await?;
-    ctx.observe(name, "upgrade: restoring tags");
-    set_tags(ctx, name, false).await
-}
-
-/// Planned switchover from `leader` to the upgraded replica with the least lag.
-async fn switchover_from(ctx: &Ctx, leader: &str, want: &str) -> Result<()> {
-    let ms = members(ctx)
-        .await?
-        .ok_or_else(|| miette!("Patroni does not answer"))?;
-    let mut candidates = Vec::new();
-    for m in ms.iter().filter(|m| !m.is_leader() && m.is_running()) {
-        if running_minor(ctx, &m.name).await?.as_deref() == Some(want) {
-            candidates.push((m.lag_mb.unwrap_or(0.0), m.name.clone()));
-        }
-    }
-    candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let Some((_, cand)) = candidates.first().cloned() else {
-        return Err(miette!("no upgraded, running replica to switch over to"));
-    };
-    ctx.observe(leader, &format!("upgrade: switchover to {cand}"));
-    let s = ctx.session(leader)?;
-    let out = s
-        .exec(
-            &format!(
-                "patronictl -c {CONFIG} switchover {} --leader {} --candidate {} --force",
-                sh_quote(&ctx.inv.cluster.name),
-                sh_quote(leader),
-                sh_quote(&cand)
-            ),
-            None,
-        )
-        .await?;
-    if !out.ok() {
-        return Err(miette!(
-            "switchover from {leader} to {cand} failed: {}{}",
-            out.stdout_str(),
-            out.stderr_str()
-        ));
-    }
-    wait_until(
-        &format!("{cand} leads and {leader} runs as a replica"),
-        Duration::from_secs(120),
-        || async {
-            Ok(members(ctx)
-                .await?
-                .map(|ms| {
-                    ms.iter()
-                        .any(|m| m.name == cand && m.is_leader() && m.is_running())
-                        && ms
-                            .iter()
-                            .any(|m| m.name == leader && !m.is_leader() && m.is_running())
-                })
-                .unwrap_or(false))
-        },
-    )
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,20 +425,97 @@ mod tests {
         }
     }
 
+    fn member(name: &str, leader: bool, lag: f64) -> Member {
+        Member {
+            name: name.into(),
+            host: String::new(),
+            role: if leader { "Leader" } else { "Replica" }.into(),
+            state: if leader { "running" } else { "streaming" }.into(),
+            timeline: Some(1),
+            lag_mb: Some(lag),
+            pending_restart: false,
+        }
+    }
+
+    fn line(steps: &[PlannedStep]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| format!("{}: {}", s.host, s.step.summary()))
+            .collect()
+    }
+
     #[test]
-    fn replicas_first_leader_last_upgraded_skipped() {
+    fn replicas_first_then_switchover_then_the_old_leader() {
         let s = vec![
             st("pg1", true, "15.18", true),
             st("pg2", false, "15.18", true),
             st("pg3", false, "15.20", false),
         ];
         assert_eq!(order(&s, "15.20"), vec!["pg2", "pg1"]);
-        let plan = plan_changes(&s, "15.20");
-        assert_eq!(plan.len(), 2);
+        // pg3 already runs 15.20 but lags more than pg2, which will be upgraded first.
+        let ms = vec![
+            member("pg1", true, 0.0),
+            member("pg2", false, 0.0),
+            member("pg3", false, 3.0),
+        ];
+        let steps = plan_steps(&s, &ms, "15.20", &Bounds::default()).unwrap();
+        let got = line(&steps);
+        assert_eq!(got.len(), 12, "{got:#?}");
         assert!(
-            matches!(&plan[1].1[0], Change::Command { command, .. } if command.contains("switchover"))
+            got[0].starts_with("pg2: ? gate: fit for a rolling upgrade"),
+            "{got:#?}"
         );
-        assert!(plan[0].1.iter().any(|c| matches!(c, Change::Package { from: Some(f), to, .. } if f == "15.18-0+deb12u1" && to == "15.20-0+deb12u1")));
+        assert_eq!(
+            got[1],
+            "pg2: ~ tags of pg2: nofailover, noloadbalance = true (config, reload Patroni)"
+        );
+        assert_eq!(
+            got[2],
+            "pg2: ~ install and hold on pg2: postgresql-15 15.18-0+deb12u1 -> 15.20-0+deb12u1"
+        );
+        assert!(
+            got[3].starts_with(
+                "pg2: ! restart PostgreSQL of pg2 through Patroni (upgrade 1 of 2: runs 15.18"
+            ),
+            "{}",
+            got[3]
+        );
+        assert_eq!(
+            got[4],
+            "pg2: ? wait: pg2 runs 15.20 and streams with lag under 10 MB"
+        );
+        assert_eq!(
+            got[5],
+            "pg2: ~ tags of pg2: nofailover, noloadbalance = false (config, reload Patroni)"
+        );
+        assert_eq!(got[6], "pg1: ! switchover from pg1 to pg2");
+        assert_eq!(
+            got[7],
+            "pg1: ~ tags of pg1: nofailover, noloadbalance = true (config, reload Patroni)"
+        );
+        assert!(got[9].contains("upgrade 2 of 2"), "{}", got[9]);
+        assert!(steps
+            .iter()
+            .all(|s| !matches!(&s.step, Step::Switchover { to, .. } if to == "pg3")));
+    }
+
+    #[test]
+    fn a_lone_leader_cannot_be_upgraded_without_a_replica() {
+        let s = vec![st("pg1", true, "15.18", true)];
+        let e = plan_steps(&s, &[member("pg1", true, 0.0)], "15.20", &Bounds::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a running replica"), "{e}");
+        assert!(plan_steps(&s, &[], "15.18", &Bounds::default()).is_err());
+        let done = vec![st("pg1", true, "15.20", false)];
+        assert!(plan_steps(
+            &done,
+            &[member("pg1", true, 0.0)],
+            "15.20",
+            &Bounds::default()
+        )
+        .unwrap()
+        .is_empty());
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Phase for Verify {
     }
     async fn plan(&self, _ctx: &Ctx) -> Result<PhasePlan> {
         Ok(PhasePlan {
+            steps: Vec::new(),
             phase: "verify".into(),
             hosts: vec![],
         })

@@ -427,7 +427,45 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, lb: &str, s
     pgdeploy_ok(&["bundle", inv_s, "--also-postgres", "15.20"]);
     let out = pgdeploy(&["upgrade", inv_s, "--postgres", "15.20", "--check"]);
     assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stdout.contains("switchover"), "{}", out.stdout);
+    // The whole rolling upgrade is in the plan, step by step: the old leader goes last,
+    // after a switchover, and every member is tagged out of failover while it restarts.
+    let leader = wait_leader(lab);
+    assert!(
+        out.stdout.contains("steps, in this order:"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("{leader}: ! switchover from {leader} to pg")),
+        "{}",
+        out.stdout
+    );
+    for pg in ["pg1", "pg2", "pg3"] {
+        for on in ["true", "false"] {
+            assert!(
+                out.stdout.contains(&format!(
+                    "{pg}: ~ tags of {pg}: nofailover, noloadbalance = {on}"
+                )),
+                "{}",
+                out.stdout
+            );
+        }
+        assert!(
+            out.stdout
+                .contains(&format!("{pg}: ? wait: {pg} runs 15.20 and streams")),
+            "{}",
+            out.stdout
+        );
+    }
+    let switchover = out.stdout.find("! switchover from").unwrap();
+    let leader_tagged = out
+        .stdout
+        .find(&format!(
+            "~ tags of {leader}: nofailover, noloadbalance = true"
+        ))
+        .unwrap();
+    assert!(switchover < leader_tagged, "{}", out.stdout);
     assert!(
         out.stdout.contains("15.18-0+deb12u1 -> 15.20-0+deb12u1"),
         "{}",

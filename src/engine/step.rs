@@ -1,0 +1,313 @@
+//! Orchestration steps: cluster operations as data.
+//!
+//! Files, packages and units of one host are [`Change`](super::change::Change)s. What spans
+//! hosts and must run in a given order (start the first member, wait until it leads, patch the
+//! DCS, restart one member, switch over, tag a member) is a [`Step`]: a typed value with its
+//! inputs. A phase's plan emits them in order; `check` prints them (and `--format json` gives
+//! them as objects); `apply` runs exactly those, in that order, checking each one's
+//! precondition first. A step that depends on what an earlier one reveals stays
+//! [`Step::Deferred`]; the journal records the concrete steps it became.
+
+use super::change::UnitAction;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One setting of the DCS that a patch changes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    /// The value the plan saw (None: unset).
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// A package a step installs (`from` is what the plan saw installed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageChange {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// A condition a run waits for before it goes on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "gate", rename_all = "kebab-case")]
+pub enum Gate {
+    /// `member` leads the Patroni cluster and runs.
+    Leads { member: String },
+    /// Patroni reports `member` running (and, for a replica, the leader sees it streaming).
+    MemberRunning { member: String },
+    /// `member` runs PostgreSQL `minor` and streams from the leader with at most `max_lag_bytes`.
+    Streams {
+        member: String,
+        minor: String,
+        max_lag_bytes: u64,
+    },
+    /// Every member of the cluster has been through an HA loop that started after this gate
+    /// began (so each applied a reload or a new DCS setting).
+    NextLoop,
+    /// One leader runs and every other member streams from it.
+    Converged,
+    /// `member` is no longer in the Patroni cluster (its member key expired).
+    MemberGone { member: String },
+    /// The leader has dropped the replication slot `slot`.
+    SlotDropped { slot: String },
+    /// Every etcd member is healthy.
+    EtcdHealthy,
+    /// The etcd member on `member` answers healthy.
+    EtcdMemberHealthy { member: String },
+}
+
+/// Which deferred step it is: what it becomes at apply time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expand {
+    /// Restart, one at a time (replicas first, the leader last), the members that report
+    /// `pending_restart`; a few rounds, as a replica may ask again after the leader restarted.
+    PendingRestarts,
+    /// Compare the cluster-wide settings with the DCS once a new cluster leads, and patch it.
+    DcsAfterBootstrap,
+}
+
+/// One orchestration step, run on `PlannedStep::host`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// A systemd unit action at this point of the order.
+    Unit {
+        unit: String,
+        action: UnitAction,
+        reason: String,
+    },
+    /// Patch Patroni's dynamic configuration in the DCS with `patch` (JSON merge).
+    DcsPatch {
+        patch: Value,
+        changes: Vec<KeyChange>,
+    },
+    /// Restart PostgreSQL of `member` through Patroni (`pending`: only if it still reports
+    /// pending_restart).
+    RestartMember {
+        member: String,
+        pending: bool,
+        reason: String,
+    },
+    /// Planned switchover from the leader `from` to the replica `to`.
+    Switchover { from: String, to: String },
+    /// Set (`on`) or clear Patroni's nofailover and noloadbalance tags of `member`, by its
+    /// configuration file and a reload, and wait until Patroni reports them.
+    SetTags { member: String, on: bool },
+    /// Install exact package versions (and hold them), with service starts forbidden.
+    Install {
+        member: String,
+        packages: Vec<PackageChange>,
+    },
+    /// Refuse to go on unless the cluster is fit for a rolling upgrade (lag, old
+    /// transactions, every member streaming, etcd healthy).
+    UpgradePrechecks {
+        max_lag_bytes: u64,
+        max_xact_age_secs: u64,
+    },
+    /// Stop and disable Patroni on `member` (at `address`), which leaves the cluster; its data
+    /// directory stays.
+    LeavePatroni { member: String, address: String },
+    /// Add `member` to the running etcd cluster (`etcdctl member add` through `endpoints`, first
+    /// removing `stale_id`, an earlier add that never started), start it, and wait until it
+    /// and the whole cluster are healthy.
+    EtcdMemberAdd {
+        member: String,
+        peer_url: String,
+        endpoints: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stale_id: Option<String>,
+    },
+    /// Remove the etcd member `name` (id `id`, hexadecimal) from the cluster, through this
+    /// host, while every member is healthy.
+    EtcdMemberRemove {
+        name: String,
+        id: String,
+        /// Members the etcd cluster has after the removal.
+        size_after: usize,
+    },
+    /// Disable `unit` on a host that left the cluster (at `address`), so that it stays stopped
+    /// after a reboot. A host that cannot be reached only gets a warning.
+    DisableRetired {
+        name: String,
+        address: String,
+        unit: String,
+    },
+    /// Wait until a condition holds (within a generous deadline).
+    Wait { gate: Gate },
+    /// Known only once earlier steps ran.
+    Deferred {
+        expand: Expand,
+        what: String,
+        why: String,
+    },
+}
+
+/// A step and the host it runs on (or through).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedStep {
+    pub host: String,
+    #[serde(flatten)]
+    pub step: Step,
+}
+
+impl PlannedStep {
+    pub fn new(host: &str, step: Step) -> Self {
+        PlannedStep {
+            host: host.to_string(),
+            step,
+        }
+    }
+}
+
+impl Gate {
+    pub fn summary(&self) -> String {
+        match self {
+            Gate::Leads { member } => format!("{member} leads the cluster"),
+            Gate::MemberRunning { member } => format!("member {member} runs (and streams)"),
+            Gate::Streams {
+                member,
+                minor,
+                max_lag_bytes,
+            } => format!(
+                "{member} runs {minor} and streams with lag under {} MB",
+                max_lag_bytes / 1_048_576
+            ),
+            Gate::NextLoop => "every member has been through a new HA loop".into(),
+            Gate::Converged => "one leader runs and every replica streams from it".into(),
+            Gate::MemberGone { member } => format!("{member} has left the Patroni cluster"),
+            Gate::SlotDropped { slot } => {
+                format!("the leader has dropped replication slot {slot}")
+            }
+            Gate::EtcdHealthy => "every etcd member is healthy".into(),
+            Gate::EtcdMemberHealthy { member } => format!("etcd member {member} is healthy"),
+        }
+    }
+}
+
+impl Step {
+    /// One line, as `check` prints it and the journal records it.
+    pub fn summary(&self) -> String {
+        match self {
+            Step::Unit {
+                unit,
+                action,
+                reason,
+            } => format!("! unit {} {unit} ({reason})", action.verb()),
+            Step::DcsPatch { patch, changes } => {
+                let what: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {} -> {}",
+                            c.key,
+                            c.from.as_deref().unwrap_or("(unset)"),
+                            c.to
+                        )
+                    })
+                    .collect();
+                format!("~ patch DCS {patch} ({})", what.join(", "))
+            }
+            Step::RestartMember {
+                member,
+                pending,
+                reason,
+            } => format!(
+                "! restart PostgreSQL of {member} through Patroni{} ({reason})",
+                if *pending { " if still pending" } else { "" }
+            ),
+            Step::Switchover { from, to } => format!("! switchover from {from} to {to}"),
+            Step::SetTags { member, on } => format!(
+                "~ tags of {member}: nofailover, noloadbalance = {on} (config, reload Patroni)"
+            ),
+            Step::Install { member, packages } => {
+                let p: Vec<String> = packages
+                    .iter()
+                    .map(|p| match &p.from {
+                        Some(f) => format!("{} {f} -> {}", p.name, p.to),
+                        None => format!("{} {}", p.name, p.to),
+                    })
+                    .collect();
+                format!("~ install and hold on {member}: {}", p.join(", "))
+            }
+            Step::UpgradePrechecks {
+                max_lag_bytes,
+                max_xact_age_secs,
+            } => format!(
+                "? gate: fit for a rolling upgrade (lag <= {} MB, no transaction older than {max_xact_age_secs} s, all streaming, etcd healthy)",
+                max_lag_bytes / 1_048_576
+            ),
+            Step::LeavePatroni { member, address } => format!(
+                "! systemctl disable --now patroni.service on {member} ({address}): it leaves the Patroni cluster; its data directory stays"
+            ),
+            Step::EtcdMemberAdd {
+                member,
+                peer_url,
+                endpoints,
+                stale_id,
+            } => format!(
+                "! etcdctl member add {member} --peer-urls={peer_url}{} and start it (the cluster has {} members; the others keep running)",
+                stale_id
+                    .as_ref()
+                    .map(|id| format!(", after removing the stale member {id}"))
+                    .unwrap_or_default(),
+                endpoints.len()
+            ),
+            Step::EtcdMemberRemove {
+                name,
+                id,
+                size_after,
+            } => format!(
+                "! etcdctl member remove {id} ({name}): {size_after} members remain; only while every member is healthy"
+            ),
+            Step::DisableRetired {
+                name,
+                address,
+                unit,
+            } => format!("! disable --now {unit} on {name} ({address}), which left the cluster"),
+            Step::Wait { gate } => format!("? wait: {}", gate.summary()),
+            Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),
+        }
+    }
+
+    /// Whether running it changes something (waits, gates and deferred notes do not).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Step::Wait { .. } | Step::Deferred { .. } | Step::UpgradePrechecks { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_serialize_as_tagged_objects() {
+        let s = PlannedStep::new(
+            "pg1",
+            Step::Switchover {
+                from: "pg1".into(),
+                to: "pg2".into(),
+            },
+        );
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({"host": "pg1", "step": "switchover", "from": "pg1", "to": "pg2"})
+        );
+        let w = Step::Wait {
+            gate: Gate::Leads {
+                member: "pg1".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&w).unwrap(),
+            serde_json::json!({"step": "wait", "gate": {"gate": "leads", "member": "pg1"}})
+        );
+        assert!(!w.is_change());
+        assert_eq!(w.summary(), "? wait: pg1 leads the cluster");
+    }
+}

@@ -1,0 +1,444 @@
+//! Running orchestration steps (see [`crate::engine::step`]): exactly the steps a plan holds,
+//! in order. Before each step its precondition is checked against the cluster as it is now;
+//! if the world moved since the plan, the run stops with an error that says what changed,
+//! instead of doing something else. Every step that runs is recorded in the journal with its
+//! result and duration; a deferred step records the concrete steps it became.
+
+use super::etcd::wait_until;
+use super::patroni::{
+    cluster_json, dcs_diff, dcs_patch, desired_dcs, members, patronictl, same_value, streaming,
+    wait_all_looped_since, wait_converged, wait_member_running, Member,
+};
+use super::upgrade::{installed_versions, lag_of, prechecks, running_minor, set_tags, Bounds};
+use crate::engine::exec::{install_packages, run_unit};
+use crate::engine::facts::sh_quote;
+use crate::engine::step::{Expand, Gate, KeyChange, PlannedStep, Step};
+use crate::engine::Ctx;
+use miette::{miette, Result};
+use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// How long a member may take to run again after a restart (or to join).
+const MEMBER_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the whole cluster may take to converge.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(300);
+/// Restart rounds a deferred pending-restart step may take (a replica can ask again after the
+/// leader restarted with a lower value of max_connections and the like).
+const RESTART_ROUNDS: usize = 4;
+
+/// Run `steps` in order; stop at the first failure, with the members' state in the error.
+pub async fn run_all(ctx: &Ctx, steps: &[PlannedStep]) -> Result<()> {
+    for s in steps {
+        if let Err(e) = run(ctx, s).await {
+            return Err(miette!(
+                help = "steps before this one are done; run `pgdeploy check` to see what is left, and `pgdeploy apply` again to continue",
+                "step `{}` on {} failed: {e:?}\nmembers now:\n{}",
+                s.step.summary(),
+                s.host,
+                members_now(ctx).await
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Run one step: its precondition, then the step, recorded. Deferred steps expand here.
+pub fn run<'a>(
+    ctx: &'a Ctx,
+    s: &'a PlannedStep,
+) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        if let Step::Deferred { expand, .. } = &s.step {
+            let mut round = 0;
+            loop {
+                let concrete = expansion(ctx, *expand).await?;
+                if concrete.is_empty() {
+                    return Ok(());
+                }
+                for c in &concrete {
+                    run(ctx, c).await?;
+                }
+                round += 1;
+                if *expand != Expand::PendingRestarts || round >= RESTART_ROUNDS {
+                    return Ok(());
+                }
+            }
+        }
+        ctx.observe(&s.host, &s.step.summary());
+        let what = ctx.redact(&s.step.summary());
+        ctx.step(&s.host, &what, execute(ctx, s)).await
+    })
+}
+
+async fn members_now(ctx: &Ctx) -> String {
+    match members(ctx).await {
+        Ok(Some(ms)) => ms
+            .iter()
+            .map(|m| {
+                format!(
+                    "  {}: {} {}{}",
+                    m.name,
+                    m.role,
+                    m.state,
+                    if m.pending_restart {
+                        " (pending restart)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => "  (Patroni does not answer)".into(),
+    }
+}
+
+fn moved(what: String) -> miette::Report {
+    miette!(
+        help =
+            "the cluster changed since the plan was made; run `pgdeploy check` to see the new plan",
+        "{what}"
+    )
+}
+
+async fn cluster(ctx: &Ctx) -> Result<Vec<Member>> {
+    members(ctx)
+        .await?
+        .ok_or_else(|| miette!("Patroni does not answer on any member"))
+}
+
+/// Check the step's precondition, then do it.
+async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
+    let host = s.host.as_str();
+    match &s.step {
+        Step::Unit { unit, action, .. } => run_unit(ctx.session(host)?, unit, *action).await,
+        Step::DcsPatch { patch, changes } => dcs_patch_step(ctx, host, patch, changes).await,
+        Step::RestartMember {
+            member, pending, ..
+        } => {
+            let ms = cluster(ctx).await?;
+            let Some(m) = ms.iter().find(|m| &m.name == member) else {
+                return Err(moved(format!(
+                    "member {member} is no longer in the cluster"
+                )));
+            };
+            if *pending && !m.pending_restart {
+                return Ok(()); // restarted meanwhile: nothing left to do
+            }
+            let out = ctx
+                .session(host)?
+                .exec(
+                    &patronictl(&format!(
+                        "restart {} {} {}--force",
+                        sh_quote(&ctx.inv.cluster.name),
+                        sh_quote(member),
+                        if *pending { "--pending " } else { "" }
+                    )),
+                    None,
+                )
+                .await?;
+            if !out.ok() {
+                return Err(miette!(
+                    "{member}: restart through Patroni failed: {}",
+                    out.stderr_str().trim()
+                ));
+            }
+            Ok(())
+        }
+        Step::Switchover { from, to } => switchover(ctx, host, from, to).await,
+        Step::SetTags { member, on } => set_tags(ctx, member, *on).await,
+        Step::Install { member, packages } => {
+            let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+            let now = installed_versions(ctx, member, &names).await?;
+            for p in packages {
+                let cur = now
+                    .iter()
+                    .find(|(n, _)| n == &p.name)
+                    .and_then(|(_, v)| v.clone());
+                if cur != p.from && cur.as_deref() != Some(p.to.as_str()) {
+                    return Err(moved(format!(
+                        "{member}: {} is {} now, the plan expected {}",
+                        p.name,
+                        cur.as_deref().unwrap_or("not installed"),
+                        p.from.as_deref().unwrap_or("it absent")
+                    )));
+                }
+            }
+            let s = ctx.session(member)?;
+            let refs: Vec<(&String, &String)> = packages.iter().map(|p| (&p.name, &p.to)).collect();
+            let opts = super::packages::apt_source_opts(ctx.inv.packages.source);
+            install_packages(s, &refs, &opts, false).await?;
+            let q: Vec<String> = names.iter().map(|n| sh_quote(n)).collect();
+            s.run(&format!("apt-mark hold {} >/dev/null", q.join(" ")))
+                .await?;
+            Ok(())
+        }
+        Step::UpgradePrechecks {
+            max_lag_bytes,
+            max_xact_age_secs,
+        } => {
+            prechecks(
+                ctx,
+                &Bounds {
+                    max_lag_bytes: *max_lag_bytes,
+                    max_xact_age_secs: *max_xact_age_secs,
+                },
+            )
+            .await
+        }
+        Step::LeavePatroni { member, address } => {
+            super::retire::leave_patroni(ctx, member, address).await
+        }
+        Step::EtcdMemberAdd {
+            member,
+            peer_url,
+            endpoints,
+            stale_id,
+        } => super::etcd::join(ctx, member, peer_url, endpoints, stale_id.as_deref()).await,
+        Step::EtcdMemberRemove { name, id, .. } => {
+            super::retire::remove_etcd_member(ctx, host, name, id).await
+        }
+        Step::DisableRetired {
+            name,
+            address,
+            unit,
+        } => super::retire::disable_retired(ctx, name, address, unit).await,
+        Step::Wait { gate } => wait(ctx, host, gate).await,
+        Step::Deferred { .. } => Ok(()),
+    }
+}
+
+async fn dcs_patch_step(ctx: &Ctx, host: &str, patch: &Value, changes: &[KeyChange]) -> Result<()> {
+    let (_, body) = cluster_json(ctx, "/config")
+        .await?
+        .ok_or_else(|| miette!("Patroni's REST API does not answer"))?;
+    let current: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut flat = std::collections::BTreeMap::new();
+    super::patroni::flatten("", &current, &mut flat);
+    for c in changes {
+        let now = flat.get(&c.key);
+        let as_planned = match (now, &c.from) {
+            (None, None) => true,
+            (Some(n), Some(f)) => same_value(n, f),
+            _ => false,
+        };
+        if !as_planned && !now.is_some_and(|n| same_value(n, &c.to)) {
+            return Err(moved(format!(
+                "the DCS setting {} is {} now; the plan saw {}",
+                c.key,
+                now.map(String::as_str).unwrap_or("(unset)"),
+                c.from.as_deref().unwrap_or("(unset)")
+            )));
+        }
+    }
+    let out = ctx
+        .session(host)?
+        .exec(
+            &patronictl("edit-config --force --apply -"),
+            Some(patch.to_string().as_bytes()),
+        )
+        .await?;
+    if !out.ok() {
+        return Err(miette!(
+            "{host}: patronictl edit-config failed: {}",
+            ctx.redact(&out.stderr_str())
+        ));
+    }
+    Ok(())
+}
+
+async fn switchover(ctx: &Ctx, host: &str, from: &str, to: &str) -> Result<()> {
+    let ms = cluster(ctx).await?;
+    if !ms
+        .iter()
+        .any(|m| m.name == from && m.is_leader() && m.is_running())
+    {
+        return Err(moved(format!("{from} no longer leads the cluster")));
+    }
+    if !ms
+        .iter()
+        .any(|m| m.name == to && !m.is_leader() && m.is_running())
+        || !streaming(ctx, from).await?.contains(to)
+    {
+        return Err(moved(format!(
+            "{to} does not run as a streaming replica: no switchover to it"
+        )));
+    }
+    let out = ctx
+        .session(host)?
+        .exec(
+            &patronictl(&format!(
+                "switchover {} --leader {} --candidate {} --force",
+                sh_quote(&ctx.inv.cluster.name),
+                sh_quote(from),
+                sh_quote(to)
+            )),
+            None,
+        )
+        .await?;
+    if !out.ok() {
+        return Err(miette!(
+            "switchover from {from} to {to} failed: {}{}",
+            out.stdout_str(),
+            out.stderr_str()
+        ));
+    }
+    wait_until(
+        &format!("{to} leads and {from} runs as a replica"),
+        Duration::from_secs(120),
+        || async {
+            Ok(members(ctx)
+                .await?
+                .map(|ms| {
+                    ms.iter()
+                        .any(|m| m.name == to && m.is_leader() && m.is_running())
+                        && ms
+                            .iter()
+                            .any(|m| m.name == from && !m.is_leader() && m.is_running())
+                })
+                .unwrap_or(false))
+        },
+    )
+    .await
+}
+
+async fn wait(ctx: &Ctx, host: &str, gate: &Gate) -> Result<()> {
+    match gate {
+        Gate::Leads { member } => {
+            wait_until(
+                &format!("{member} leads the cluster"),
+                MEMBER_DEADLINE,
+                || async {
+                    Ok(members(ctx)
+                        .await?
+                        .map(|ms| {
+                            ms.iter()
+                                .any(|m| &m.name == member && m.is_leader() && m.is_running())
+                        })
+                        .unwrap_or(false))
+                },
+            )
+            .await
+        }
+        Gate::MemberRunning { member } => wait_member_running(ctx, member).await,
+        Gate::Streams {
+            member,
+            minor,
+            max_lag_bytes,
+        } => {
+            let max_lag_mb = *max_lag_bytes as f64 / 1_048_576.0;
+            wait_until(
+                &format!("{member} runs {minor} and streams with lag under the bound"),
+                CLUSTER_DEADLINE,
+                || async {
+                    let Some(ms) = members(ctx).await? else {
+                        return Ok(false);
+                    };
+                    let Some(leader) = ms.iter().find(|m| m.is_leader()).map(|m| m.name.clone())
+                    else {
+                        return Ok(false);
+                    };
+                    let running = running_minor(ctx, member).await?;
+                    let streams = streaming(ctx, &leader).await?.contains(member);
+                    Ok(running.as_deref() == Some(minor.as_str())
+                        && streams
+                        && lag_of(&ms, member).unwrap_or(0.0) <= max_lag_mb)
+                },
+            )
+            .await
+        }
+        Gate::NextLoop => {
+            let since = super::patroni::loop_deadline(ctx, host).await?;
+            wait_all_looped_since(ctx, since, "the change").await
+        }
+        Gate::Converged => wait_converged(ctx, CLUSTER_DEADLINE).await,
+        Gate::MemberGone { member } => super::retire::wait_member_gone(ctx, member).await,
+        Gate::SlotDropped { slot } => super::retire::wait_slot_dropped(ctx, slot).await,
+        Gate::EtcdHealthy => super::retire::wait_etcd_healthy(ctx).await,
+        Gate::EtcdMemberHealthy { member } => {
+            use crate::engine::phase::Gate as _;
+            super::etcd::MemberHealthy.wait_healthy(ctx, member).await
+        }
+    }
+}
+
+/// The concrete steps a deferred step becomes, as the cluster is now.
+async fn expansion(ctx: &Ctx, e: Expand) -> Result<Vec<PlannedStep>> {
+    let ms = cluster(ctx).await?;
+    match e {
+        Expand::PendingRestarts => Ok(pending_restarts(&ms, "PostgreSQL reports pending_restart")),
+        Expand::DcsAfterBootstrap => {
+            let Some(leader) = ms.iter().find(|m| m.is_leader()) else {
+                return Err(miette!("the new cluster has no leader"));
+            };
+            let (_, body) = cluster_json(ctx, "/config")
+                .await?
+                .ok_or_else(|| miette!("Patroni's REST API does not answer"))?;
+            let current: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            Ok(dcs_steps(&leader.name, &current, &desired_dcs(ctx)))
+        }
+    }
+}
+
+/// Restarts of the members that report pending_restart: replicas one at a time, then the
+/// leader, each followed by a wait until it runs (and streams) again.
+pub fn pending_restarts(ms: &[Member], reason: &str) -> Vec<PlannedStep> {
+    let mut pending: Vec<&Member> = ms.iter().filter(|m| m.pending_restart).collect();
+    pending.sort_by_key(|m| m.is_leader());
+    let mut out = Vec::new();
+    for m in pending {
+        out.push(PlannedStep::new(
+            &m.name,
+            Step::RestartMember {
+                member: m.name.clone(),
+                pending: true,
+                reason: reason.into(),
+            },
+        ));
+        out.push(PlannedStep::new(
+            &m.name,
+            Step::Wait {
+                gate: Gate::MemberRunning {
+                    member: m.name.clone(),
+                },
+            },
+        ));
+    }
+    out
+}
+
+/// The DCS patch (run through `leader`) that makes the cluster-wide settings those of the
+/// inventory, a wait until every member applied it, and the restarts it may ask for.
+pub fn dcs_steps(
+    leader: &str,
+    current: &Value,
+    desired: &std::collections::BTreeMap<String, String>,
+) -> Vec<PlannedStep> {
+    let diff = dcs_diff(current, desired);
+    if diff.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        PlannedStep::new(
+            leader,
+            Step::DcsPatch {
+                patch: dcs_patch(&diff),
+                changes: diff
+                    .into_iter()
+                    .map(|(key, from, to)| KeyChange { key, from, to })
+                    .collect(),
+            },
+        ),
+        PlannedStep::new(leader, Step::Wait { gate: Gate::NextLoop }),
+        PlannedStep::new(
+            leader,
+            Step::Deferred {
+                expand: Expand::PendingRestarts,
+                what: "restart, one at a time (replicas first, the leader last), the members that then report pending_restart".into(),
+                why: "PostgreSQL tells which parameters need a restart only after they are applied".into(),
+            },
+        ),
+    ]
+}
