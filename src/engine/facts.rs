@@ -4,16 +4,7 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Quote a string for POSIX sh.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+use crate::shell::sh_quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum PathKind {
@@ -529,14 +520,6 @@ haproxy.service
     fn truncated_output_is_an_error() {
         let cut = &OUT[..OUT.find("@PENDING").unwrap()];
         assert!(parse_probe(&req(), cut).is_err());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/etc/a.conf"), "/etc/a.conf");
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), "'it'\\''s'");
-        assert_eq!(sh_quote(""), "''");
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! cluster is healthy.
 
 use crate::engine::change::{Change, UnitAction};
-use crate::engine::facts::{sh_quote, PENDING_DIR};
+use crate::engine::facts::PENDING_DIR;
 use crate::engine::phase::{
     apply_host_plans, plan_roles, Gate, HostPlan, Phase, PhasePlan, RestartPolicy,
 };
 use crate::engine::Ctx;
 use crate::inventory::Group;
+use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::sync::Arc;

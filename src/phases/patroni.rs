@@ -6,10 +6,10 @@
 use super::etcd::wait_until;
 use crate::engine::change::{Change, UnitAction};
 use crate::engine::exec::{apply_changes, run_unit};
-use crate::engine::facts::sh_quote;
 use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::{Group, ParamValue};
+use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use serde_json::Value;
