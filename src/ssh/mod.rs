@@ -636,17 +636,6 @@ impl Session {
         self.exec_raw(&wrapped, cmd, prefix.as_deref(), stdin).await
     }
 
-    /// Like [`Session::exec`], with stdin streamed from any reader (never held in memory).
-    pub async fn exec_reader<R: AsyncRead + Unpin + Send>(
-        &self,
-        cmd: &str,
-        stdin: R,
-    ) -> Result<Output, SshError> {
-        let (wrapped, prefix) = self.wrap(cmd);
-        self.exec_raw(&wrapped, cmd, prefix.as_deref(), Some(stdin))
-            .await
-    }
-
     fn failed(&self, cmd: &str, out: &Output) -> SshError {
         let err = tail(&out.stderr);
         let err = if err.is_empty() {
