@@ -1,58 +1,57 @@
 //! Wall-clock time as text: RFC 3339 UTC for records, local hh:mm:ss for displays.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+const RFC3339_MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+const RFC3339_SECS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const HMS: &[FormatItem<'static>] = format_description!("[hour]:[minute]:[second]");
 
 /// Now, as `2024-06-01T15:30:12.345Z`.
 pub fn utc_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    utc_rfc3339(d.as_secs() as i64, d.subsec_millis())
+    let now = OffsetDateTime::now_utc();
+    utc_rfc3339(now.unix_timestamp(), now.millisecond().into())
 }
 
-/// `secs` since the Unix epoch as `YYYY-MM-DDThh:mm:ss.mmmZ`.
+/// `secs` since the Unix epoch as `YYYY-MM-DDThh:mm:ss.mmmZ` (`millis` above 999 counts as 999).
 pub fn utc_rfc3339(secs: i64, millis: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = at(secs) + time::Duration::milliseconds(i64::from(millis.min(999)));
+    format(t, RFC3339_MILLIS)
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `secs` since the Unix epoch as `YYYY-MM-DDThh:mm:ssZ` (whole seconds).
+pub fn utc_rfc3339_secs(secs: i64) -> String {
+    format(at(secs), RFC3339_SECS)
 }
 
 /// The local time of day, `hh:mm:ss` (UTC, marked so, if the local zone cannot be read).
+///
+/// `time`'s local offset (feature `local-offset`) reads the zone with `localtime_r`; since
+/// time 0.3.37 it no longer refuses in multi-threaded processes (only the `tzset` refresh is
+/// skipped there), so it is usable from the tokio runtime and no libc call is needed here.
 pub fn local_hms() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let t = secs as libc::time_t;
-    // SAFETY: localtime_r only writes into `tm`, which we own; all-zero is a valid `tm`.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok {
-        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
-    } else {
-        let r = secs % 86_400;
-        format!("{:02}:{:02}:{:02} UTC", r / 3600, r % 3600 / 60, r % 60)
+    let now = OffsetDateTime::now_utc();
+    match UtcOffset::local_offset_at(now) {
+        Ok(off) => format(now.to_offset(off), HMS),
+        Err(_) => format!("{} UTC", format(now, HMS)),
     }
+}
+
+/// The instant `secs` after the epoch, clamped to the years `time` represents (±9999).
+fn at(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(if secs < 0 {
+        OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT)
+    } else {
+        OffsetDateTime::new_utc(time::Date::MAX, time::Time::MAX)
+    })
+}
+
+fn format(t: OffsetDateTime, f: &[FormatItem<'_>]) -> String {
+    // Formatting a date within ±9999 with these descriptions cannot fail.
+    t.format(f).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -66,6 +65,8 @@ mod tests {
         assert_eq!(utc_rfc3339(951_827_696, 7), "2000-02-29T12:34:56.007Z");
         assert_eq!(utc_rfc3339(1_717_255_812, 345), "2024-06-01T15:30:12.345Z");
         assert_eq!(utc_rfc3339(-1, 0), "1969-12-31T23:59:59.000Z");
+        assert_eq!(utc_rfc3339_secs(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_rfc3339_secs(1_795_642_002), "2026-11-25T21:26:42Z");
     }
 
     #[test]
@@ -73,6 +74,9 @@ mod tests {
         let n = utc_now();
         assert_eq!(n.len(), 24, "{n}");
         assert!(n.ends_with('Z') && n.as_bytes()[10] == b'T', "{n}");
-        assert_eq!(local_hms().split(':').count(), 3);
+        let l = local_hms();
+        assert_eq!(l.split(':').count(), 3, "{l}");
+        // From a multi-threaded test binary the local zone is still readable.
+        assert!(!l.ends_with("UTC"), "{l}");
     }
 }

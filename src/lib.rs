@@ -17,5 +17,6 @@ pub mod pki;
 pub mod platform;
 pub mod report;
 pub mod secrets;
+pub mod shell;
 pub mod ssh;
 pub mod status;

@@ -187,14 +187,7 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), BundleError> {
 
 /// RFC 3339 UTC timestamp of a time given in seconds since the Unix epoch.
 pub fn rfc3339_utc(secs: u64) -> String {
-    let rem = secs % 86_400;
-    let (y, m, d) = crate::clock::civil_from_days((secs / 86_400) as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    crate::clock::utc_rfc3339_secs(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Executing changes on one host: the only code that mutates hosts for the generic steps.
 
 use super::change::{Change, UnitAction};
-use super::facts::{sh_quote, PENDING_DIR};
+use super::facts::PENDING_DIR;
 use super::record;
+use crate::shell::sh_quote;
 use crate::ssh::Session;
 use miette::{miette, Result};
 use std::time::Instant;

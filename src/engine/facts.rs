@@ -4,16 +4,7 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Quote a string for POSIX sh.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+use crate::shell::sh_quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum PathKind {
@@ -161,12 +152,6 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             return Ok(());
         };
         match kind.as_str() {
-            "P" => {
-                let path = req.paths.get(*idx).ok_or_else(|| {
-                    format!("probe output names path #{idx}, which was not asked")
-                })?;
-                facts.paths.insert(path.clone(), parse_path_fact(buf)?);
-            }
             "PKG" => {
                 for l in buf.iter() {
                     let parts: Vec<&str> = l.split('|').collect();
@@ -189,30 +174,6 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             }
             "SYSTEMD" => {
                 facts.has_systemd = buf.first().map(|l| l.trim() == "yes").unwrap_or(false)
-            }
-            "U" => {
-                let unit = req.units.get(*idx).ok_or_else(|| {
-                    format!("probe output names unit #{idx}, which was not asked")
-                })?;
-                let joined = buf.join("\n");
-                let (en, act) = joined.split_once('|').unwrap_or((&joined, ""));
-                let en = en.trim();
-                let act = act.trim();
-                facts.units.insert(
-                    unit.clone(),
-                    UnitFact {
-                        enabled: if en.is_empty() {
-                            "not-found".into()
-                        } else {
-                            en.to_string()
-                        },
-                        active: if act.is_empty() {
-                            "inactive".into()
-                        } else {
-                            act.to_string()
-                        },
-                    },
-                );
             }
             "S" => {
                 let key = req.sysctls.get(*idx).ok_or_else(|| {
@@ -309,16 +270,7 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             let kind = it.next().unwrap_or("");
             if matches!(
                 kind,
-                "P" | "STAT"
-                    | "SHA"
-                    | "PKG"
-                    | "HOLD"
-                    | "SYSTEMD"
-                    | "U"
-                    | "UNITS"
-                    | "S"
-                    | "PENDING"
-                    | "END"
+                "STAT" | "SHA" | "PKG" | "HOLD" | "SYSTEMD" | "UNITS" | "S" | "PENDING" | "END"
             ) {
                 flush(&section, &mut buf, &mut facts)?;
                 if kind == "END" {
@@ -337,14 +289,12 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
     if !saw_end {
         return Err("probe output ended early (no end marker): the command was cut off".into());
     }
-    if facts.paths.is_empty() {
-        for p in &req.paths {
-            let lines: Vec<&str> = match stat.get(p) {
-                Some(st) => vec![st, sha.get(p).map(String::as_str).unwrap_or("")],
-                None => vec!["absent"],
-            };
-            facts.paths.insert(p.clone(), parse_path_fact(&lines)?);
-        }
+    for p in &req.paths {
+        let lines: Vec<&str> = match stat.get(p) {
+            Some(st) => vec![st, sha.get(p).map(String::as_str).unwrap_or("")],
+            None => vec!["absent"],
+        };
+        facts.paths.insert(p.clone(), parse_path_fact(&lines)?);
     }
     Ok(facts)
 }
@@ -433,13 +383,16 @@ mod tests {
         }
     }
 
-    const OUT: &str = "@P 0
-regular file|644|root|root
-0f343b0931126a20f133d67c2b018a3b5f6b0d2c3ab1aaf3b8bd7e3a9b5f4a00
-@P 1
-directory|750|postgres|postgres
-@P 2
-absent
+    const SHA_A: &str = "0f343b0931126a20f133d67c2b018a3b5f6b0d2c3ab1aaf3b8bd7e3a9b5f4a00";
+
+    /// Output of [`probe_command`] for [`req`]: every section, one path absent.
+    fn out() -> String {
+        format!(
+            "@STAT
+regular file|644|root|root|/etc/a
+directory|750|postgres|postgres|/etc/d
+@SHA
+{SHA_A}  /etc/a
 @PKG
 haproxy|2.6.12-1+deb12u1|ii 
 etcd-server|3.4.23-4+b6|un 
@@ -447,13 +400,14 @@ etcd-server|3.4.23-4+b6|un
 haproxy
 @SYSTEMD
 yes
-@U 0
-enabled
-|
-active
-@U 1
-|
-inactive
+@UNITS
+LoadState=loaded
+ActiveState=active
+UnitFileState=enabled
+
+LoadState=not-found
+ActiveState=inactive
+UnitFileState=
 @S 0
 60
 @RW
@@ -462,15 +416,17 @@ inactive
 @PENDING
 haproxy.service
 @END
-";
+"
+        )
+    }
 
     #[test]
     fn parses_a_full_probe() {
-        let f = parse_probe(&req(), OUT).unwrap();
+        let f = parse_probe(&req(), &out()).unwrap();
         let a = &f.paths["/etc/a"];
         assert_eq!(a.kind, PathKind::File);
         assert_eq!(a.mode, 0o644);
-        assert_eq!(a.sha256.as_deref().map(|s| s.len()), Some(64));
+        assert_eq!(a.sha256.as_deref(), Some(SHA_A));
         assert_eq!(f.paths["/etc/d"].kind, PathKind::Dir);
         assert_eq!(f.paths["/etc/d"].owner, "postgres");
         assert_eq!(f.paths["/etc/missing"].kind, PathKind::Absent);
@@ -527,16 +483,9 @@ haproxy.service
 
     #[test]
     fn truncated_output_is_an_error() {
-        let cut = &OUT[..OUT.find("@PENDING").unwrap()];
+        let out = out();
+        let cut = &out[..out.find("@PENDING").unwrap()];
         assert!(parse_probe(&req(), cut).is_err());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/etc/a.conf"), "/etc/a.conf");
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), "'it'\\''s'");
-        assert_eq!(sh_quote(""), "''");
     }
 
     #[test]

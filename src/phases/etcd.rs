@@ -7,11 +7,12 @@
 
 use crate::engine::change::{Change, UnitAction};
 use crate::engine::exec::apply_changes;
-use crate::engine::facts::{sh_quote, PENDING_DIR};
+use crate::engine::facts::PENDING_DIR;
 use crate::engine::phase::{plan_roles, Gate, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::Group;
+use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::time::{Duration, Instant};

@@ -7,11 +7,12 @@
 use crate::bundle::Manifest;
 use crate::engine::change::Change;
 use crate::engine::exec::{apply_changes, install_packages};
-use crate::engine::facts::{parse_probe, probe_command, sh_quote};
+use crate::engine::facts::{parse_probe, probe_command};
 use crate::engine::phase::{desired_for_host, hosts_for_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::plan::{plan_packages, plan_resources, Desired, DesiredFile};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::PackageSource;
+use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::collections::{BTreeMap, BTreeSet};

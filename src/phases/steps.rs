@@ -11,7 +11,7 @@ use super::patroni::{
 };
 use super::upgrade::{installed_versions, lag_of, prechecks, running_minor, set_tags, Bounds};
 use crate::engine::exec::{install_packages, run_unit};
-use crate::engine::facts::sh_quote;
+use crate::shell::sh_quote;
 use crate::engine::step::{Expand, Gate, KeyChange, PlannedStep, Step};
 use crate::engine::Ctx;
 use miette::{miette, Result};

@@ -5,10 +5,10 @@
 
 use super::etcd::wait_until;
 use super::patroni::members;
-use crate::engine::facts::sh_quote;
 use crate::engine::phase::{Phase, PhasePlan};
 use crate::engine::Ctx;
 use crate::inventory::Group;
+use crate::shell::sh_quote;
 use crate::ssh::Session;
 use async_trait::async_trait;
 use miette::{miette, Result};

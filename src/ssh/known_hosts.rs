@@ -1,12 +1,15 @@
 //! known_hosts verification (OpenSSH format): plain and hashed (`|1|salt|hash`) host patterns,
 //! `*`/`?` wildcards, `!` negation, `@revoked` markers. `@cert-authority` lines are ignored.
+//!
+//! Lines are parsed by `ssh-key` (markers, hashed names, keys). It has no host matching and no
+//! writer, so matching a host against an entry's patterns and appending new keys live here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use base64::Engine;
 use hmac::{KeyInit, Mac};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 
 use super::SshError;
@@ -35,35 +38,22 @@ pub fn lookup(path: &Path, pattern_host: &str) -> std::io::Result<Vec<Known>> {
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
+    // Line by line rather than through `KnownHosts`: messages name the line, and one bad line
+    // is skipped (as OpenSSH does) instead of failing the whole file.
     for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split_whitespace();
-        let mut first = fields.next().unwrap_or_default();
-        let mut revoked = false;
-        if let Some(marker) = first.strip_prefix('@') {
-            match marker {
-                "revoked" => revoked = true,
-                _ => continue, // @cert-authority: host certificates are not used
-            }
-            first = match fields.next() {
-                Some(f) => f,
-                None => continue,
-            };
-        }
-        let (Some(_alg), Some(b64)) = (fields.next(), fields.next()) else {
+        let Some(entry) = parse_line(raw) else {
             continue;
         };
-        if !hosts_match(first, pattern_host) {
-            continue;
-        }
-        // A line we cannot parse is skipped, as OpenSSH does.
-        if let Ok(key) = russh::keys::parse_public_key_base64(b64) {
+        let revoked = match entry.marker() {
+            None => false,
+            Some(Marker::Revoked) => true,
+            // @cert-authority: host certificates are not used.
+            Some(_) => continue,
+        };
+        if hosts_match(entry.host_patterns(), pattern_host) {
             out.push(Known {
                 line: i + 1,
-                key,
+                key: entry.public_key().clone(),
                 revoked,
             });
         }
@@ -71,38 +61,45 @@ pub fn lookup(path: &Path, pattern_host: &str) -> std::io::Result<Vec<Known>> {
     Ok(out)
 }
 
-fn hosts_match(field: &str, host: &str) -> bool {
-    let mut matched = false;
-    for pat in field.split(',') {
-        if let Some(neg) = pat.strip_prefix('!') {
-            if glob(neg, host) {
-                return false;
-            }
-        } else if pat.starts_with("|1|") {
-            if hashed_match(pat, host) {
-                matched = true;
-            }
-        } else if glob(pat, host) {
-            matched = true;
-        }
+/// One known_hosts line; None for blank lines, comments and lines that do not parse.
+fn parse_line(raw: &str) -> Option<Entry> {
+    // ssh-key splits fields on single spaces; OpenSSH takes any run of blanks (and leading
+    // ones), so the fields are rejoined with one space first.
+    let fields: Vec<&str> = raw.split_whitespace().collect();
+    if fields.first().is_none_or(|f| f.starts_with('#')) {
+        return None;
     }
-    matched
+    fields.join(" ").parse().ok()
 }
 
-fn hashed_match(pat: &str, host: &str) -> bool {
-    let mut parts = pat.split('|').skip(2);
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let (Some(Ok(salt)), Some(Ok(hash))) = (
-        parts.next().map(|s| b64.decode(s)),
-        parts.next().map(|s| b64.decode(s)),
-    ) else {
-        return false;
-    };
-    let Ok(mut mac) = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt) else {
+/// Whether `host` (a [`host_pattern`]) matches an entry's host patterns: any positive pattern
+/// matches and no negated one does, or the hashed name is the host's.
+fn hosts_match(patterns: &HostPatterns, host: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => hashed_match(salt, hash, host),
+        HostPatterns::Patterns(pats) => {
+            let mut matched = false;
+            for pat in pats {
+                if let Some(neg) = pat.strip_prefix('!') {
+                    if glob(neg, host) {
+                        return false;
+                    }
+                } else if glob(pat, host) {
+                    matched = true;
+                }
+            }
+            matched
+        }
+    }
+}
+
+/// `ssh-keygen -H` names: HMAC-SHA1 of the host, keyed with the salt.
+fn hashed_match(salt: &[u8], hash: &[u8], host: &str) -> bool {
+    let Ok(mut mac) = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(salt) else {
         return false;
     };
     mac.update(host.as_bytes());
-    mac.verify_slice(&hash).is_ok()
+    mac.verify_slice(hash).is_ok()
 }
 
 /// Case-insensitive `*`/`?` glob, as in OpenSSH host patterns.
@@ -297,26 +294,136 @@ pub fn default_path() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use russh::keys::ssh_key::public::Ed25519PublicKey;
+
+    fn pats(s: &str) -> HostPatterns {
+        s.parse().unwrap()
+    }
+
+    /// A distinct (not necessarily valid-on-the-curve) Ed25519 public key.
+    fn key(n: u8) -> PublicKey {
+        PublicKey::from(Ed25519PublicKey([n; 32]))
+    }
+
+    fn openssh(k: &PublicKey) -> String {
+        k.to_openssh().unwrap()
+    }
+
+    /// `ssh-keygen -H` form of `host`.
+    fn hashed_name(host: &str) -> String {
+        let salt = b"0123456789abcdefghij";
+        let mut mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(salt).unwrap();
+        mac.update(host.as_bytes());
+        let h = mac.finalize().into_bytes();
+        let e = base64::engine::general_purpose::STANDARD;
+        format!("|1|{}|{}", e.encode(salt), e.encode(h))
+    }
 
     #[test]
     fn globs() {
         assert!(glob("*.example.com", "a.example.com"));
         assert!(glob("[10.0.0.?]:2222", "[10.0.0.5]:2222"));
         assert!(!glob("*.example.com", "example.org"));
-        assert!(hosts_match("a,b,[c]:2", "[c]:2"));
-        assert!(!hosts_match("*,!bad", "bad"));
+        assert!(hosts_match(&pats("a,b,[c]:2"), "[c]:2"));
+        assert!(!hosts_match(&pats("*,!bad"), "bad"));
+        assert!(hosts_match(&pats("*,!bad"), "good"));
     }
 
     #[test]
     fn hashed() {
-        // `ssh-keygen -H` form of "localhost" (salt/hash computed with HMAC-SHA1).
-        let salt = b"0123456789abcdefghij";
-        let mut mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(salt).unwrap();
-        mac.update(b"localhost");
-        let h = mac.finalize().into_bytes();
-        let e = base64::engine::general_purpose::STANDARD;
-        let pat = format!("|1|{}|{}", e.encode(salt), e.encode(h));
+        let pat = pats(&hashed_name("localhost"));
+        assert!(matches!(pat, HostPatterns::HashedName { .. }));
         assert!(hosts_match(&pat, "localhost"));
         assert!(!hosts_match(&pat, "otherhost"));
+        let pat = pats(&hashed_name("[10.0.0.5]:2222"));
+        assert!(hosts_match(&pat, "[10.0.0.5]:2222"));
+        assert!(!hosts_match(&pat, "10.0.0.5"));
+    }
+
+    #[test]
+    fn lookup_reads_markers_hashed_names_and_skips_junk() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("known_hosts");
+        let text = format!(
+            "# comment\n\
+             \n\
+             pg1,pg2 {k1}\n\
+             @revoked pg1 {k2}\n\
+             @cert-authority *.example.com,pg1 {k3}\n\
+             {hashed} {k4} a comment\n\
+             \tpg1\t  {k5}\n\
+             pg1 ssh-ed25519 not-base64\n\
+             @unknown-marker pg1 {k6}\n\
+             pg1\n",
+            k1 = openssh(&key(1)),
+            k2 = openssh(&key(2)),
+            k3 = openssh(&key(3)),
+            k4 = openssh(&key(4)),
+            k5 = openssh(&key(5)),
+            k6 = openssh(&key(6)),
+            hashed = hashed_name("[pg1]:2222"),
+        );
+        std::fs::write(&p, text).unwrap();
+
+        let found = lookup(&p, "pg1").unwrap();
+        let got: Vec<(usize, bool)> = found.iter().map(|k| (k.line, k.revoked)).collect();
+        assert_eq!(got, [(3, false), (4, true), (7, false)]);
+        assert_eq!(found[0].key.key_data(), key(1).key_data());
+        assert_eq!(found[1].key.key_data(), key(2).key_data());
+        assert_eq!(found[2].key.key_data(), key(5).key_data());
+
+        let found = lookup(&p, "[pg1]:2222").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line, 6);
+        assert_eq!(found[0].key.key_data(), key(4).key_data());
+
+        assert!(lookup(&p, "pg3").unwrap().is_empty());
+        assert!(lookup(&d.path().join("missing"), "pg1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn verify_refuses_revoked_changed_and_unknown_then_records() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub").join("known_hosts");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "[h]:2222 {}\n@revoked [h]:2222 {}",
+                openssh(&key(1)),
+                openssh(&key(2))
+            ),
+        )
+        .unwrap();
+        let check = |port, accept_new| Check {
+            label: "h",
+            addr: "h",
+            port,
+            path: &p,
+            accept_new,
+        };
+        let msg = |r: Result<(), SshError>| r.unwrap_err().to_string();
+
+        verify(&check(2222, false), &key(1)).unwrap();
+        let m = msg(verify(&check(2222, true), &key(2)));
+        assert!(m.contains("@revoked") && m.contains("line 2"), "{m}");
+        let m = msg(verify(&check(2222, true), &key(3)));
+        assert!(
+            m.contains("HOST KEY CHANGED") && m.contains("line 1"),
+            "{m}"
+        );
+        let m = msg(verify(&check(22, false), &key(3)));
+        assert!(m.contains("unknown host key for h"), "{m}");
+
+        verify(&check(22, true), &key(3)).unwrap();
+        verify(&check(22, true), &key(3)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.ends_with(&format!("\nh {}\n", openssh(&key(3)))),
+            "{text}"
+        );
+        assert_eq!(text.matches(&openssh(&key(3))).count(), 1, "{text}");
+        verify(&check(22, false), &key(3)).unwrap();
     }
 }

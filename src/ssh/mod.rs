@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
 
 use crate::inventory::{Become, Host, Ssh};
+use crate::shell::sh_quote;
 
 pub use auth::Secret;
 pub use https::{parse_response, tls_config, HttpResponse};
@@ -174,11 +175,6 @@ pub struct Session {
     host: String,
     _become: Become,
     inner: Arc<Inner>,
-}
-
-/// Single-quote for POSIX sh.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn short(cmd: &str) -> String {
@@ -640,17 +636,6 @@ impl Session {
         self.exec_raw(&wrapped, cmd, prefix.as_deref(), stdin).await
     }
 
-    /// Like [`Session::exec`], with stdin streamed from any reader (never held in memory).
-    pub async fn exec_reader<R: AsyncRead + Unpin + Send>(
-        &self,
-        cmd: &str,
-        stdin: R,
-    ) -> Result<Output, SshError> {
-        let (wrapped, prefix) = self.wrap(cmd);
-        self.exec_raw(&wrapped, cmd, prefix.as_deref(), Some(stdin))
-            .await
-    }
-
     fn failed(&self, cmd: &str, out: &Output) -> SshError {
         let err = tail(&out.stderr);
         let err = if err.is_empty() {
@@ -916,11 +901,6 @@ mod tests {
         );
         assert!(JumpHost::parse("u@").is_none());
         assert!(JumpHost::parse("h:notaport").is_none());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
     }
 
     fn assert_send_sync<T: Send + Sync + Clone>() {}
