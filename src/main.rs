@@ -1,5 +1,6 @@
 //! The pgdeploy command line: parse arguments, call one operation, map errors to exit codes.
 
+mod cli;
 mod progress;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -176,7 +177,7 @@ enum Cmd {
     /// Build the offline package repository for an inventory.
     Bundle(pgdeploy::bundle::Args),
     /// DNS record management for the HAProxy name.
-    Dns(pgdeploy::dns::Args),
+    Dns(cli::dns::Args),
 }
 
 fn print_warnings(w: &[pgdeploy::inventory::Warning]) {
@@ -362,7 +363,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         }
         Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bundle(a) => pgdeploy::bundle::run(a).await.map(|_| ExitCode::SUCCESS),
-        Cmd::Dns(a) => pgdeploy::dns::run(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Dns(a) => cli::dns::run(a).await,
     }
 }
 

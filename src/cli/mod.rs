@@ -1,0 +1,4 @@
+//! The command line of `dns`, `bundle` and `lab`: their arguments, turned into the library's
+//! options, and everything they print. Like the other commands in `main.rs`.
+
+pub mod dns;
