@@ -175,7 +175,7 @@ enum Cmd {
     /// Local lab: real Debian hosts in systemd-nspawn containers.
     Lab(pgdeploy::lab::Args),
     /// Build the offline package repository for an inventory.
-    Bundle(pgdeploy::bundle::Args),
+    Bundle(cli::bundle::Args),
     /// DNS record management for the HAProxy name.
     Dns(cli::dns::Args),
 }
@@ -362,7 +362,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
-        Cmd::Bundle(a) => pgdeploy::bundle::run(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
     }
 }
