@@ -173,7 +173,7 @@ enum Cmd {
         format: Format,
     },
     /// Local lab: real Debian hosts in systemd-nspawn containers.
-    Lab(pgdeploy::lab::Args),
+    Lab(cli::lab::Args),
     /// Build the offline package repository for an inventory.
     Bundle(cli::bundle::Args),
     /// DNS record management for the HAProxy name.
@@ -361,7 +361,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Lab(a) => cli::lab::run(a).await,
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
     }
