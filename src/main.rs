@@ -1,5 +1,6 @@
 //! The pgdeploy command line: parse arguments, call one operation, map errors to exit codes.
 
+mod cli;
 mod progress;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -172,11 +173,11 @@ enum Cmd {
         format: Format,
     },
     /// Local lab: real Debian hosts in systemd-nspawn containers.
-    Lab(pgdeploy::lab::Args),
+    Lab(cli::lab::Args),
     /// Build the offline package repository for an inventory.
-    Bundle(pgdeploy::bundle::Args),
+    Bundle(cli::bundle::Args),
     /// DNS record management for the HAProxy name.
-    Dns(pgdeploy::dns::Args),
+    Dns(cli::dns::Args),
 }
 
 fn print_warnings(w: &[pgdeploy::inventory::Warning]) {
@@ -360,9 +361,9 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Lab(a) => pgdeploy::lab::run(a).await.map(|_| ExitCode::SUCCESS),
-        Cmd::Bundle(a) => pgdeploy::bundle::run(a).await.map(|_| ExitCode::SUCCESS),
-        Cmd::Dns(a) => pgdeploy::dns::run(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Lab(a) => cli::lab::run(a).await,
+        Cmd::Bundle(a) => cli::bundle::run(a).await,
+        Cmd::Dns(a) => cli::dns::run(a).await,
     }
 }
 

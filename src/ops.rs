@@ -191,16 +191,6 @@ pub async fn check(
     Ok((plans?, warnings))
 }
 
-/// `pgdeploy apply` (and `upgrade`): execute the plan phase by phase, recorded in the run
-/// journal (see [`crate::journal`]).
-pub async fn apply(
-    opts: &RunOptions,
-    observer: Arc<dyn Observer>,
-    on_plan: &(dyn Fn(&PhasePlan) + Sync),
-) -> Result<(Vec<PhaseOutcome>, Vec<Warning>)> {
-    apply_until(opts, observer, on_plan, std::future::pending()).await
-}
-
 /// The run was stopped by `interrupt` (Ctrl-C) before it ended.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("interrupted: the run stopped before it ended (run {run})")]
@@ -212,8 +202,9 @@ pub struct Interrupted {
     pub inventory: String,
 }
 
-/// `apply` that stops when `interrupt` completes (the CLI passes Ctrl-C): the journal then
-/// ends the run as interrupted and the error is [`Interrupted`].
+/// `pgdeploy apply` (and `upgrade`): execute the plan phase by phase, recorded in the run
+/// journal (see [`crate::journal`]). The run stops when `interrupt` completes (the CLI passes
+/// Ctrl-C): the journal then ends the run as interrupted and the error is [`Interrupted`].
 pub async fn apply_until(
     opts: &RunOptions,
     observer: Arc<dyn Observer>,
@@ -260,8 +251,6 @@ pub async fn apply_until(
     }
 }
 
-/// Replace the pinned PostgreSQL version in the inventory file, keeping everything else
-/// (comments, layout) as it is.
 /// The upgrade target when `--postgres` is not given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpgradeTarget {
@@ -332,6 +321,8 @@ fn minor_key(v: &str) -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+/// Replace the pinned PostgreSQL version in the inventory file, keeping everything else
+/// (comments, layout) as it is. False when the file pins no `postgres.version` (nothing written).
 pub fn pin_postgres_version(path: &std::path::Path, new: &str) -> Result<bool> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| miette!("cannot read {}: {e}", path.display()))?;

@@ -731,49 +731,16 @@ fn assemble(
     Ok(manifest)
 }
 
-/// Arguments of `pgdeploy bundle`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Inventory file.
-    #[arg(default_value = "inventory.yaml")]
-    pub inventory: PathBuf,
-    /// Also include this PostgreSQL minor (e.g. 15.20) for a rolling upgrade; repeatable.
-    #[arg(long = "also-postgres", value_name = "VERSION")]
-    pub also_postgres: Vec<String>,
-}
-
-pub async fn run(args: Args) -> miette::Result<()> {
-    let (inv, warnings) = crate::inventory::load(&args.inventory)?;
-    for w in warnings {
-        eprintln!("warning: {}", w.0);
-    }
-    let opts = BuildOptions::from_inventory(&inv, &args.also_postgres);
-    eprintln!(
-        "pgdeploy bundle: {} for postgres {} ({} {})",
-        opts.bundle_dir.display(),
-        opts.postgres_versions.join(", "),
-        opts.codename,
-        opts.architecture
-    );
-    let summary =
-        tokio::task::spawn_blocking(move || build(&opts, &mut |line: &str| eprintln!("  {line}")))
-            .await
-            .map_err(|e| miette::miette!("bundle build task failed: {e}"))??;
-    eprintln!(
-        "bundle {}: {} packages, {:.1} MB, {} downloaded, {:.1} s -> {}",
-        if summary.up_to_date {
-            "up to date"
-        } else {
-            "ready"
-        },
-        summary.packages,
-        summary.bytes as f64 / 1_000_000.0,
-        summary.downloaded,
-        summary.elapsed.as_secs_f64(),
-        summary.bundle_dir.display()
-    );
-    eprintln!("hosts use it as: deb [trusted=yes] file:{HOST_REPO_DIR} ./");
-    Ok(())
+/// `pgdeploy bundle`: [`build`] on a blocking thread, off the async runtime (it downloads and
+/// hashes for a while). `progress` receives one line per step.
+pub async fn build_async(
+    opts: BuildOptions,
+    mut progress: impl FnMut(&str) + Send + 'static,
+) -> miette::Result<BuildSummary> {
+    let summary = tokio::task::spawn_blocking(move || build(&opts, &mut progress))
+        .await
+        .map_err(|e| miette::miette!("bundle build task failed: {e}"))??;
+    Ok(summary)
 }
 
 #[cfg(test)]

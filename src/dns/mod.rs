@@ -17,9 +17,8 @@ pub use plan::{plan, DnsPlan, RecordSet};
 pub use tsig::{Algorithm, Secret, TsigKey};
 
 use crate::engine::{Observer, Quiet};
-use crate::inventory::{Group, Inventory};
+use crate::inventory::{Group, Inventory, Warning};
 use crate::journal::{Outcome, Recorder, Run};
-use clap::Subcommand;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -280,209 +279,124 @@ pub async fn sync(
     }
 }
 
-/// Arguments of `pgdeploy dns`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    cmd: Cmd,
+/// Options of `pgdeploy dns sync`.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The inventory file, as given (messages and the journal name it so).
+    pub inventory: PathBuf,
+    /// Keep syncing every `interval` seconds (recorded in the journal's arguments).
+    pub watch: bool,
+    pub interval: u64,
+    /// Plan only: send nothing, record nothing.
+    pub dry_run: bool,
 }
 
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Publish the healthy HAProxy hosts as the A/AAAA records of the inventory's DNS name.
-    Sync(SyncArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct SyncArgs {
-    /// Inventory file.
-    #[arg(default_value = "inventory.yaml")]
-    inventory: PathBuf,
-    /// Keep syncing every --interval seconds until Ctrl-C (or SIGTERM), printing only changes.
-    #[arg(long)]
-    watch: bool,
-    /// Seconds between two syncs with --watch.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    interval: u64,
-    /// Show the plan, send nothing.
-    #[arg(long)]
+/// A `dns sync` ready to run: the inventory's DNS configuration and HAProxy hosts checked, the
+/// provider built and (unless a dry run) the run journal started. Each [`Syncer::sync`] is one
+/// read-plan-apply; [`Syncer::finish`] ends the journal's run.
+pub struct Syncer {
+    cfg: DnsConfig,
+    provider: Box<dyn Provider>,
+    targets: Vec<HealthTarget>,
+    ports: HealthPorts,
     dry_run: bool,
+    run: Option<Arc<Run>>,
+    observer: Arc<dyn Observer>,
 }
 
-pub async fn run(args: Args) -> miette::Result<()> {
-    match args.cmd {
-        Cmd::Sync(a) => run_sync(a).await,
+impl Syncer {
+    /// Nothing is sent; a sync that may send updates is recorded in the run journal of `inv`
+    /// (a dry run changes nothing and is not recorded).
+    pub fn new(inv: &Inventory, opts: &SyncOptions) -> miette::Result<Syncer> {
+        let cfg = DnsConfig::from_inventory(inv)?.ok_or_else(|| {
+            miette::miette!(
+                help = "add a `dns:` section (provider, name, zone, server, ttl, tsig) to the \
+                        inventory",
+                "{} has no `dns` section",
+                opts.inventory.display()
+            )
+        })?;
+        let provider = cfg.provider()?;
+        let targets = haproxy_targets(inv)?;
+        if targets.is_empty() {
+            return Err(miette::miette!(
+                help = "list the HAProxy hosts under `groups.haproxy`",
+                "{} has no HAProxy hosts",
+                opts.inventory.display()
+            ));
+        }
+        let run = if opts.dry_run {
+            None
+        } else {
+            Some(Arc::new(Run::start(
+                &inv.state_dir(),
+                "dns sync",
+                &opts.inventory,
+                serde_json::json!({
+                    "watch": opts.watch,
+                    "interval": opts.watch.then_some(opts.interval),
+                }),
+            )?))
+        };
+        let observer: Arc<dyn Observer> = match &run {
+            Some(r) => Arc::new(Recorder::new(Arc::new(Quiet), r.clone())),
+            None => Arc::new(Quiet),
+        };
+        let ports = HealthPorts {
+            primary: inv.haproxy.primary_port,
+            stats: inv.haproxy.stats_port,
+            timeout: Duration::from_secs(2),
+        };
+        Ok(Syncer {
+            cfg,
+            provider,
+            targets,
+            ports,
+            dry_run: opts.dry_run,
+            run,
+            observer,
+        })
     }
-}
 
-async fn run_sync(a: SyncArgs) -> miette::Result<()> {
-    let (inv, warnings) = crate::inventory::load(&a.inventory)?;
-    for w in warnings {
-        eprintln!("warning: {}", w.0);
+    /// The DNS name whose records are synced.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
     }
-    let cfg = DnsConfig::from_inventory(&inv)?.ok_or_else(|| {
-        miette::miette!(
-            help =
-                "add a `dns:` section (provider, name, zone, server, ttl, tsig) to the inventory",
-            "{} has no `dns` section",
-            a.inventory.display()
-        )
-    })?;
-    let provider = cfg.provider()?;
-    let targets = haproxy_targets(&inv)?;
-    if targets.is_empty() {
-        return Err(miette::miette!(
-            help = "list the HAProxy hosts under `groups.haproxy`",
-            "{} has no HAProxy hosts",
-            a.inventory.display()
-        ));
+
+    /// The provider, for messages (see [`Provider::describe`]).
+    pub fn describe(&self) -> String {
+        self.provider.describe()
     }
-    // A sync that may send updates is recorded in the run journal (a dry run changes nothing).
-    let run = if a.dry_run {
-        None
-    } else {
-        Some(Arc::new(Run::start(
-            &inv.state_dir(),
-            "dns sync",
-            &a.inventory,
-            serde_json::json!({ "watch": a.watch, "interval": a.watch.then_some(a.interval) }),
-        )?))
-    };
-    let observer: Arc<dyn Observer> = match &run {
-        Some(r) => Arc::new(Recorder::new(Arc::new(Quiet), r.clone())),
-        None => Arc::new(Quiet),
-    };
-    let ports = HealthPorts {
-        primary: inv.haproxy.primary_port,
-        stats: inv.haproxy.stats_port,
-        timeout: Duration::from_secs(2),
-    };
-    let result = sync_loop(&a, &cfg, provider.as_ref(), &targets, ports, observer).await;
-    if let Some(run) = run {
-        match &result {
+
+    /// True for a dry run: [`Syncer::sync`] plans and sends nothing.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Health-check every HAProxy host.
+    pub async fn health(&self) -> Vec<HostHealth> {
+        check_all(&self.targets, self.ports).await
+    }
+
+    /// Read, plan and (unless a dry run) apply for `health` (see [`sync`]); an update sent is
+    /// recorded in the run journal.
+    pub async fn sync(&self, health: Vec<HostHealth>) -> Result<SyncReport, DnsError> {
+        let provider = self.provider.as_ref();
+        let (ttl, dry_run) = (self.cfg.ttl, self.dry_run);
+        crate::engine::record::in_phase(self.observer.clone(), "dns", async move {
+            sync(provider, &health, ttl, dry_run).await
+        })
+        .await
+    }
+
+    /// End the journal's run with `result`; a warning when the journal could not be written.
+    pub fn finish(self, result: &miette::Result<()>) -> Option<Warning> {
+        let run = self.run?;
+        match result {
             Ok(()) => run.finish(Outcome::Ok, None),
             Err(e) => run.finish(Outcome::Failed, Some(&e.to_string())),
         }
-        if let Some(e) = run.write_error() {
-            eprintln!("warning: the run journal is incomplete: cannot write {e}");
-        }
-    }
-    result
-}
-
-async fn sync_loop(
-    a: &SyncArgs,
-    cfg: &DnsConfig,
-    provider: &dyn Provider,
-    targets: &[HealthTarget],
-    ports: HealthPorts,
-    observer: Arc<dyn Observer>,
-) -> miette::Result<()> {
-    let sync_once = |health: Vec<HostHealth>| {
-        crate::engine::record::in_phase(observer.clone(), "dns", async move {
-            sync(provider, &health, cfg.ttl, a.dry_run).await
-        })
-    };
-    println!(
-        "{} {} via {}",
-        if a.dry_run { "planning" } else { "syncing" },
-        cfg.name,
-        provider.describe()
-    );
-    if !a.watch {
-        let t0 = Instant::now();
-        let health = check_all(targets, ports).await;
-        print_health(&health);
-        let r = sync_once(health).await?;
-        print_report(&r, a.dry_run, t0.elapsed());
-        return Ok(());
-    }
-    let mut last_health: Option<Vec<HostHealth>> = None;
-    let mut last_error: Option<String> = None;
-    let mut last_warnings: Vec<String> = Vec::new();
-    // registered once, so a Ctrl-C that arrives during a sync is not lost
-    let signal = |k| {
-        tokio::signal::unix::signal(k)
-            .map_err(|e| miette::miette!("cannot install the signal handler: {e}"))
-    };
-    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut failed: bool;
-    loop {
-        let t0 = Instant::now();
-        let health = check_all(targets, ports).await;
-        if last_health.as_ref() != Some(&health) {
-            print_health(&health);
-            last_health = Some(health.clone());
-        }
-        match sync_once(health).await {
-            Ok(r) => {
-                failed = false;
-                if last_error.take().is_some() {
-                    println!("DNS is reachable again");
-                }
-                if r.plan.warnings != last_warnings {
-                    for w in &r.plan.warnings {
-                        println!("warning: {w}");
-                    }
-                    last_warnings = r.plan.warnings.clone();
-                }
-                if !r.plan.is_empty() || !r.notes.is_empty() {
-                    let mut r = r;
-                    r.plan.warnings.clear();
-                    print_report(&r, a.dry_run, t0.elapsed());
-                }
-            }
-            Err(e) => {
-                failed = true;
-                let msg = format!("{:?}", miette::Report::new(e));
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    eprintln!("{msg}");
-                    last_error = Some(msg);
-                }
-            }
-        }
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = tokio::time::sleep(Duration::from_secs(a.interval)) => {}
-        }
-    }
-    if failed {
-        return Err(miette::miette!("the last DNS sync failed (see above)"));
-    }
-    Ok(())
-}
-
-fn print_health(health: &[HostHealth]) {
-    for h in health {
-        let addrs: Vec<String> = h.publish.iter().map(|a| a.to_string()).collect();
-        if h.healthy {
-            println!("  {} ({}): healthy", h.name, addrs.join(", "));
-        } else {
-            println!("  {} ({}): DOWN: {}", h.name, addrs.join(", "), h.reason);
-        }
-    }
-}
-
-fn print_report(r: &SyncReport, dry_run: bool, took: Duration) {
-    for n in &r.notes {
-        println!("note: {n}");
-    }
-    for w in &r.plan.warnings {
-        println!("warning: {w}");
-    }
-    println!("current: {}", r.before);
-    if r.plan.is_empty() {
-        println!("no change ({} ms)", took.as_millis());
-        return;
-    }
-    for line in r.plan.to_string().lines() {
-        println!("  {line}");
-    }
-    if dry_run {
-        println!("dry run: nothing sent");
-    } else {
-        println!("applied ({} ms)", took.as_millis());
+        run.write_error()
+            .map(|e| Warning(format!("the run journal is incomplete: cannot write {e}")))
     }
 }
