@@ -142,20 +142,8 @@ async fn apply_one(s: &Session, c: &Change) -> Result<()> {
     Ok(())
 }
 
-/// Run one systemctl action (and clear the unit's pending-restart marker); recorded as a change.
-pub async fn run_unit(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
-    let t = Instant::now();
-    let r = unit_action(s, unit, action).await;
-    record::result(
-        s.host(),
-        &format!("! unit {} {unit}", action.verb()),
-        &r,
-        t.elapsed(),
-    );
-    r
-}
-
-async fn unit_action(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
+/// One systemctl action (not recorded: for callers that record the step themselves).
+pub(crate) async fn unit_action(s: &Session, unit: &str, action: UnitAction) -> Result<()> {
     let q = sh_quote(unit);
     let cmd = match action {
         UnitAction::DaemonReload => "systemctl daemon-reload".to_string(),
@@ -229,7 +217,8 @@ pub async fn install_packages(
     r
 }
 
-async fn install(
+/// [`install_packages`] without recording (for callers that record the step themselves).
+pub(crate) async fn install(
     s: &Session,
     pkgs: &[(&String, &String)],
     apt_opts: &str,

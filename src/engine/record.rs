@@ -1,6 +1,6 @@
 //! Recording what `apply` changed: every change executed through the engine's primitives
-//! (`exec::apply_changes`, `exec::run_unit`, `exec::install_packages`) and DNS updates is
-//! reported, with its result and duration, to the observer of the phase being applied.
+//! (`exec::apply_changes`, `exec::install_packages`), orchestration steps (`Ctx::step`) and DNS
+//! updates is reported, with its result and duration, to the observer of the phase applied.
 //!
 //! The primitives take a host session, not the run context, so the phase and observer travel
 //! with the task (like a tracing span): `engine::apply` runs each phase inside [`in_phase`].

@@ -10,10 +10,10 @@ use super::patroni::{
     wait_all_looped_since, wait_converged, wait_member_running, Member,
 };
 use super::upgrade::{installed_versions, lag_of, prechecks, running_minor, set_tags, Bounds};
-use crate::engine::exec::{install_packages, run_unit};
-use crate::shell::sh_quote;
+use crate::engine::exec::{install, unit_action};
 use crate::engine::step::{Expand, Gate, KeyChange, PlannedStep, Step};
 use crate::engine::Ctx;
+use crate::shell::sh_quote;
 use miette::{miette, Result};
 use serde_json::Value;
 use std::future::Future;
@@ -113,7 +113,7 @@ async fn cluster(ctx: &Ctx) -> Result<Vec<Member>> {
 async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
     let host = s.host.as_str();
     match &s.step {
-        Step::Unit { unit, action, .. } => run_unit(ctx.session(host)?, unit, *action).await,
+        Step::Unit { unit, action, .. } => unit_action(ctx.session(host)?, unit, *action).await,
         Step::DcsPatch { patch, changes } => dcs_patch_step(ctx, host, patch, changes).await,
         Step::RestartMember {
             member, pending, ..
@@ -169,7 +169,7 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
             let s = ctx.session(member)?;
             let refs: Vec<(&String, &String)> = packages.iter().map(|p| (&p.name, &p.to)).collect();
             let opts = super::packages::apt_source_opts(ctx.inv.packages.source);
-            install_packages(s, &refs, &opts, false).await?;
+            install(s, &refs, &opts, false).await?;
             let q: Vec<String> = names.iter().map(|n| sh_quote(n)).collect();
             s.run(&format!("apt-mark hold {} >/dev/null", q.join(" ")))
                 .await?;
@@ -441,4 +441,280 @@ pub fn dcs_steps(
             },
         ),
     ]
+}
+
+/// Orchestration without a lab: steps run against the recording double of the hosts (see
+/// [`crate::ssh::double`]), which plays a small Patroni cluster. The tests check which
+/// commands apply sends, to which host, and in which order.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::change::{Change, UnitAction};
+    use crate::engine::phase::HostPlan;
+    use crate::engine::roles::RoleSource;
+    use crate::engine::Quiet;
+    use crate::ssh::double::{Answer, Call, Script};
+    use crate::ssh::{ConnectOptions, Session};
+    use serde_json::json;
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, RwLock};
+
+    /// The cluster the double plays: which members run, which leads, which ask for a restart.
+    #[derive(Default)]
+    struct Sim {
+        running: Vec<String>,
+        leader: Option<String>,
+        pending: BTreeSet<String>,
+        config: Value,
+    }
+
+    fn name_of(address: &str) -> String {
+        // production.yaml: pg1..3 are 10.0.0.21..23
+        format!(
+            "pg{}",
+            address.rsplit('.').next().unwrap().parse::<u32>().unwrap() - 20
+        )
+    }
+
+    fn cluster_double(sim: Sim) -> Arc<Script<Sim>> {
+        Arc::new(
+            Script::new(sim).rule(|host, call, sim| match call {
+                Call::Get { url } if url.ends_with("/cluster") => {
+                    if sim.running.is_empty() {
+                        return Some(Answer::Fail("connection refused".into()));
+                    }
+                    let members: Vec<Value> = sim
+                        .running
+                        .iter()
+                        .map(|m| {
+                            let lead = sim.leader.as_deref() == Some(m.as_str());
+                            json!({"name": m, "host": "", "role": if lead { "leader" } else { "replica" },
+                                   "state": if lead { "running" } else { "streaming" }, "lag": 0,
+                                   "pending_restart": sim.pending.contains(m)})
+                        })
+                        .collect();
+                    Some(Answer::json(&json!({ "members": members })))
+                }
+                Call::Get { url } if url.ends_with("/config") => Some(Answer::json(&sim.config)),
+                Call::Get { url } if url.ends_with("/patroni") => {
+                    let me = name_of(url.split("//").nth(1)?.split(':').next()?);
+                    if !sim.running.contains(&me) {
+                        return Some(Answer::Fail("connection refused".into()));
+                    }
+                    Some(Answer::json(&json!({"dcs_last_seen": 2000.0, "server_version": 170012})))
+                }
+                Call::Exec { cmd, stdin } => {
+                    if cmd == "systemctl start 'patroni.service'" || cmd == "systemctl start patroni.service" {
+                        sim.running.push(host.to_string());
+                        if sim.leader.is_none() {
+                            sim.leader = Some(host.to_string());
+                        }
+                    } else if cmd.contains("pg_stat_replication") {
+                        let l = sim.leader.clone()?;
+                        let r: Vec<&String> = sim.running.iter().filter(|m| **m != l).collect();
+                        return Some(Answer::ok(
+                            &r.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+                        ));
+                    } else if cmd.contains("edit-config") {
+                        let patch: Value = serde_json::from_slice(stdin).ok()?;
+                        sim.config = patch;
+                        // A parameter that needs a restart: every member asks for one.
+                        sim.pending = sim.running.iter().cloned().collect();
+                    } else if cmd.contains(" restart ") {
+                        let member = cmd.split_whitespace().nth(5)?.trim_matches('\'');
+                        sim.pending.remove(member);
+                    } else if cmd.contains(" switchover ") {
+                        let to = cmd.split("--candidate ").nth(1)?.split_whitespace().next()?;
+                        sim.leader = Some(to.trim_matches('\'').to_string());
+                    } else if cmd.starts_with("date ") {
+                        return Some(Answer::ok("1000.0\n"));
+                    }
+                    Some(Answer::ok(""))
+                }
+                _ => None,
+            }),
+        )
+    }
+
+    fn ctx(double: Arc<Script<Sim>>, dir: &std::path::Path) -> Ctx {
+        let text = include_str!("../../inventory/production.yaml");
+        let (inv, _) = crate::inventory::load_str(text, "production.yaml", dir).unwrap();
+        let (vars, host_vars, secret_values) = super::super::run_vars(&inv).unwrap();
+        let hosts = inv.hosts_to_connect();
+        let sessions = hosts
+            .iter()
+            .map(|h| {
+                let d: Arc<dyn crate::ssh::double::HostDouble> = double.clone();
+                (h.name.clone(), Session::double(&h.name, d))
+            })
+            .collect();
+        Ctx {
+            inv,
+            hosts,
+            sessions,
+            roles: RoleSource::new(None),
+            vars: RwLock::new(vars),
+            host_vars: RwLock::new(host_vars),
+            secret_values,
+            forks: 8,
+            observer: Arc::new(Quiet),
+            connect: ConnectOptions::default(),
+            planning: Default::default(),
+        }
+    }
+
+    fn start_units() -> Vec<Change> {
+        [UnitAction::Enable, UnitAction::Start]
+            .map(|action| Change::Unit {
+                unit: "patroni.service".into(),
+                action,
+                reason: "r".into(),
+            })
+            .to_vec()
+    }
+
+    /// Which host ran which of the commands that change the cluster, in order.
+    fn actions(d: &Script<Sim>) -> Vec<String> {
+        d.calls()
+            .iter()
+            .filter_map(|(h, c)| match c {
+                Call::Exec { cmd, .. }
+                    if cmd.starts_with("systemctl start")
+                        || cmd.contains("edit-config")
+                        || cmd.contains(" restart ")
+                        || cmd.contains(" switchover ") =>
+                {
+                    let short = cmd.replace("patronictl -c /etc/patroni/config.yml ", "");
+                    Some(format!("{h}: {short}"))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bootstrap_then_dcs_patch_then_restarts_replicas_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = cluster_double(Sim {
+            config: json!({}),
+            ..Default::default()
+        });
+        let c = ctx(d.clone(), dir.path());
+        let mut hosts: Vec<HostPlan> = ["pg1", "pg2", "pg3"]
+            .iter()
+            .map(|h| HostPlan {
+                host: h.to_string(),
+                changes: start_units(),
+            })
+            .collect();
+        let steps = super::super::patroni::plan_steps(
+            &mut hosts,
+            None,
+            None,
+            &[],
+            &desired_dcs(&c),
+            "17.12",
+            &Bounds::default(),
+        )
+        .unwrap();
+        run_all(&c, &steps).await.unwrap();
+        let got = actions(&d);
+        assert_eq!(got[0], "pg1: systemctl start patroni.service", "{got:#?}");
+        assert_eq!(got[1], "pg2: systemctl start patroni.service", "{got:#?}");
+        assert_eq!(got[2], "pg3: systemctl start patroni.service", "{got:#?}");
+        // pg1 was asked whether it leads before anyone else started.
+        let calls: Vec<String> = d
+            .calls()
+            .iter()
+            .map(|(h, c)| format!("{h}: {}", c.text()))
+            .collect();
+        let first = calls
+            .iter()
+            .position(|c| c == "pg1: systemctl start patroni.service")
+            .unwrap();
+        let second = calls
+            .iter()
+            .position(|c| c == "pg2: systemctl start patroni.service")
+            .unwrap();
+        assert!(
+            calls[first..second].iter().any(|c| c.ends_with("/cluster")),
+            "{calls:#?}"
+        );
+        // The deferred DCS comparison became a patch on the leader, then restarts: the
+        // replicas one at a time, the leader last.
+        assert_eq!(got[3], "pg1: edit-config --force --apply -", "{got:#?}");
+        assert_eq!(
+            got[4..].to_vec(),
+            vec![
+                "pg2: restart pg-main pg2 --pending --force",
+                "pg3: restart pg-main pg3 --pending --force",
+                "pg1: restart pg-main pg1 --pending --force",
+            ],
+            "{got:#?}"
+        );
+        assert!(d.with_state(|s| s.pending.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_switchover_checks_that_the_world_did_not_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = cluster_double(Sim {
+            running: vec!["pg1".into(), "pg2".into(), "pg3".into()],
+            leader: Some("pg1".into()),
+            config: json!({"ttl": 30}),
+            ..Default::default()
+        });
+        let c = ctx(d.clone(), dir.path());
+        // The plan saw pg3 lead; pg1 leads now: refused, nothing sent.
+        let stale = PlannedStep::new(
+            "pg3",
+            Step::Switchover {
+                from: "pg3".into(),
+                to: "pg2".into(),
+            },
+        );
+        // The message as text, without miette's wrapping and frame.
+        let flat = |e: miette::Report| {
+            format!("{e:?}")
+                .replace(['│', '×'], " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let e = flat(run_all(&c, &[stale]).await.unwrap_err());
+        assert!(e.contains("pg3 no longer leads the cluster"), "{e}");
+        assert!(e.contains("pg1: Leader running"), "{e}");
+        // A DCS patch planned from ttl 20 while the DCS holds 30 now: refused too.
+        let patch = PlannedStep::new(
+            "pg1",
+            Step::DcsPatch {
+                patch: json!({"ttl": 25}),
+                changes: vec![KeyChange {
+                    key: "ttl".into(),
+                    from: Some("20".into()),
+                    to: "25".into(),
+                }],
+            },
+        );
+        let e = flat(run_all(&c, &[patch]).await.unwrap_err());
+        assert!(
+            e.contains("the DCS setting ttl is 30 now; the plan saw 20"),
+            "{e}"
+        );
+        assert!(actions(&d).is_empty(), "{:#?}", actions(&d));
+        // As planned: the switchover runs on the leader and waits until pg2 leads.
+        let ok = PlannedStep::new(
+            "pg1",
+            Step::Switchover {
+                from: "pg1".into(),
+                to: "pg2".into(),
+            },
+        );
+        run_all(&c, &[ok]).await.unwrap();
+        assert_eq!(
+            actions(&d),
+            vec!["pg1: switchover pg-main --leader pg1 --candidate pg2 --force"]
+        );
+        assert_eq!(d.with_state(|s| s.leader.clone()), Some("pg2".into()));
+    }
 }

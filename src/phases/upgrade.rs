@@ -304,15 +304,8 @@ pub(crate) async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
     }
     let s = ctx.session(host)?;
     apply_changes(s, &changes).await?;
-    ctx.step(
-        host,
-        &format!("! reload patroni.service (tags nofailover/noloadbalance = {on})"),
-        async {
-            s.run("systemctl reload patroni").await?;
-            Ok(())
-        },
-    )
-    .await?;
+    // Part of the SetTags step, which the journal records.
+    s.run("systemctl reload patroni").await?;
     let h = ctx.host(host)?;
     let port = ctx.inv.patroni.restapi_port;
     wait_until(

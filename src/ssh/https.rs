@@ -150,6 +150,13 @@ impl Session {
                 Some("check that the service runs on the host and that its certificate is the cluster CA's".into()),
             )
         };
+        if let Some(d) = &self.inner.double {
+            return super::double::get(
+                d,
+                &self.host,
+                &format!("{scheme}://{address}:{port}{path}"),
+            );
+        }
         let _permit = self
             .inner
             .channels
@@ -160,8 +167,8 @@ impl Session {
             format!("GET {path} HTTP/1.1\r\nHost: {address}:{port}\r\nConnection: close\r\n\r\n");
         let work = async {
             let ch = self
-                .inner
-                .handle
+                .handle()
+                .map_err(|e| e.to_string())?
                 .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
                 .await
                 .map_err(|e| format!("the host could not connect: {e}"))?;

@@ -14,6 +14,7 @@
 //!   `~/` expanded; the inventory loader is expected to make relative paths absolute.
 
 mod auth;
+pub mod double;
 mod https;
 pub mod known_hosts;
 
@@ -160,7 +161,10 @@ enum SudoMode {
 }
 
 struct Inner {
-    handle: Handle,
+    /// None for a test double's session.
+    handle: Option<Handle>,
+    /// Answers instead of a connection (see [`double`]).
+    double: Option<Arc<dyn double::HostDouble>>,
     /// Keeps the jump host's connection (which carries ours) alive.
     jump: Option<Handle>,
     channels: Semaphore,
@@ -423,7 +427,8 @@ impl Session {
             host: host.name.clone(),
             _become: ssh.become_,
             inner: Arc::new(Inner {
-                handle,
+                handle: Some(handle),
+                double: None,
                 jump,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
@@ -487,6 +492,30 @@ impl Session {
         ))
     }
 
+    /// A session whose commands and requests go to `d` (tests of orchestration, see
+    /// [`double`]), as user root.
+    pub fn double(host: &str, d: Arc<dyn double::HostDouble>) -> Session {
+        Session {
+            host: host.to_string(),
+            _become: Become::None,
+            inner: Arc::new(Inner {
+                handle: None,
+                double: Some(d),
+                jump: None,
+                channels: Semaphore::new(MAX_CHANNELS),
+                sudo: OnceLock::new(),
+                user: "root".into(),
+            }),
+        }
+    }
+
+    fn handle(&self) -> Result<&Handle, SshError> {
+        self.inner
+            .handle
+            .as_ref()
+            .ok_or_else(|| SshError::new(&self.host, "internal: no connection", None))
+    }
+
     /// Host name (from the inventory), for messages.
     pub fn host(&self) -> &str {
         &self.host
@@ -532,10 +561,11 @@ impl Session {
     ) -> Result<russh::Channel<russh::client::Msg>, SshError> {
         let mut attempt: u64 = 0;
         loop {
-            match self.inner.handle.channel_open_session().await {
+            let handle = self.handle()?;
+            match handle.channel_open_session().await {
                 Ok(ch) => return Ok(ch),
                 Err(russh::Error::ChannelOpenFailure(_))
-                    if attempt < 20 && !self.inner.handle.is_closed() =>
+                    if attempt < 20 && !handle.is_closed() =>
                 {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
@@ -561,6 +591,16 @@ impl Session {
         prefix: Option<&[u8]>,
         stdin: Option<R>,
     ) -> Result<Output, SshError> {
+        if let Some(d) = &self.inner.double {
+            let mut input = prefix.map(<[u8]>::to_vec).unwrap_or_default();
+            if let Some(mut r) = stdin {
+                use tokio::io::AsyncReadExt;
+                r.read_to_end(&mut input)
+                    .await
+                    .map_err(|e| self.lost(shown, e))?;
+            }
+            return double::exec(d, &self.host, shown, input);
+        }
         let _permit = self
             .inner
             .channels
@@ -819,11 +859,11 @@ impl Session {
 
     /// Close the connection.
     pub async fn close(&self) {
-        let _ = self
-            .inner
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+        if let Some(h) = &self.inner.handle {
+            let _ = h
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+        }
         if let Some(j) = &self.inner.jump {
             let _ = j
                 .disconnect(russh::Disconnect::ByApplication, "", "en")
@@ -833,7 +873,7 @@ impl Session {
 
     /// True once the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.inner.handle.is_closed()
+        self.inner.handle.as_ref().is_some_and(|h| h.is_closed())
     }
 }
 

@@ -753,9 +753,15 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
         out.stdout
     );
     assert!(!out.stdout.contains("unit restart"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("! restart PostgreSQL"),
+        "{}",
+        out.stdout
+    );
     let t = Instant::now();
     let out = pgdeploy(&["apply", inv_s]);
     assert_eq!(out.code, 0, "adding pg4:\n{}", out.all());
+    let grow_output = out.all();
     figure("grow Patroni 3 -> 4: apply (s)", t.elapsed().as_secs_f64());
     let leader = wait_leader(lab);
     let streaming = lab.ssh(
@@ -774,7 +780,7 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     assert_eq!(
         before,
         service_starts(lab),
-        "adding a Patroni member restarted another service"
+        "adding a Patroni member restarted another service:\n{grow_output}"
     );
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after adding pg4:\n{}", out.all());

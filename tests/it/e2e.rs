@@ -336,10 +336,16 @@ pub fn service_starts(lab: &LabGuard) -> Vec<String> {
             &format!("systemctl show -p ActiveEnterTimestampMonotonic -p MainPID {units}"),
         );
         let pg = if units == "patroni" {
-            lab.ssh(
+            // Not answering (say, starting up after a restart) is a difference too.
+            let out = lab.ssh_out(
                 h,
                 "runuser -u postgres -- psql -AtXc 'select pg_postmaster_start_time()'",
-            )
+            );
+            if out.code == 0 {
+                out.stdout
+            } else {
+                format!("(PostgreSQL does not answer: {})", out.stderr.trim())
+            }
         } else {
             String::new()
         };
