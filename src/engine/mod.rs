@@ -378,6 +378,13 @@ pub async fn apply(
                             .filter(|c| !c.is_deferred())
                             .map(move |c| format!("  {}: {}", h.host, c.summary()))
                     })
+                    .chain(
+                        again
+                            .steps
+                            .iter()
+                            .filter(|s| s.step.is_change())
+                            .map(|s| format!("  {}: {}", s.host, s.step.summary())),
+                    )
                     .collect();
                 return Err(miette!(
                     help = "something on the hosts changes what pgdeploy writes (another tool, or a package script); see the changes above",
