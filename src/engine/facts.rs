@@ -105,8 +105,9 @@ pub fn probe_command(req: &ProbeRequest) -> String {
     if !req.packages.is_empty() {
         let names: Vec<String> = req.packages.iter().map(|p| sh_quote(p)).collect();
         s.push_str(&format!(
-            "echo '@PKG'; dpkg-query -W -f='${{Package}}|${{Version}}|${{db:Status-Abbrev}}\\n' {} 2>/dev/null; \
-             echo '@HOLD'; apt-mark showhold 2>/dev/null\n",
+            // A hold is dpkg's selection state (`apt-mark hold` sets it): the first letter of
+            // Status-Abbrev, so no `apt-mark showhold`, which loads apt's whole cache.
+            "echo '@PKG'; dpkg-query -W -f='${{Package}}|${{Version}}|${{db:Status-Abbrev}}\\n' {} 2>/dev/null\n",
             names.join(" ")
         ));
     }
@@ -155,20 +156,15 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             "PKG" => {
                 for l in buf.iter() {
                     let parts: Vec<&str> = l.split('|').collect();
-                    if parts.len() == 3 && parts[2].starts_with("ii")
-                        || parts.len() == 3 && parts[2].starts_with("hi")
-                    {
-                        facts
-                            .packages
-                            .insert(parts[0].to_string(), parts[1].to_string());
+                    let [name, version, status] = parts[..] else {
+                        continue;
+                    };
+                    // Selection (h: hold) then state (i: installed).
+                    if status.starts_with('h') {
+                        facts.held.insert(name.to_string());
                     }
-                }
-            }
-            "HOLD" => {
-                for l in buf.iter() {
-                    let l = l.trim();
-                    if !l.is_empty() {
-                        facts.held.insert(l.to_string());
+                    if status.starts_with("ii") || status.starts_with("hi") {
+                        facts.packages.insert(name.to_string(), version.to_string());
                     }
                 }
             }
@@ -270,7 +266,7 @@ pub fn parse_probe(req: &ProbeRequest, out: &str) -> Result<HostFacts, String> {
             let kind = it.next().unwrap_or("");
             if matches!(
                 kind,
-                "STAT" | "SHA" | "PKG" | "HOLD" | "SYSTEMD" | "UNITS" | "S" | "PENDING" | "END"
+                "STAT" | "SHA" | "PKG" | "SYSTEMD" | "UNITS" | "S" | "PENDING" | "END"
             ) {
                 flush(&section, &mut buf, &mut facts)?;
                 if kind == "END" {
@@ -377,7 +373,7 @@ mod tests {
     fn req() -> ProbeRequest {
         ProbeRequest {
             paths: vec!["/etc/a".into(), "/etc/d".into(), "/etc/missing".into()],
-            packages: vec!["haproxy".into(), "etcd-server".into()],
+            packages: vec!["haproxy".into(), "etcd-server".into(), "patroni".into()],
             units: vec!["haproxy.service".into(), "nope.service".into()],
             sysctls: vec!["net.ipv4.tcp_keepalive_time".into(), "kernel.nope".into()],
         }
@@ -394,10 +390,9 @@ directory|750|postgres|postgres|/etc/d
 @SHA
 {SHA_A}  /etc/a
 @PKG
-haproxy|2.6.12-1+deb12u1|ii 
+haproxy|2.6.12-1+deb12u1|hi 
 etcd-server|3.4.23-4+b6|un 
-@HOLD
-haproxy
+patroni|4.0.7-1|ii 
 @SYSTEMD
 yes
 @UNITS
@@ -439,6 +434,11 @@ haproxy.service
             "not-installed package is absent"
         );
         assert!(f.held.contains("haproxy"));
+        assert!(!f.held.contains("patroni"), "installed, not held");
+        assert_eq!(
+            f.packages.get("patroni").map(String::as_str),
+            Some("4.0.7-1")
+        );
         assert!(f.has_systemd);
         assert_eq!(f.units["haproxy.service"].enabled, "enabled");
         assert_eq!(f.units["haproxy.service"].active, "active");
