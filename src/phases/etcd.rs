@@ -6,11 +6,10 @@
 //! cluster is healthy.
 
 use crate::engine::change::{Change, UnitAction};
-use crate::engine::exec::apply_changes;
 use crate::engine::facts::PENDING_DIR;
 use crate::engine::phase::{plan_roles, Gate, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
-use crate::engine::{bounded, Ctx};
+use crate::engine::Ctx;
 use crate::inventory::Group;
 use crate::shell::sh_quote;
 use async_trait::async_trait;
@@ -159,17 +158,7 @@ impl Phase for Etcd {
         })
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        let mut futs = Vec::new();
-        for hp in &plan.hosts {
-            futs.push(async move {
-                if hp.changes.iter().any(|c| !c.is_deferred()) {
-                    ctx.observe(&hp.host, "applying");
-                }
-                apply_changes(ctx.session(&hp.host)?, &hp.changes).await
-            });
-        }
-        bounded(ctx.forks, futs).await?;
-        super::steps::run_all(ctx, &plan.steps).await
+        super::steps::apply_plan(ctx, plan).await
     }
 }
 

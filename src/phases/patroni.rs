@@ -5,10 +5,9 @@
 
 use super::etcd::wait_until;
 use crate::engine::change::{Change, UnitAction};
-use crate::engine::exec::apply_changes;
 use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Expand, Gate, PlannedStep, Step};
-use crate::engine::{bounded, Ctx};
+use crate::engine::Ctx;
 use crate::inventory::{Group, ParamValue};
 use async_trait::async_trait;
 use miette::Result;
@@ -332,19 +331,7 @@ impl Phase for Patroni {
     }
 
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        // The members' own changes (files, directories, sysctls) in parallel; their unit
-        // actions are steps, ordered by the plan.
-        let mut futs = Vec::new();
-        for hp in &plan.hosts {
-            futs.push(async move {
-                if hp.changes.iter().any(|c| !c.is_deferred()) {
-                    ctx.observe(&hp.host, "applying");
-                }
-                apply_changes(ctx.session(&hp.host)?, &hp.changes).await
-            });
-        }
-        bounded(ctx.forks, futs).await?;
-        super::steps::run_all(ctx, &plan.steps).await
+        super::steps::apply_plan(ctx, plan).await
     }
 }
 

@@ -164,7 +164,7 @@ impl Phase for Retire {
     }
 
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        super::steps::run_all(ctx, &plan.steps).await
+        super::steps::apply_plan(ctx, plan).await
     }
 }
 

@@ -11,6 +11,7 @@ use super::patroni::{
 };
 use super::upgrade::{installed_versions, lag_of, prechecks, running_minor, set_tags, Bounds};
 use crate::engine::exec::{install, unit_action};
+use crate::engine::phase::{apply_host_plans, PhasePlan, RestartPolicy};
 use crate::engine::step::{Expand, Gate, KeyChange, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::shell::sh_quote;
@@ -27,6 +28,14 @@ const CLUSTER_DEADLINE: Duration = Duration::from_secs(300);
 /// Restart rounds a deferred pending-restart step may take (a replica can ask again after the
 /// leader restarted with a lower value of max_connections and the like).
 const RESTART_ROUNDS: usize = 4;
+
+/// Apply a phase plan whose cross-host work is steps: the hosts' own changes (files,
+/// directories, sysctls: their unit actions were moved into the steps) in parallel, then the
+/// steps in order.
+pub async fn apply_plan(ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
+    apply_host_plans(ctx, &plan.hosts, &RestartPolicy::Parallel).await?;
+    run_all(ctx, &plan.steps).await
+}
 
 /// Run `steps` in order; stop at the first failure, with the members' state in the error.
 pub async fn run_all(ctx: &Ctx, steps: &[PlannedStep]) -> Result<()> {
