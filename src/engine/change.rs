@@ -100,13 +100,6 @@ pub enum Change {
         bytes: u64,
         reason: String,
     },
-    /// DNS record set change.
-    Dns {
-        name: String,
-        add: Vec<String>,
-        remove: Vec<String>,
-        ttl: u32,
-    },
 }
 
 impl Change {
@@ -184,21 +177,6 @@ impl Change {
                 if files.len() == 1 { "" } else { "s" },
                 *bytes as f64 / 1e6
             ),
-            Change::Dns {
-                name,
-                add,
-                remove,
-                ttl,
-            } => {
-                let mut parts = Vec::new();
-                for a in add {
-                    parts.push(format!("+{a}"));
-                }
-                for r in remove {
-                    parts.push(format!("-{r}"));
-                }
-                format!("~ dns {name} TTL {ttl}: {}", parts.join(" "))
-            }
         }
     }
 

@@ -34,10 +34,7 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
     for c in changes {
         if matches!(
             c,
-            Change::Package { .. }
-                | Change::Deferred { .. }
-                | Change::Dns { .. }
-                | Change::Upload { .. }
+            Change::Package { .. } | Change::Deferred { .. } | Change::Upload { .. }
         ) {
             continue;
         }
@@ -134,10 +131,7 @@ async fn apply_one(s: &Session, c: &Change) -> Result<()> {
         Change::Command { command, .. } => {
             s.run(command).await?;
         }
-        Change::Package { .. }
-        | Change::Deferred { .. }
-        | Change::Dns { .. }
-        | Change::Upload { .. } => {}
+        Change::Package { .. } | Change::Deferred { .. } | Change::Upload { .. } => {}
     }
     Ok(())
 }

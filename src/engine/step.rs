@@ -135,6 +135,18 @@ pub enum Step {
         address: String,
         unit: String,
     },
+    /// Change the A/AAAA records of `name` from `before` to `before - remove + add` with `ttl`
+    /// (`ttl_from`: the TTL the kept records had, when it changes), in one update whose
+    /// prerequisite is `before`: a name that changed meanwhile is left alone.
+    DnsRecordSet {
+        name: String,
+        before: Vec<String>,
+        add: Vec<String>,
+        remove: Vec<String>,
+        ttl: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl_from: Option<u32>,
+    },
     /// Wait until a condition holds (within a generous deadline).
     Wait { gate: Gate },
     /// Known only once earlier steps ran.
@@ -267,6 +279,24 @@ impl Step {
                 address,
                 unit,
             } => format!("! disable --now {unit} on {name} ({address}), which left the cluster"),
+            Step::DnsRecordSet {
+                name,
+                add,
+                remove,
+                ttl,
+                ttl_from,
+                ..
+            } => {
+                let mut parts: Vec<String> = add
+                    .iter()
+                    .map(|a| format!("+ {} {a} (ttl {ttl})", record_type(a)))
+                    .collect();
+                parts.extend(remove.iter().map(|a| format!("- {} {a}", record_type(a))));
+                if let Some(from) = ttl_from {
+                    parts.push(format!("ttl {from} -> {ttl}"));
+                }
+                format!("~ dns {name}: {}", parts.join(", "))
+            }
             Step::Wait { gate } => format!("? wait: {}", gate.summary()),
             Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),
         }
@@ -278,6 +308,14 @@ impl Step {
             self,
             Step::Wait { .. } | Step::Deferred { .. } | Step::UpgradePrechecks { .. }
         )
+    }
+}
+
+fn record_type(addr: &str) -> &'static str {
+    if addr.contains(':') {
+        "AAAA"
+    } else {
+        "A"
     }
 }
 

@@ -2,12 +2,15 @@
 //! health check (port 5000 answers and routes to one leader). Never an empty record set,
 //! never the last healthy address removed; an unchanged set sends no update at all.
 
-use crate::dns::{check_all, haproxy_targets, plan, sync, DnsConfig, HealthPorts, HostHealth};
+use crate::dns::plan::{DnsPlan, RecordSet};
+use crate::dns::{check_all, haproxy_targets, plan, DnsConfig, HealthPorts, HostHealth};
 use crate::engine::change::Change;
 use crate::engine::phase::{HostPlan, Phase, PhasePlan};
+use crate::engine::step::{PlannedStep, Step};
 use crate::engine::Ctx;
 use async_trait::async_trait;
 use miette::{miette, Result};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -55,15 +58,22 @@ impl Phase for Dns {
             .collect();
         let all: Vec<IpAddr> = h.iter().flat_map(|x| x.publish.clone()).collect();
         let p = plan(&current, &healthy, &all, cfg.ttl);
-        let mut changes = Vec::new();
-        if !p.add.is_empty() || !p.remove.is_empty() || p.ttl_change.is_some() {
-            changes.push(Change::Dns {
-                name: cfg.name.clone(),
-                add: p.add.iter().map(|a| a.to_string()).collect(),
-                remove: p.remove.iter().map(|a| a.to_string()).collect(),
-                ttl: p.ttl,
-            });
+        let where_ = format!("{} @ {}", cfg.zone, cfg.server);
+        let mut steps = Vec::new();
+        if !p.is_empty() {
+            steps.push(PlannedStep::new(
+                &where_,
+                Step::DnsRecordSet {
+                    name: cfg.name.clone(),
+                    before: current.addrs.iter().map(|a| a.to_string()).collect(),
+                    add: p.add.iter().map(|a| a.to_string()).collect(),
+                    remove: p.remove.iter().map(|a| a.to_string()).collect(),
+                    ttl: p.ttl,
+                    ttl_from: p.ttl_change.map(|(old, _)| old),
+                },
+            ));
         }
+        let mut changes = Vec::new();
         for w in &p.warnings {
             let unhealthy: Vec<String> = h
                 .iter()
@@ -80,33 +90,75 @@ impl Phase for Dns {
             });
         }
         Ok(PhasePlan {
-            steps: Vec::new(),
+            steps,
             phase: "dns".into(),
             hosts: vec![HostPlan {
-                host: format!("{} @ {}", cfg.zone, cfg.server),
+                host: where_,
                 changes,
             }],
         })
     }
 
-    async fn apply(&self, ctx: &Ctx, _plan: &PhasePlan) -> Result<()> {
-        let Some(cfg) = config(ctx)? else {
-            return Ok(());
-        };
-        let provider = cfg.provider().map_err(miette::Report::new)?;
-        let h = health(ctx).await?;
-        let report = sync(provider.as_ref(), &h, cfg.ttl, false)
-            .await
-            .map_err(|e| {
-                miette!(
-                    help = "the records were left as they were",
-                    "DNS update of {}: {e}",
-                    cfg.name
-                )
-            })?;
-        for n in report.notes {
-            ctx.observer.message(&format!("dns: {n}"));
-        }
-        Ok(())
+    async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
+        super::steps::run_all(ctx, &plan.steps).await
     }
+}
+
+/// Run a planned record-set change: read the records again; if they already are what the plan
+/// wants, nothing is sent; if they are neither that nor what the plan saw, the run stops;
+/// otherwise one update, with the planned records as its prerequisite.
+pub async fn record_set_step(
+    ctx: &Ctx,
+    before: &[String],
+    add: &[String],
+    remove: &[String],
+    ttl: u32,
+    ttl_from: Option<u32>,
+) -> Result<()> {
+    let cfg = config(ctx)?.ok_or_else(|| miette!("the inventory has no `dns` section"))?;
+    let provider = cfg.provider().map_err(miette::Report::new)?;
+    let parse = |v: &[String]| -> Result<BTreeSet<IpAddr>> {
+        v.iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|e| miette!("address {a} in the plan: {e}"))
+            })
+            .collect()
+    };
+    let (before, add, remove) = (parse(before)?, parse(add)?, parse(remove)?);
+    let mut after = before.clone();
+    after.retain(|a| !remove.contains(a));
+    after.extend(add.iter().copied());
+    let current = provider.query().await.map_err(miette::Report::new)?;
+    if current.addrs == after && (ttl_from.is_none() || current.ttl == Some(ttl)) {
+        return Ok(());
+    }
+    if current.addrs != before {
+        return Err(super::steps::moved(format!(
+            "the records of {} are {current} now; the plan saw {}",
+            cfg.name,
+            RecordSet::new(before, None)
+        )));
+    }
+    let p = DnsPlan {
+        add: add.into_iter().collect(),
+        remove: remove.into_iter().collect(),
+        ttl_change: ttl_from.map(|old| (old, ttl)),
+        ttl,
+        warnings: Vec::new(),
+    };
+    provider.apply(&current, &p).await.map_err(|e| {
+        if e.is_prerequisite_failure() {
+            super::steps::moved(format!(
+                "the records of {} changed during the update: {e}",
+                cfg.name
+            ))
+        } else {
+            miette!(
+                help = "the records were left as they were",
+                "DNS update of {}: {e}",
+                cfg.name
+            )
+        }
+    })
 }

@@ -104,7 +104,7 @@ async fn members_now(ctx: &Ctx) -> String {
     }
 }
 
-fn moved(what: String) -> miette::Report {
+pub(crate) fn moved(what: String) -> miette::Report {
     miette!(
         help =
             "the cluster changed since the plan was made; run `pgdeploy check` to see the new plan",
@@ -214,6 +214,14 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
             address,
             unit,
         } => super::retire::disable_retired(ctx, name, address, unit).await,
+        Step::DnsRecordSet {
+            before,
+            add,
+            remove,
+            ttl,
+            ttl_from,
+            ..
+        } => super::dns::record_set_step(ctx, before, add, remove, *ttl, *ttl_from).await,
         Step::Wait { gate } => wait(ctx, host, gate).await,
         Step::Deferred { .. } => Ok(()),
     }
@@ -459,7 +467,7 @@ pub fn dcs_steps(
 mod tests {
     use super::*;
     use crate::engine::change::{Change, UnitAction};
-    use crate::engine::phase::HostPlan;
+    use crate::engine::phase::{HostPlan, Phase};
     use crate::engine::roles::RoleSource;
     use crate::engine::Quiet;
     use crate::ssh::double::{Answer, Call, Script};
@@ -497,7 +505,7 @@ mod tests {
                         .iter()
                         .map(|m| {
                             let lead = sim.leader.as_deref() == Some(m.as_str());
-                            json!({"name": m, "host": "", "role": if lead { "leader" } else { "replica" },
+                            json!({"name": m, "host": format!("10.10.0.{}", 20 + m[2..].parse::<u32>().unwrap_or(0)), "role": if lead { "leader" } else { "replica" },
                                    "state": if lead { "running" } else { "streaming" }, "lag": 0,
                                    "pending_restart": sim.pending.contains(m)})
                         })
@@ -537,6 +545,13 @@ mod tests {
                         sim.leader = Some(to.trim_matches('\'').to_string());
                     } else if cmd.starts_with("date ") {
                         return Some(Answer::ok("1000.0\n"));
+                    } else if cmd == "systemctl disable --now patroni.service" {
+                        sim.running.retain(|m| m != host);
+                    } else if cmd.contains("from pg_replication_slots where slot_name") {
+                        // The leader drops the slot of a member that is gone.
+                        let slot = cmd.split("slot_name = '").nth(1)?.split('\'').next()?;
+                        let held = sim.running.iter().any(|m| m == slot);
+                        return Some(Answer::ok(if held { "1\n" } else { "0\n" }));
                     }
                     Some(Answer::ok(""))
                 }
@@ -545,16 +560,30 @@ mod tests {
         )
     }
 
-    fn ctx(double: Arc<Script<Sim>>, dir: &std::path::Path) -> Ctx {
+    fn ctx<S: Send + 'static>(double: Arc<Script<S>>, dir: &std::path::Path) -> Ctx {
+        ctx_with(double, dir, &[])
+    }
+
+    /// `former`: hosts no longer in the inventory that the double still plays (a member that
+    /// leaves), reachable as the run's own sessions.
+    fn ctx_with<S: Send + 'static>(
+        double: Arc<Script<S>>,
+        dir: &std::path::Path,
+        former: &[&str],
+    ) -> Ctx {
         let text = include_str!("../../inventory/production.yaml");
         let (inv, _) = crate::inventory::load_str(text, "production.yaml", dir).unwrap();
         let (vars, host_vars, secret_values) = super::super::run_vars(&inv).unwrap();
         let hosts = inv.hosts_to_connect();
-        let sessions = hosts
+        let names = hosts
             .iter()
-            .map(|h| {
+            .map(|h| h.name.clone())
+            .chain(former.iter().map(|f| f.to_string()));
+        let sessions = names
+            .map(|n| {
                 let d: Arc<dyn crate::ssh::double::HostDouble> = double.clone();
-                (h.name.clone(), Session::double(&h.name, d))
+                let s = Session::double(&n, d);
+                (n, s)
             })
             .collect();
         Ctx {
@@ -725,5 +754,175 @@ mod tests {
             vec!["pg1: switchover pg-main --leader pg1 --candidate pg2 --force"]
         );
         assert_eq!(d.with_state(|s| s.leader.clone()), Some("pg2".into()));
+    }
+
+    #[tokio::test]
+    async fn retire_stops_patroni_on_the_member_that_left_then_waits_for_its_key_and_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = cluster_double(Sim {
+            running: ["pg1", "pg2", "pg3", "pg4"].map(String::from).to_vec(),
+            leader: Some("pg1".into()),
+            config: json!({}),
+            ..Default::default()
+        });
+        let c = ctx_with(d.clone(), dir.path(), &["pg4"]);
+        let steps = super::super::retire::Retire.plan(&c).await.unwrap().steps;
+        let summaries: Vec<String> = steps.iter().map(|s| s.step.summary()).collect();
+        assert_eq!(
+            summaries,
+            vec![
+                "! systemctl disable --now patroni.service on pg4 (10.10.0.24): it leaves the Patroni cluster; its data directory stays",
+                "? wait: pg4 has left the Patroni cluster",
+                "? wait: the leader has dropped replication slot pg4",
+            ],
+        );
+        run_all(&c, &steps).await.unwrap();
+        let stops: Vec<String> = d
+            .calls()
+            .iter()
+            .filter_map(|(h, c)| match c {
+                Call::Exec { cmd, .. } if cmd.contains("disable --now") => {
+                    Some(format!("{h}: {cmd}"))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stops, vec!["pg4: systemctl disable --now patroni.service"]);
+        assert_eq!(d.with_state(|s| s.running.len()), 3);
+        // The slot was asked for on the leader, after pg4 stopped.
+        let calls = d.calls();
+        let stop = calls
+            .iter()
+            .position(|(_, c)| c.text().contains("disable --now"))
+            .unwrap();
+        assert!(calls[stop..]
+            .iter()
+            .any(|(h, c)| h == "pg1" && c.text().contains("pg_replication_slots")));
+
+        // Planned while pg4 was a replica; it leads now: refused, nothing stopped.
+        let d = cluster_double(Sim {
+            running: ["pg1", "pg2", "pg3", "pg4"].map(String::from).to_vec(),
+            leader: Some("pg4".into()),
+            config: json!({}),
+            ..Default::default()
+        });
+        let c = ctx_with(d.clone(), dir.path(), &["pg4"]);
+        let e = format!("{:?}", run_all(&c, &steps[..1]).await.unwrap_err());
+        assert!(e.contains("pg4 leads the Patroni cluster now"), "{e}");
+        assert!(!d
+            .calls()
+            .iter()
+            .any(|(_, c)| c.text().contains("disable --now")));
+    }
+
+    /// The etcd cluster the double plays: its members (name, last octet of the address).
+    #[derive(Default)]
+    struct Etcd {
+        members: Vec<(String, u8)>,
+        started: Vec<String>,
+    }
+
+    fn etcd_double(sim: Etcd) -> Arc<Script<Etcd>> {
+        Arc::new(Script::new(sim).rule(|host, call, sim| match call {
+            Call::Exec { cmd, .. } if cmd.contains("member list -w json") => {
+                let ms: Vec<Value> = sim
+                    .members
+                    .iter()
+                    .map(|(n, last)| {
+                        let started = sim.started.contains(n);
+                        json!({"ID": u64::from(*last) * 1000, "name": if started { n.as_str() } else { "" },
+                               "peerURLs": [format!("https://10.10.0.{last}:2380")],
+                               "clientURLs": [format!("https://10.10.0.{last}:2379")]})
+                    })
+                    .collect();
+                Some(Answer::ok(&json!({ "members": ms }).to_string()))
+            }
+            Call::Exec { cmd, .. } if cmd.contains("member add") => {
+                let last: u8 = host.trim_start_matches("etcd").parse::<u8>().ok()? + 10;
+                sim.members.push((host.to_string(), last));
+                sim.started.push(host.to_string());
+                Some(Answer::ok(""))
+            }
+            Call::Exec { cmd, .. } if cmd.contains("endpoint health") => {
+                if sim.started.iter().any(|s| s == host) {
+                    Some(Answer::ok("healthy"))
+                } else {
+                    Some(Answer::Fail("connection refused".into()))
+                }
+            }
+            Call::Exec { .. } => Some(Answer::ok("")),
+            _ => None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn an_etcd_member_joins_by_member_add_then_waits_for_health_and_is_added_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = etcd_double(Etcd {
+            members: vec![("etcd1".into(), 11), ("etcd2".into(), 12)],
+            started: vec!["etcd1".into(), "etcd2".into()],
+        });
+        let c = ctx(d.clone(), dir.path());
+        let step = PlannedStep::new(
+            "etcd3",
+            Step::EtcdMemberAdd {
+                member: "etcd3".into(),
+                peer_url: "https://10.10.0.13:2380".into(),
+                endpoints: vec![
+                    "https://10.10.0.11:2379".into(),
+                    "https://10.10.0.12:2379".into(),
+                ],
+                stale_id: None,
+            },
+        );
+        run_all(&c, std::slice::from_ref(&step)).await.unwrap();
+        let adds: Vec<String> = d
+            .calls()
+            .iter()
+            .filter(|(_, c)| c.text().contains("member add"))
+            .map(|(h, c)| {
+                let t = c.text();
+                let eps = t
+                    .split("--endpoints=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                format!("{h}: {eps}")
+            })
+            .collect();
+        assert_eq!(
+            adds,
+            vec!["etcd3: https://10.10.0.11:2379,https://10.10.0.12:2379"]
+        );
+        // Health of the new member was checked after the add; the join file was removed last.
+        let texts: Vec<String> = d
+            .calls()
+            .iter()
+            .map(|(h, c)| format!("{h}: {}", c.text()))
+            .collect();
+        let add = texts.iter().position(|t| t.contains("member add")).unwrap();
+        assert!(texts[add..]
+            .iter()
+            .any(|t| t.starts_with("etcd3: ") && t.contains("endpoint health")));
+        assert!(
+            texts
+                .last()
+                .unwrap()
+                .contains("rm -f /run/pgdeploy/etcd-join.env"),
+            "{texts:#?}"
+        );
+        // Run again (an apply re-run): it is a member now, so nothing is added twice.
+        run_all(&c, std::slice::from_ref(&step)).await.unwrap();
+        assert_eq!(
+            d.calls()
+                .iter()
+                .filter(|(_, c)| c.text().contains("member add"))
+                .count(),
+            1
+        );
+        assert_eq!(d.with_state(|s| s.members.len()), 3);
     }
 }
