@@ -4,7 +4,6 @@
 
 pub mod bundle;
 pub mod clock;
-pub mod cluster;
 pub mod crypto;
 pub mod dns;
 pub mod engine;

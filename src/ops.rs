@@ -281,7 +281,7 @@ pub fn upgrade_target(inv: &Inventory) -> Result<UpgradeTarget> {
             dir.display()
         )
     })?;
-    let major = crate::cluster::major(&inv.postgres.version).to_string();
+    let major = inv.postgres.major().to_string();
     let current = minor_key(&inv.postgres.version);
     let newer = |vs: Vec<String>| {
         vs.into_iter()

@@ -2,10 +2,10 @@
 
 use super::plan::{Desired, DesiredDir, DesiredFile, DesiredPackage, DesiredUnit};
 use super::roles::{parse_mode, render, RoleSource, RoleSpec, Stage};
-use crate::cluster::host_json;
-use crate::inventory::{Group, Host, Inventory};
+use crate::inventory::{Group, Host, Inventory, ParamValue};
 use miette::{miette, Result, WrapErr};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 /// Persistent sysctl file written for a role's sysctls.
 pub fn sysctl_file(role: &str) -> String {
@@ -20,50 +20,88 @@ pub fn role_applies(spec: &RoleSpec, host: &Host) -> bool {
     }
 }
 
-/// The template context for one host. `extra` is merged at the top level (secrets, tls, facts
-/// from earlier phases such as `postgres.debian_version`).
-pub fn context(inv: &Inventory, host: &Host, extra: &Value) -> Value {
-    let mut groups = serde_json::Map::new();
-    for g in Group::ALL {
-        groups.insert(
-            g.as_str().to_string(),
-            Value::Array(inv.group_hosts(g).iter().map(host_json).collect()),
-        );
-    }
-    let mut postgres = serde_json::to_value(&inv.postgres).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut postgres {
-        m.insert(
-            "major".into(),
-            Value::String(
-                inv.postgres
-                    .version
-                    .split('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            ),
-        );
-        let params: serde_json::Map<_, _> = inv
-            .postgres
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
-            .collect();
-        m.insert("parameters".into(), Value::Object(params));
-    }
+/// The template context for one host: the one builder of it. From the inventory: `cluster`,
+/// `platform`, `postgres` (`version`, `major`, `port`, `parameters` as strings in PostgreSQL's
+/// spelling, `synchronous_mode`, `data_dir` (defaulted), `bin_dir`), `patroni`, `etcd`,
+/// `haproxy`, `dns`, `host`, `groups` (each a list of hosts as `host` is), `client_addresses`
+/// and `sysctls` (empty). Then `vars` is deep-merged over it: the run's values, given as data
+/// by whoever runs the phases (`secrets`, the host's `tls`, `etcd_initial_env`,
+/// `etcd_join_env`, `patroni_tags`) and facts from earlier phases (`postgres.debian_version`).
+pub fn context(inv: &Inventory, host: &Host, vars: &Value) -> Value {
+    let pg = &inv.postgres;
+    let major = pg.major();
+    let data_dir = pg
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| format!("/var/lib/postgresql/{major}/main"));
+    let groups: Map<String, Value> = Group::ALL
+        .iter()
+        .map(|g| {
+            (
+                g.as_str().to_string(),
+                Value::Array(inv.group_hosts(*g).iter().map(host_json).collect()),
+            )
+        })
+        .collect();
     let mut ctx = json!({
         "cluster": inv.cluster,
         "platform": inv.platform.template_json(),
-        "postgres": postgres,
+        "postgres": {
+            "version": pg.version,
+            "major": major,
+            "port": pg.port,
+            "parameters": params_json(&pg.parameters),
+            "synchronous_mode": pg.synchronous_mode,
+            "data_dir": data_dir,
+            "bin_dir": format!("/usr/lib/postgresql/{major}/bin"),
+        },
         "patroni": inv.patroni,
         "etcd": inv.etcd,
         "haproxy": inv.haproxy,
         "dns": inv.dns,
         "host": host_json(host),
         "groups": groups,
+        "client_addresses": client_addresses(inv),
+        "sysctls": [],
     });
-    merge(&mut ctx, extra);
+    merge(&mut ctx, vars);
     ctx
+}
+
+/// PostgreSQL parameters for templates: every value as a string in PostgreSQL's own spelling
+/// (bool -> on/off). Patroni accepts strings for all parameters and YAML never reinterprets them.
+fn params_json(p: &BTreeMap<String, ParamValue>) -> Value {
+    Value::Object(
+        p.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
+            .collect(),
+    )
+}
+
+/// A host as templates see it (`host`, and each entry of `groups.*`).
+fn host_json(h: &Host) -> Value {
+    json!({
+        "name": h.name,
+        "address": h.address,
+        "address6": h.address6,
+        "groups": h.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "vars": h.vars,
+        "postgres_parameters": params_json(&h.postgres_parameters),
+    })
+}
+
+/// Addresses allowed to connect as clients (pg_hba `host all all <addr>/32`): every Patroni
+/// and HAProxy host, in inventory order, without duplicates.
+fn client_addresses(inv: &Inventory) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for g in [Group::Patroni, Group::Haproxy] {
+        for h in inv.group_hosts(g) {
+            if !out.contains(&h.address) {
+                out.push(h.address.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Deep-merge `from` into `into` (objects merge, anything else replaces).
@@ -195,4 +233,55 @@ pub fn desired_for(
         });
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the engine takes from the inventory; everything else comes in through `vars`.
+    #[test]
+    fn context_from_the_inventory_then_vars() {
+        let d = tempfile::tempdir().unwrap();
+        let text = r#"
+cluster: { name: demo }
+platform: debian-12
+postgres: { version: "15.18", data_dir: /srv/pg, parameters: { jit: false } }
+groups:
+  etcd: [{ name: n1, address: 10.9.0.11 }]
+  patroni: [{ name: n1, address: 10.9.0.11 }, { name: n2, address: 10.9.0.12 }]
+  haproxy: [{ name: n2, address: 10.9.0.12 }]
+"#;
+        let (inv, _) = crate::inventory::load_str(text, "inv.yaml", d.path()).unwrap();
+        let h = &inv.hosts()[0];
+        let c = context(&inv, h, &json!({}));
+        let keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "client_addresses",
+                "cluster",
+                "dns",
+                "etcd",
+                "groups",
+                "haproxy",
+                "host",
+                "patroni",
+                "platform",
+                "postgres",
+                "sysctls"
+            ]
+        );
+        assert_eq!(c["postgres"]["data_dir"], "/srv/pg");
+        assert_eq!(c["postgres"]["parameters"]["jit"], "off");
+        assert_eq!(c["client_addresses"], json!(["10.9.0.11", "10.9.0.12"]));
+        let c = context(
+            &inv,
+            h,
+            &json!({ "postgres": { "debian_version": "x" }, "tls": { "ca": "/ca" } }),
+        );
+        assert_eq!(c["postgres"]["debian_version"], "x");
+        assert_eq!(c["postgres"]["version"], "15.18");
+        assert_eq!(c["tls"]["ca"], "/ca");
+    }
 }

@@ -76,6 +76,16 @@ impl Default for Postgres {
     }
 }
 
+impl Postgres {
+    /// The major of `version`: "15.18" -> "15".
+    pub fn major(&self) -> &str {
+        self.version
+            .split(['.', '-'])
+            .next()
+            .unwrap_or(&self.version)
+    }
+}
+
 /// A scalar parameter value as written in YAML.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -485,5 +495,21 @@ impl Inventory {
     /// the inventory, `.pgdeploy/<cluster>/`.
     pub fn state_dir(&self) -> PathBuf {
         self.base_dir.join(".pgdeploy").join(&self.cluster.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_major() {
+        let pg = |v: &str| Postgres {
+            version: v.into(),
+            ..Postgres::default()
+        };
+        assert_eq!(pg("15.18").major(), "15");
+        assert_eq!(pg("17.12").major(), "17");
+        assert_eq!(pg("15.20-0+deb12u1").major(), "15");
     }
 }

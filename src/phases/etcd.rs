@@ -11,12 +11,12 @@ use crate::engine::phase::{plan_roles, Gate, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::inventory::Group;
+use crate::pki::TLS_DIR;
 use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::time::{Duration, Instant};
 
-pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
 /// Bootstrap settings (initial cluster), read only at a member's first start.
 pub const INITIAL_ENV: &str = "/etc/pgdeploy/etcd-initial.env";
 /// Written while a new member joins a running cluster (from `etcdctl member add`).

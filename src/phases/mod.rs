@@ -18,10 +18,9 @@ pub const REPO_DIR: &str = "/var/lib/pgdeploy/repo";
 /// The apt source that names only the bundle.
 pub const REPO_LIST: &str = "/etc/pgdeploy/apt/sources.list";
 
-use crate::cluster;
 use crate::engine::phase::{Phase, RolePhase};
 use crate::inventory::Inventory;
-use crate::pki::Pki;
+use crate::pki::{self, Pki};
 use crate::secrets::Secrets;
 use miette::Result;
 use serde_json::{json, Value};
@@ -48,9 +47,11 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
 
 pub use packages::resolve_postgres_version;
 
-/// Values for templates: shared ones (secrets, client addresses, PostgreSQL paths), per-host
-/// ones (TLS material), and the secret values to redact from every output. The CA, host
-/// certificates and passwords are generated once and kept in the inventory's state directory.
+/// The run's values for templates, merged over what the engine takes from the inventory (see
+/// [`crate::engine::render::context`]): shared ones (`secrets`, `patroni_tags`, the etcd
+/// environment files), per-host ones (`tls`: paths and PEM material), and the secret values to
+/// redact from every output. The CA, host certificates and passwords are generated once and
+/// kept in the inventory's state directory.
 pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<String>)> {
     let state = inv.state_dir();
     let secrets = Secrets::load_or_create(&state)?;
@@ -60,33 +61,317 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         .iter()
         .map(|s| s.expose().to_string())
         .collect();
-    let hosts = inv.hosts();
     let mut host_vars = BTreeMap::new();
-    for h in &hosts {
-        let (ips, names) = cluster::cert_request(h);
+    for h in &inv.hosts() {
+        let (ips, names) = pki::cert_request(h);
         let cert = pki.issue(&h.name, &ips, &names)?;
-        let pem = cluster::TlsPem {
-            ca_pem: pki.ca_cert_pem(),
-            host: &cert,
-        };
-        let c = cluster::template_context(inv, h, &secrets, Some(&pem));
-        host_vars.insert(h.name.clone(), json!({ "tls": c["tls"] }));
+        let mut tls = json!(pki::tls_paths(&h.name));
+        tls["ca_pem"] = json!(pki.ca_cert_pem());
+        tls["cert_pem"] = json!(cert.cert_pem);
+        tls["key_pem"] = json!(cert.key_pem);
+        host_vars.insert(h.name.clone(), json!({ "tls": tls }));
         redact.push(cert.key_pem.clone());
     }
-    let mut vars = json!({ "patroni_tags": { "nofailover": false, "noloadbalance": false } });
-    if let Some(first) = hosts.first() {
-        let c = cluster::template_context(inv, first, &secrets, None);
-        let mut pg = c["postgres"].clone();
-        if let Value::Object(m) = &mut pg {
-            // Resolved from the package source before the phases that need it.
-            m.remove("debian_version");
-        }
-        vars["secrets"] = c["secrets"].clone();
-        vars["client_addresses"] = c["client_addresses"].clone();
-        vars["postgres"] = pg;
-        vars["sysctls"] = json!([]);
-    }
-    vars["etcd_initial_env"] = json!(etcd::INITIAL_ENV);
-    vars["etcd_join_env"] = json!(etcd::JOIN_ENV);
+    let vars = json!({
+        "secrets": secrets,
+        // Set per member during a rolling upgrade (keeps it out of failover and of the
+        // replica pool while it restarts).
+        "patroni_tags": { "nofailover": false, "noloadbalance": false },
+        "etcd_initial_env": etcd::INITIAL_ENV,
+        "etcd_join_env": etcd::JOIN_ENV,
+    });
     Ok((vars, host_vars, redact))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::Desired;
+    use crate::engine::render::{context, desired_for, merge, role_applies};
+    use crate::engine::roles::RoleSource;
+    use crate::inventory::Host;
+
+    const INV: &str = r#"
+cluster: { name: demo }
+platform: debian-12
+postgres:
+  version: "15.18"
+  parameters: { max_connections: 200, shared_buffers: 256MB, log_checkpoints: true, wal_keep_size: 128MB }
+patroni: { ttl: 10, loop_wait: 2, retry_timeout: 3 }
+groups:
+  etcd:
+    - { name: n1, address: 10.9.0.11 }
+    - { name: n2, address: 10.9.0.12 }
+    - { name: n3, address: 10.9.0.13 }
+  patroni:
+    - { name: n1, address: 10.9.0.11, postgres_parameters: { work_mem: 8MB } }
+    - { name: n2, address: 10.9.0.12 }
+    - { name: n3, address: 10.9.0.13 }
+  haproxy:
+    - { name: lb1, address: 10.9.0.31 }
+"#;
+
+    fn inv(dir: &std::path::Path) -> Inventory {
+        crate::inventory::load_str(INV, "inv.yaml", dir).unwrap().0
+    }
+
+    /// A host's template context as a run builds it: the engine's context from the inventory,
+    /// with [`run_vars`] (and the host's own values) merged over it, and `extra` (facts of
+    /// earlier phases) over that.
+    fn host_context(inv: &Inventory, h: &Host, extra: &Value) -> Value {
+        let (mut vars, host_vars, _) = run_vars(inv).unwrap();
+        merge(&mut vars, &host_vars[&h.name]);
+        merge(&mut vars, extra);
+        context(inv, h, &vars)
+    }
+
+    /// Every role rendered for every host, once the packages phase has resolved
+    /// `postgres.debian_version`.
+    fn render_all(inv: &Inventory) -> BTreeMap<String, Desired> {
+        let src = RoleSource::default();
+        let resolved = json!({ "postgres": { "debian_version": "15.18-0+deb12u1" } });
+        let mut out = BTreeMap::new();
+        for h in inv.hosts() {
+            let ctx = host_context(inv, &h, &resolved);
+            let mut d = Desired::default();
+            for role in src.role_names() {
+                let spec = src.role(&role).unwrap().unwrap();
+                if !role_applies(&spec, &h) {
+                    continue;
+                }
+                let one = desired_for(&src, &role, &spec, &ctx, &h)
+                    .unwrap_or_else(|e| panic!("{role} for {}: {e:?}", h.name));
+                d.dirs.extend(one.dirs);
+                d.files.extend(one.files);
+                d.packages.extend(one.packages);
+            }
+            out.insert(h.name.clone(), d);
+        }
+        out
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    /// The keys templates can use (also those of roles in a `--roles-dir`).
+    #[test]
+    fn context_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let inv = inv(d.path());
+        let h = &inv.hosts()[0];
+        let c = host_context(&inv, h, &json!({}));
+        assert_eq!(
+            keys(&c),
+            [
+                "client_addresses",
+                "cluster",
+                "dns",
+                "etcd",
+                "etcd_initial_env",
+                "etcd_join_env",
+                "groups",
+                "haproxy",
+                "host",
+                "patroni",
+                "patroni_tags",
+                "platform",
+                "postgres",
+                "secrets",
+                "sysctls",
+                "tls"
+            ]
+        );
+        assert_eq!(
+            c["postgres"],
+            json!({
+                "version": "15.18",
+                "major": "15",
+                "port": 5432,
+                "parameters": {
+                    "log_checkpoints": "on",
+                    "max_connections": "200",
+                    "shared_buffers": "256MB",
+                    "wal_keep_size": "128MB"
+                },
+                "synchronous_mode": false,
+                "data_dir": "/var/lib/postgresql/15/main",
+                "bin_dir": "/usr/lib/postgresql/15/bin",
+            })
+        );
+        assert_eq!(
+            keys(&c["tls"]),
+            [
+                "ca",
+                "ca_pem",
+                "cert",
+                "cert_pem",
+                "etcd_key",
+                "key",
+                "key_pem",
+                "patroni_key"
+            ]
+        );
+        assert_eq!(c["tls"]["cert"], "/etc/pgdeploy/tls/n1.crt");
+        assert_eq!(
+            keys(&c["host"]),
+            [
+                "address",
+                "address6",
+                "groups",
+                "name",
+                "postgres_parameters",
+                "vars"
+            ]
+        );
+        assert_eq!(
+            c["host"]["postgres_parameters"],
+            json!({ "work_mem": "8MB" })
+        );
+        assert_eq!(keys(&c["groups"]), ["etcd", "haproxy", "patroni"]);
+        assert_eq!(c["groups"]["patroni"][0], c["host"]);
+        assert_eq!(
+            keys(&c["secrets"]),
+            [
+                "replication_password",
+                "rest_password",
+                "superuser_password"
+            ]
+        );
+        assert_eq!(c["cluster"], json!({ "name": "demo" }));
+        assert_eq!(
+            c["client_addresses"],
+            json!(["10.9.0.11", "10.9.0.12", "10.9.0.13", "10.9.0.31"])
+        );
+        assert_eq!(c["sysctls"], json!([]));
+        assert_eq!(c["etcd_initial_env"], "/etc/pgdeploy/etcd-initial.env");
+        assert_eq!(c["etcd_join_env"], "/run/pgdeploy/etcd-join.env");
+        assert_eq!(
+            c["patroni_tags"],
+            json!({ "nofailover": false, "noloadbalance": false })
+        );
+        // A fact from a later phase lands next to the inventory's values.
+        let c = host_context(&inv, h, &json!({ "postgres": { "debian_version": "x" } }));
+        assert_eq!(c["postgres"]["debian_version"], "x");
+        assert_eq!(c["postgres"]["major"], "15");
+    }
+
+    #[test]
+    fn every_role_renders_and_parses() {
+        let d = tempfile::tempdir().unwrap();
+        let inv = inv(d.path());
+        let secrets = Secrets::load_or_create(&inv.state_dir()).unwrap();
+        let out = render_all(&inv);
+        let get = |h: &str, path: &str| {
+            let f = out[h].files.iter().find(|f| f.path == path);
+            String::from_utf8(
+                f.unwrap_or_else(|| panic!("{h}: no {path}"))
+                    .content
+                    .clone(),
+            )
+            .unwrap()
+        };
+
+        // Every templated path, package name and version rendered to something.
+        for (h, d) in &out {
+            let rendered = d.dirs.iter().map(|x| x.path.as_str()).chain(
+                d.files.iter().map(|x| x.path.as_str()).chain(
+                    d.packages
+                        .iter()
+                        .flat_map(|p| std::iter::once(&p.name).chain(p.version.iter()))
+                        .map(String::as_str),
+                ),
+            );
+            for s in rendered {
+                assert!(!s.is_empty() && !s.contains("{{"), "{h}: {s}");
+            }
+        }
+
+        // Patroni config: valid YAML with the expected structure.
+        let cfg: Value = serde_saphyr::from_str(&get("n1", "/etc/patroni/config.yml")).unwrap();
+        assert_eq!(cfg["scope"], "demo");
+        assert_eq!(cfg["name"], "n1");
+        assert_eq!(cfg["restapi"]["listen"], "10.9.0.11:8008");
+        assert_eq!(
+            cfg["restapi"]["authentication"]["password"],
+            secrets.rest_password.expose()
+        );
+        assert_eq!(cfg["etcd3"]["protocol"], "https");
+        assert_eq!(cfg["etcd3"]["hosts"].as_array().unwrap().len(), 3);
+        assert_eq!(cfg["bootstrap"]["dcs"]["ttl"], 10);
+        assert_eq!(cfg["bootstrap"]["dcs"]["loop_wait"], 2);
+        // Patroni 3 has no member_slots_ttl: nothing is written for it on Debian 12.
+        assert!(cfg["bootstrap"]["dcs"].get("member_slots_ttl").is_none());
+        let p = &cfg["bootstrap"]["dcs"]["postgresql"]["parameters"];
+        assert_eq!(p["max_connections"], "200");
+        assert_eq!(p["log_checkpoints"], "on");
+        assert_eq!(cfg["postgresql"]["parameters"]["work_mem"], "8MB");
+        assert_eq!(cfg["postgresql"]["data_dir"], "/var/lib/postgresql/15/main");
+        assert_eq!(cfg["postgresql"]["bin_dir"], "/usr/lib/postgresql/15/bin");
+        let hba: Vec<&str> = cfg["postgresql"]["pg_hba"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(hba.contains(&"host replication replicator 10.9.0.12/32 scram-sha-256"));
+        assert!(hba.contains(&"host replication replicator 127.0.0.1/32 scram-sha-256"));
+        assert!(hba.contains(&"host all all 10.9.0.31/32 scram-sha-256"));
+        assert!(!hba.iter().any(|l| l.contains("0.0.0.0")));
+        // n2 has no per-host parameters.
+        let cfg2: Value = serde_saphyr::from_str(&get("n2", "/etc/patroni/config.yml")).unwrap();
+        assert!(cfg2["postgresql"]["parameters"].get("work_mem").is_none());
+
+        // /etc/default/etcd and the bootstrap file: KEY="value" lines only.
+        let default = get("n2", "/etc/default/etcd");
+        assert!(!default.contains("INITIAL_CLUSTER="));
+        let env = default + &get("n2", "/etc/pgdeploy/etcd-initial.env");
+        let mut kv = BTreeMap::new();
+        for l in env.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (k, v) = l.split_once('=').unwrap();
+            assert!(v.starts_with('"') && v.ends_with('"'), "{l}");
+            kv.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+        assert_eq!(kv["ETCD_NAME"], "n2");
+        assert_eq!(
+            kv["ETCD_INITIAL_CLUSTER"],
+            "n1=https://10.9.0.11:2380,n2=https://10.9.0.12:2380,n3=https://10.9.0.13:2380"
+        );
+        assert_eq!(kv["ETCD_INITIAL_CLUSTER_TOKEN"], "demo");
+        assert_eq!(kv["ETCD_KEY_FILE"], "/etc/pgdeploy/tls/etcd.key");
+        assert_eq!(kv["ETCD_CLIENT_CERT_AUTH"], "true");
+
+        // haproxy.cfg: both listeners check every Patroni member.
+        let hc = get("lb1", "/etc/haproxy/haproxy.cfg");
+        assert!(hc.contains("bind *:5000") && hc.contains("bind *:5001"));
+        assert!(hc.contains("bind *:7000") && hc.contains("stats uri /"));
+        assert_eq!(hc.matches("option httpchk GET /primary").count(), 1);
+        assert_eq!(hc.matches("option httpchk GET /replica").count(), 1);
+        assert_eq!(hc.matches("server n").count(), 6);
+        assert!(hc.contains("server n3 10.9.0.13:5432 maxconn 500 check port 8008 check-ssl"));
+
+        // PEMs land intact.
+        let ca = get("n1", "/etc/pgdeploy/tls/ca.crt");
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            ca.ends_with("-----END CERTIFICATE-----\n"),
+            "exactly the PEM, no extra line"
+        );
+        assert!(get("n1", "/etc/pgdeploy/tls/n1.key").contains("PRIVATE KEY"));
+        assert!(get("lb1", "/etc/pgdeploy/host.conf").contains("PGDEPLOY_GROUPS=\"haproxy\""));
+        assert!(get("n1", "/etc/pgdeploy/host.conf").contains("PGDEPLOY_GROUPS=\"etcd patroni\""));
+
+        // Optional: dump for pushing to real hosts by hand.
+        if let Some(dir) = std::env::var_os("PGDEPLOY_RENDER_DIR") {
+            for (h, d) in &out {
+                for f in &d.files {
+                    let p = std::path::Path::new(&dir)
+                        .join(h)
+                        .join(f.path.trim_start_matches('/'));
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(p, &f.content).unwrap();
+                }
+            }
+        }
+    }
 }

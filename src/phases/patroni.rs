@@ -551,6 +551,28 @@ mod tests {
         assert_eq!(m[1].lag_mb, Some(0.0));
     }
 
+    // `patronictl list -f json` captured from real hosts (Patroni 3.0.2).
+    const LIST_BOOT: &str = r#"[{"Cluster": "protoc", "Member": "proto-pg1", "Host": "10.232.0.11", "Role": "Leader", "State": "running", "TL": 1}, {"Cluster": "protoc", "Member": "proto-pg2", "Host": "10.232.0.12", "Role": "Replica", "State": "running", "Lag in MB": 0}, {"Cluster": "protoc", "Member": "proto-pg3", "Host": "10.232.0.13", "Role": "Replica", "State": "running", "TL": 1, "Lag in MB": 0}]"#;
+    const LIST_PENDING: &str = r#"[{"Cluster": "protoc", "Member": "proto-pg1", "Host": "10.232.0.11", "Role": "Leader", "State": "running", "TL": 1, "Pending restart": "*"}, {"Cluster": "protoc", "Member": "proto-pg2", "Host": "10.232.0.12", "Role": "Replica", "State": "running", "TL": 1, "Lag in MB": 0, "Pending restart": "*"}]"#;
+    const LIST_DOWN: &str = r#"[{"Cluster": "protoc", "Member": "proto-pg1", "Host": "10.232.0.11", "Role": "Leader", "State": "running", "TL": 4}, {"Cluster": "protoc", "Member": "proto-pg2", "Host": "10.232.0.12", "Role": "Replica", "State": "running", "TL": 4, "Lag in MB": 0}, {"Cluster": "protoc", "Member": "proto-pg3", "Host": "10.232.0.13", "Role": "Replica", "State": "stopped", "Lag in MB": "unknown"}]"#;
+
+    #[test]
+    fn parses_real_patronictl_outputs() {
+        let m = parse_members(LIST_BOOT).unwrap();
+        assert_eq!(m.len(), 3);
+        assert!(m[0].is_leader() && m[0].is_running() && !m[0].pending_restart);
+        assert!(m[1..].iter().all(|r| !r.is_leader() && r.is_running()));
+        assert_eq!((m[1].timeline, m[1].lag_mb), (None, Some(0.0)));
+
+        let m = parse_members(LIST_PENDING).unwrap();
+        assert!(m.iter().all(|x| x.pending_restart));
+
+        // A member that is down: no lag ("unknown"), not running.
+        let m = parse_members(LIST_DOWN).unwrap();
+        assert_eq!(m[0].timeline, Some(4));
+        assert!(!m[2].is_running() && m[2].lag_mb.is_none());
+    }
+
     #[test]
     fn parses_rest_cluster() {
         let j = r#"{"members": [{"name": "pg1", "role": "leader", "state": "running", "api_url": "https://10.0.0.21:8008/patroni", "host": "10.0.0.21", "port": 5432, "timeline": 2},

@@ -9,11 +9,13 @@
 //! from the requested ones, it expires within [`RENEW_BEFORE_DAYS`], it was not signed by the
 //! current CA, or its files are missing/unreadable. That keeps an unchanged plan unchanged.
 
+use crate::inventory::Host;
 use crate::secrets::{ensure_private_dir, tighten_mode, write_private};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
+use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::IpAddr;
@@ -65,6 +67,57 @@ pub enum PkiError {
     BadHostName { name: String },
     #[error("cannot issue the certificate for {host}: {source}")]
     Issue { host: String, source: rcgen::Error },
+}
+
+/// Where pgdeploy puts TLS material on a host.
+pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
+
+/// TLS file paths on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsPaths {
+    pub ca: String,
+    /// Host certificate (public, 0644).
+    pub cert: String,
+    /// Host key owned by root (0600), for root's tools (etcdctl health checks).
+    pub key: String,
+    /// Copy of the key owned by etcd.
+    pub etcd_key: String,
+    /// Copy of the key owned by postgres (Patroni REST API + etcd client).
+    pub patroni_key: String,
+}
+
+pub fn tls_paths(host_name: &str) -> TlsPaths {
+    TlsPaths {
+        ca: format!("{TLS_DIR}/ca.crt"),
+        cert: format!("{TLS_DIR}/{host_name}.crt"),
+        key: format!("{TLS_DIR}/{host_name}.key"),
+        etcd_key: format!("{TLS_DIR}/etcd.key"),
+        patroni_key: format!("{TLS_DIR}/patroni.key"),
+    }
+}
+
+/// SANs for a host's certificate: its addresses plus 127.0.0.1, its name plus localhost
+/// (etcd listens on 127.0.0.1 too; local tools connect there).
+pub fn cert_request(host: &Host) -> (Vec<IpAddr>, Vec<String>) {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for a in std::iter::once(&host.address).chain(host.address6.iter()) {
+        if let Ok(ip) = a.parse::<IpAddr>() {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    let lo: IpAddr = IpAddr::from([127, 0, 0, 1]);
+    if !ips.contains(&lo) {
+        ips.push(lo);
+    }
+    let mut dns = vec![host.name.clone()];
+    // A host given by name (not by IP) gets that name too.
+    if host.address.parse::<IpAddr>().is_err() && host.address != host.name {
+        dns.push(host.address.clone());
+    }
+    dns.push("localhost".into());
+    (ips, dns)
 }
 
 /// A host certificate and its key (PEM), and whether this call created it.
@@ -396,6 +449,31 @@ mod tests {
 
     fn parse(pem: &str) -> Vec<u8> {
         super::pem_to_der(pem).unwrap()
+    }
+
+    #[test]
+    fn cert_request_includes_loopback() {
+        let d = tempfile::tempdir().unwrap();
+        let text = r#"
+cluster: { name: demo }
+groups:
+  etcd:
+    - { name: n1, address: 10.9.0.11 }
+    - { name: n2, address: 10.9.0.12 }
+    - { name: n3, address: 10.9.0.13 }
+  patroni: [{ name: n1, address: 10.9.0.11 }, { name: n2, address: 10.9.0.12 }]
+  haproxy: [{ name: lb1, address: 10.9.0.31 }]
+"#;
+        let (inv, _) = crate::inventory::load_str(text, "inv.yaml", d.path()).unwrap();
+        let (ips, dns) = cert_request(&inv.hosts()[0]);
+        assert_eq!(
+            ips,
+            vec![
+                "10.9.0.11".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
+        assert_eq!(dns, vec!["n1".to_string(), "localhost".into()]);
     }
 
     #[test]
