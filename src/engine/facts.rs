@@ -56,6 +56,13 @@ pub struct HostFacts {
     pub held: BTreeSet<String>,
     pub units: BTreeMap<String, UnitFact>,
     pub sysctls: BTreeMap<String, String>,
+    /// The output of other phases' read-only commands that ran in the same round trip, by tag
+    /// (see [`with_extras`]; while phases are planned together).
+    #[serde(skip)]
+    pub extra: BTreeMap<String, String>,
+    /// The control machine's clock (Unix seconds) just before and after that round trip.
+    #[serde(skip)]
+    pub probed_at: Option<(f64, f64)>,
     /// Kernel parameters that can be set at runtime (containers keep /proc/sys read-only).
     pub sysctl_writable: BTreeSet<String>,
     /// Units with a restart still owed from an earlier, interrupted run.
@@ -132,6 +139,47 @@ pub fn probe_command(req: &ProbeRequest) -> String {
     ));
     s.push_str("echo '@END'\n");
     s
+}
+
+const EXTRA: &str = "@@PGDEPLOY-EXTRA ";
+
+/// `cmd` followed by each `(tag, command)` of `extras`, each in its own subshell and after a
+/// marker line, so that one round trip answers several phases.
+pub fn with_extras(cmd: &str, extras: &[(String, String)]) -> String {
+    let mut s = cmd.to_string();
+    for (tag, c) in extras {
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "echo {}\n( {c}\n) 2>/dev/null\n",
+            sh_quote(&format!("{EXTRA}{tag}"))
+        ));
+    }
+    s
+}
+
+/// Pure: split the output of [`with_extras`] into the main command's and each extra's.
+pub fn split_extras(out: &str) -> (String, BTreeMap<String, String>) {
+    let mut main = String::new();
+    let mut extra = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in out.split_inclusive('\n') {
+        if let Some(tag) = line.strip_prefix(EXTRA) {
+            if let Some((t, b)) = current.take() {
+                extra.insert(t, b);
+            }
+            current = Some((tag.trim_end().to_string(), String::new()));
+        } else if let Some((_, b)) = &mut current {
+            b.push_str(line);
+        } else {
+            main.push_str(line);
+        }
+    }
+    if let Some((t, b)) = current {
+        extra.insert(t, b);
+    }
+    (main, extra)
 }
 
 /// Parse the output of [`probe_command`].
@@ -486,6 +534,28 @@ haproxy.service
         let out = out();
         let cut = &out[..out.find("@PENDING").unwrap()];
         assert!(parse_probe(&req(), cut).is_err());
+    }
+
+    #[test]
+    fn extras_ride_along_and_split_back() {
+        let cmd = with_extras(
+            "echo main",
+            &[
+                ("a".into(), "echo one; echo two".into()),
+                ("b".into(), "exit 3".into()),
+            ],
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (main, extra) = split_extras(&text);
+        assert_eq!(main, "main\n");
+        assert_eq!(extra["a"], "one\ntwo\n");
+        assert_eq!(extra["b"], "");
+        assert_eq!(split_extras("x\n@END\n").0, "x\n@END\n");
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub const REST_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct PlanningCache {
     facts: HashMap<String, Shared<(ProbeRequest, HostFacts)>>,
     reads: HashMap<(String, String), Shared<Output>>,
+    /// Every phase's read-only commands per host, run inside the shared probe.
+    extras: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Ctx {
@@ -144,13 +146,51 @@ impl Ctx {
         port: u16,
         path: &str,
     ) -> Result<Output> {
-        let cell = self.shared_read(host, &format!("\0GET https://{address}:{port}{path}"));
-        let s = self.session(host)?;
         let tls = self.ca_tls()?;
+        self.https(host, tls, address, port, path, None).await
+    }
+
+    /// POST the JSON `body` to `path` of the HTTPS service at `address:port` as `host` reaches
+    /// it, presenting `host`'s own certificate (etcd's JSON gateway, which wants a client
+    /// certificate). Answers as [`Ctx::https_get`] does; shared while planning.
+    pub async fn https_post_as_host(
+        &self,
+        host: &str,
+        address: &str,
+        port: u16,
+        path: &str,
+        body: &str,
+    ) -> Result<Output> {
+        let tls = self.host_tls(host)?;
+        self.https(host, tls, address, port, path, Some(body)).await
+    }
+
+    async fn https(
+        &self,
+        host: &str,
+        tls: Arc<rustls::ClientConfig>,
+        address: &str,
+        port: u16,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Output> {
+        let key = match body {
+            None => format!("\0GET https://{address}:{port}{path}"),
+            Some(b) => format!("\0POST https://{address}:{port}{path} {b}"),
+        };
+        let cell = self.shared_read(host, &key);
+        let s = self.session(host)?;
         let get = || async {
             Ok::<Output, crate::ssh::SshError>(
                 match s
-                    .https_get(tls.clone(), address, port, path, REST_TIMEOUT)
+                    .http_request(
+                        Some(tls.clone()),
+                        address,
+                        port,
+                        path,
+                        body.map(str::as_bytes),
+                        REST_TIMEOUT,
+                    )
                     .await
                 {
                     Ok(r) => Output {
@@ -171,6 +211,26 @@ impl Ctx {
             Some(c) => Ok(c.get_or_try_init(get).await?.clone()),
             None => Ok(get().await?),
         }
+    }
+
+    /// TLS client settings trusting the cluster CA and presenting `host`'s certificate.
+    fn host_tls(&self, host: &str) -> Result<Arc<rustls::ClientConfig>> {
+        let hv = self
+            .host_vars
+            .read()
+            .map_err(|_| miette!("host variables poisoned"))?;
+        let tls = hv
+            .get(host)
+            .map(|v| &v["tls"])
+            .ok_or_else(|| miette!("{host}: no TLS material loaded"))?;
+        let (Some(ca), Some(cert), Some(key)) = (
+            tls["ca_pem"].as_str(),
+            tls["cert_pem"].as_str(),
+            tls["key_pem"].as_str(),
+        ) else {
+            return Err(miette!("{host}: no TLS material loaded"));
+        };
+        crate::ssh::tls_client_config(ca, cert, key).map_err(|e| miette!("{e}"))
     }
 
     /// TLS client settings trusting the cluster CA (from the run's host variables).
@@ -218,6 +278,39 @@ impl Ctx {
             p.as_mut()
                 .map(|p| p.facts.entry(host.to_string()).or_default().clone())
         })
+    }
+
+    /// The phases' extra commands for `host`'s shared probe (see [`Phase::probe_extras`]).
+    pub fn planned_extras(&self, host: &str) -> Vec<(String, String)> {
+        self.planning
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().and_then(|p| p.extras.get(host).cloned()))
+            .unwrap_or_default()
+    }
+
+    /// While phases are planned together: the output of the extra command `tag` that ran in
+    /// `host`'s shared probe, with the control machine's clock before and after that round
+    /// trip. None otherwise (the phase then runs its command itself).
+    /// `cmd` must be the command the phase registered: anything else runs on its own.
+    pub async fn probed_extra(
+        &self,
+        host: &str,
+        tag: &str,
+        cmd: &str,
+    ) -> Option<(String, (f64, f64))> {
+        if !self
+            .planned_extras(host)
+            .iter()
+            .any(|(t, c)| t == tag && c == cmd)
+        {
+            return None;
+        }
+        // A probe that failed is left to the phase's own command and its own error message.
+        let facts = phase::probe(self, host, &plan::Desired::default())
+            .await
+            .ok()?;
+        facts.extra.get(tag).cloned().zip(facts.probed_at)
     }
 
     fn set_planning(&self, on: bool) {
@@ -313,6 +406,22 @@ fn help_of(e: &dyn miette::Diagnostic) -> String {
 /// are planned concurrently; the result keeps their order.
 pub async fn check(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
     ctx.set_planning(true);
+    let extras: HashMap<String, Vec<(String, String)>> = ctx
+        .hosts
+        .iter()
+        .map(|h| {
+            let all = phases
+                .iter()
+                .flat_map(|p| p.probe_extras(ctx, &h.name))
+                .collect();
+            (h.name.clone(), all)
+        })
+        .collect();
+    if let Ok(mut p) = ctx.planning.lock() {
+        if let Some(p) = p.as_mut() {
+            p.extras = extras;
+        }
+    }
     let plans = plan_all(ctx, phases).await;
     ctx.set_planning(false);
     plans

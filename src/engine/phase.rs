@@ -2,7 +2,10 @@
 
 use super::change::{Change, UnitAction};
 use super::exec::apply_changes;
-use super::facts::{content_command, parse_contents, parse_probe, probe_command, HostFacts};
+use super::facts::{
+    content_command, parse_contents, parse_probe, probe_command, split_extras, with_extras,
+    HostFacts,
+};
 use super::plan::{plan_packages, plan_resources, Desired};
 use super::render::{context, desired_for, role_applies};
 use super::step::PlannedStep;
@@ -59,6 +62,12 @@ pub trait Phase: Send + Sync {
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan>;
     /// Execute a plan made by `plan` in this same run.
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()>;
+    /// Read-only commands this phase's plan will run on `host`, as `(tag, command)`: while
+    /// phases are planned together they ride along in the host's one shared probe, and the
+    /// phase reads their output with [`Ctx::probed_extra`] instead of a round trip of its own.
+    fn probe_extras(&self, _ctx: &Ctx, _host: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Run by `apply` after the phase converged, even when it had nothing to change
     /// (end-to-end checks such as the verify phase); `changed` says whether this or an earlier
     /// phase of the run changed anything. Never run by `check`.
@@ -145,7 +154,8 @@ pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts
                         all.units.extend(d.units);
                     }
                 }
-                let facts = probe_host(ctx, host, &all).await?;
+                let extras = ctx.planned_extras(host);
+                let facts = probe_host(ctx, host, &all, &extras).await?;
                 Ok::<_, miette::Report>((all.probe_request(), facts))
             })
             .await?;
@@ -158,15 +168,27 @@ pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts
             return Ok(facts.clone());
         }
     }
-    probe_host(ctx, host, desired).await
+    probe_host(ctx, host, desired, &[]).await
 }
 
-async fn probe_host(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts> {
+async fn probe_host(
+    ctx: &Ctx,
+    host: &str,
+    desired: &Desired,
+    extras: &[(String, String)],
+) -> Result<HostFacts> {
     let s = ctx.session(host)?;
     let req = desired.probe_request();
-    let out = s.exec(&probe_command(&req), None).await?;
-    let mut facts = parse_probe(&req, &out.stdout_str())
+    let t0 = unix_now();
+    let out = s
+        .exec(&with_extras(&probe_command(&req), extras), None)
+        .await?;
+    let t1 = unix_now();
+    let (main, extra) = split_extras(&out.stdout_str());
+    let mut facts = parse_probe(&req, &main)
         .map_err(|e| miette!("{host}: cannot read the host's state: {e}"))?;
+    facts.extra = extra;
+    facts.probed_at = Some((t0, t1));
     let differing = desired.differing_files(&facts);
     if !differing.is_empty() {
         let out = s.exec(&content_command(&differing), None).await?;
@@ -307,4 +329,11 @@ impl Phase for RolePhase {
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
         apply_host_plans(ctx, &plan.hosts, &self.restarts).await
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

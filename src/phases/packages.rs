@@ -188,14 +188,66 @@ pub async fn resolve_postgres_version(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<DesiredFile>> {
+/// The host's one packages probe: the files and directories that come before packages, the
+/// packages, the bundle's files already on the host, and what dpkg has installed.
+fn probe_cmd(req: &crate::engine::facts::ProbeRequest) -> String {
+    let mut cmd = probe_command(req);
+    cmd.push_str(&format!(
+        "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n\
+         echo '@INSTALLED'; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' 2>/dev/null || true\n"
+    ));
+    cmd
+}
+
+impl Packages {
+    /// What the host must have before packages are installed (`content`: read the bundle's
+    /// index too; a probe needs only its path).
+    fn desired_before(
+        &self,
+        ctx: &Ctx,
+        host: &str,
+        manifest: &Option<Manifest>,
+        bundle_dir: &std::path::Path,
+        content: bool,
+    ) -> Result<Desired> {
+        let full = desired_for_host(ctx, &self.roles, host)?;
+        let mut desired = Desired {
+            dirs: full
+                .dirs
+                .into_iter()
+                .filter(|d| d.before_packages)
+                .collect(),
+            files: full
+                .files
+                .into_iter()
+                .filter(|f| f.before_packages)
+                .collect(),
+            packages: full.packages,
+            ..Default::default()
+        };
+        if let Some(m) = manifest {
+            desired.files.extend(extra_files(m, bundle_dir, content)?);
+        }
+        Ok(desired)
+    }
+}
+
+fn extra_files(
+    manifest: &Manifest,
+    bundle_dir: &std::path::Path,
+    content: bool,
+) -> Result<Vec<DesiredFile>> {
     let mut v = Vec::new();
     for f in &manifest.index {
         if f.name != "Packages" {
             continue;
         }
         let p = bundle_dir.join(&f.name);
-        let content = std::fs::read(&p).map_err(|e| miette!("cannot read {}: {e}", p.display()))?;
+        let content = if content {
+            std::fs::read(&p).map_err(|e| miette!("cannot read {}: {e}", p.display()))?
+        } else {
+            Vec::new()
+        };
         v.push(DesiredFile {
             path: format!("{REPO_DIR}/Packages"),
             content,
@@ -220,6 +272,18 @@ fn extra_files(manifest: &Manifest, bundle_dir: &std::path::Path) -> Result<Vec<
 impl Phase for Packages {
     fn name(&self) -> &str {
         "packages"
+    }
+
+    fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
+        let applies =
+            hosts_for_roles(ctx, &self.roles).is_ok_and(|hs| hs.iter().any(|h| h == host));
+        let Ok(manifest) = Self::manifest(ctx) else {
+            return Vec::new();
+        };
+        match self.desired_before(ctx, host, &manifest, &Self::bundle_dir(ctx), false) {
+            Ok(d) if applies => vec![("packages".into(), probe_cmd(&d.probe_request()))],
+            _ => Vec::new(),
+        }
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
@@ -247,25 +311,14 @@ impl Phase for Packages {
         for h in hosts {
             futs.push(async move {
                 ctx.observe(&h, "probing packages");
-                let full = desired_for_host(ctx, &self.roles, &h)?;
-                let mut desired = Desired {
-                    dirs: full.dirs.into_iter().filter(|d| d.before_packages).collect(),
-                    files: full.files.into_iter().filter(|f| f.before_packages).collect(),
-                    packages: full.packages,
-                    ..Default::default()
-                };
-                if let Some(m) = manifest {
-                    desired.files.extend(extra_files(m, bundle_dir)?);
-                }
+                let desired = self.desired_before(ctx, &h, manifest, bundle_dir, true)?;
                 let s = ctx.session(&h)?;
                 let req = desired.probe_request();
-                let mut cmd = probe_command(&req);
-                cmd.push_str(&format!(
-                    "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n\
-                     echo '@INSTALLED'; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' 2>/dev/null || true\n"
-                ));
-                let out = s.exec(&cmd, None).await?;
-                let text = out.stdout_str();
+                let cmd = probe_cmd(&req);
+                let text = match ctx.probed_extra(&h, "packages", &cmd).await {
+                    Some((out, _)) => out,
+                    None => s.exec(&cmd, None).await?.stdout_str(),
+                };
                 let (main, rest) = text.split_once("@REPO\n").unwrap_or((&text, ""));
                 let (repo, dpkg) = rest.split_once("@INSTALLED\n").unwrap_or((rest, ""));
                 let installed: BTreeMap<String, String> = dpkg
@@ -312,12 +365,15 @@ impl Phase for Packages {
                 for c in plan_packages(&desired.packages, &facts) {
                     match &c {
                         // An installed PostgreSQL moves member by member in the patroni phase.
-                        Change::Package { name, from: Some(f), to }
-                            if super::upgrade::is_postgres_package(name) =>
-                        {
+                        Change::Package {
+                            name,
+                            from: Some(f),
+                            to,
+                        } if super::upgrade::is_postgres_package(name) => {
                             changes.push(Change::Deferred {
                                 what: format!("{name} {f} -> {to}"),
-                                why: "upgraded member by member (rolling) in the patroni phase".into(),
+                                why: "upgraded member by member (rolling) in the patroni phase"
+                                    .into(),
                             })
                         }
                         _ => changes.push(c),

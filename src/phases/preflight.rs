@@ -270,16 +270,28 @@ impl Phase for Preflight {
     fn name(&self) -> &str {
         "preflight"
     }
+    fn probe_extras(&self, _ctx: &Ctx, _host: &str) -> Vec<(String, String)> {
+        vec![("preflight".into(), PREFLIGHT_COMMAND.into())]
+    }
+
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         let mut futs = Vec::new();
         for h in &ctx.hosts {
             futs.push(async move {
                 ctx.observe(&h.name, "checking");
-                let s = ctx.session(&h.name)?;
-                let t0 = now();
-                let out = s.exec(PREFLIGHT_COMMAND, None).await?;
-                let t1 = now();
-                let facts = parse(&out.stdout_str())
+                let (out, (t0, t1)) = match ctx
+                    .probed_extra(&h.name, "preflight", PREFLIGHT_COMMAND)
+                    .await
+                {
+                    Some(got) => got,
+                    None => {
+                        let s = ctx.session(&h.name)?;
+                        let t0 = now();
+                        let out = s.exec(PREFLIGHT_COMMAND, None).await?;
+                        (out.stdout_str(), (t0, now()))
+                    }
+                };
+                let facts = parse(&out)
                     .map_err(|e| miette!("{}: cannot read preflight facts: {e}", h.name))?;
                 let skew = facts.remote_time - (t0 + t1) / 2.0;
                 Ok::<_, miette::Report>((

@@ -824,18 +824,21 @@ mod tests {
 
     fn etcd_double(sim: Etcd) -> Arc<Script<Etcd>> {
         Arc::new(Script::new(sim).rule(|host, call, sim| match call {
-            Call::Exec { cmd, .. } if cmd.contains("member list -w json") => {
+            Call::Post { url, .. } if url.ends_with("/v3/cluster/member/list") => {
+                if !sim.started.iter().any(|s| s == host) {
+                    return Some(Answer::Fail("connection refused".into()));
+                }
                 let ms: Vec<Value> = sim
                     .members
                     .iter()
                     .map(|(n, last)| {
                         let started = sim.started.contains(n);
-                        json!({"ID": u64::from(*last) * 1000, "name": if started { n.as_str() } else { "" },
+                        json!({"ID": (u64::from(*last) * 1000).to_string(), "name": if started { n.as_str() } else { "" },
                                "peerURLs": [format!("https://10.10.0.{last}:2380")],
                                "clientURLs": [format!("https://10.10.0.{last}:2379")]})
                     })
                     .collect();
-                Some(Answer::ok(&json!({ "members": ms }).to_string()))
+                Some(Answer::json(&json!({ "members": ms })))
             }
             Call::Exec { cmd, .. } if cmd.contains("member add") => {
                 let last: u8 = host.trim_start_matches("etcd").parse::<u8>().ok()? + 10;
@@ -924,5 +927,33 @@ mod tests {
             1
         );
         assert_eq!(d.with_state(|s| s.members.len()), 3);
+    }
+
+    #[tokio::test]
+    async fn etcd_that_answers_with_another_ca_is_an_error_not_an_empty_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Arc::new(Script::new(()).rule(|_, call, _| match call {
+            Call::Post { .. } => Some(Answer::Fail(
+                "TLS: invalid peer certificate: UnknownIssuer".into(),
+            )),
+            Call::Exec { .. } => Some(Answer::ok("PGDEPLOY_ETCD_HAS_DATA\n")),
+            _ => None,
+        }));
+        let c = ctx(d, dir.path());
+        let e = format!(
+            "{:?}",
+            super::super::etcd::probe_membership(&c).await.unwrap_err()
+        );
+        assert!(e.contains("not with pgdeploy's cluster CA"), "{e}");
+        assert!(e.contains("etcd1: "), "{e}");
+        // Nobody answering at all is no cluster yet (bootstrap), not an error.
+        let d = Arc::new(Script::new(()).rule(|_, call, _| match call {
+            Call::Post { .. } => Some(Answer::Fail("the host could not connect: refused".into())),
+            Call::Exec { .. } => Some(Answer::ok("")),
+            _ => None,
+        }));
+        let c = ctx(d, dir.path());
+        let f = super::super::etcd::probe_membership(&c).await.unwrap();
+        assert!(f.members.is_none() && f.has_data.is_empty());
     }
 }

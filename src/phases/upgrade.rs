@@ -97,6 +97,34 @@ pub(crate) async fn installed_versions(
         .collect())
 }
 
+/// Like [`installed_versions`]; while phases are planned together, read from the host's
+/// shared probe, which holds every role's packages (no round trip of its own).
+async fn installed_now(
+    ctx: &Ctx,
+    host: &str,
+    names: &[String],
+) -> Result<Vec<(String, Option<String>)>> {
+    if ctx.planning_facts(host).is_none() {
+        return installed_versions(ctx, host, names).await;
+    }
+    let d = crate::engine::plan::Desired {
+        packages: names
+            .iter()
+            .map(|n| DesiredPackage {
+                name: n.clone(),
+                version: None,
+                hold: false,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let f = crate::engine::phase::probe(ctx, host, &d).await?;
+    Ok(names
+        .iter()
+        .map(|n| (n.clone(), f.packages.get(n).cloned()))
+        .collect())
+}
+
 pub(crate) async fn running_minor(ctx: &Ctx, host: &str) -> Result<Option<String>> {
     let h = ctx.host(host)?;
     let out = ctx
@@ -129,7 +157,7 @@ pub async fn states(ctx: &Ctx) -> Result<Vec<MemberState>> {
                 .collect();
             let names: Vec<String> = want.iter().map(|p| p.name.clone()).collect();
             let (installed, running) = tokio::join!(
-                installed_versions(ctx, &h.name, &names),
+                installed_now(ctx, &h.name, &names),
                 running_minor(ctx, &h.name)
             );
             let installed = installed?;

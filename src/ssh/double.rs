@@ -19,6 +19,8 @@ pub enum Call {
     Exec { cmd: String, stdin: Vec<u8> },
     /// GET of `url` (`https://address:port/path`) through the host.
     Get { url: String },
+    /// POST of `body` to `url` through the host.
+    Post { url: String, body: Vec<u8> },
 }
 
 impl Call {
@@ -27,6 +29,7 @@ impl Call {
         match self {
             Call::Exec { cmd, .. } => cmd.clone(),
             Call::Get { url } => format!("GET {url}"),
+            Call::Post { url, body } => format!("POST {url} {}", String::from_utf8_lossy(body)),
         }
     }
 }
@@ -157,17 +160,22 @@ pub(crate) fn exec(
     }
 }
 
-pub(crate) fn get(
+pub(crate) fn request(
     d: &Arc<dyn HostDouble>,
     host: &str,
     url: &str,
+    body: Option<&[u8]>,
 ) -> Result<HttpResponse, SshError> {
-    match d.call(
-        host,
-        &Call::Get {
+    let call = match body {
+        None => Call::Get {
             url: url.to_string(),
         },
-    ) {
+        Some(b) => Call::Post {
+            url: url.to_string(),
+            body: b.to_vec(),
+        },
+    };
+    match d.call(host, &call) {
         Answer::Http(status, body) => Ok(HttpResponse { status, body }),
         Answer::Exit(o) => Ok(HttpResponse {
             status: if o.ok() { 200 } else { 500 },

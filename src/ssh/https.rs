@@ -30,6 +30,16 @@ impl HttpResponse {
 
 /// TLS client configuration that trusts exactly the certificates in `ca_pem`.
 pub fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = crate::crypto::provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| format!("cannot read the CA certificate: {e}"))?;
@@ -40,12 +50,31 @@ pub fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     if roots.is_empty() {
         return Err("no CA certificate given".into());
     }
-    let provider = crate::crypto::provider();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(roots)
+}
+
+/// Like [`tls_config`], presenting a client certificate (`cert_pem`, its chain) and its key:
+/// for services that require one (etcd).
+pub fn tls_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read the client certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no client certificate given".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("cannot read the client key: {e}"))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("cannot use the client certificate: {e}"))?;
     Ok(Arc::new(cfg))
 }
 
@@ -141,8 +170,28 @@ impl Session {
         path: &str,
         timeout: Duration,
     ) -> Result<HttpResponse, SshError> {
+        self.http_request(tls, address, port, path, None, timeout)
+            .await
+    }
+
+    /// A GET (`body` None) or a POST of a JSON `body`, as [`Session::http_get`] describes.
+    pub async fn http_request(
+        &self,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        address: &str,
+        port: u16,
+        path: &str,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<HttpResponse, SshError> {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let shown = format!("GET {scheme}://{address}:{port}{path}");
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let host_port = if address.contains(':') {
+            format!("[{address}]:{port}")
+        } else {
+            format!("{address}:{port}")
+        };
+        let shown = format!("{method} {scheme}://{host_port}{path}");
         let fail = |why: String| {
             SshError::new(
                 &self.host,
@@ -151,10 +200,11 @@ impl Session {
             )
         };
         if let Some(d) = &self.inner.double {
-            return super::double::get(
+            return super::double::request(
                 d,
                 &self.host,
-                &format!("{scheme}://{address}:{port}{path}"),
+                &format!("{scheme}://{host_port}{path}"),
+                body,
             );
         }
         let _permit = self
@@ -163,8 +213,17 @@ impl Session {
             .acquire()
             .await
             .map_err(|e| self.lost(&shown, e))?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}:{port}\r\nConnection: close\r\n\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n");
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                b.len(),
+                String::from_utf8_lossy(b)
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
         let work = async {
             let ch = self
                 .handle()

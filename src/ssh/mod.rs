@@ -32,7 +32,7 @@ use crate::inventory::{Become, Host, Ssh};
 use crate::shell::sh_quote;
 
 pub use auth::Secret;
-pub use https::{parse_response, tls_config, HttpResponse};
+pub use https::{parse_response, tls_client_config, tls_config, HttpResponse};
 
 /// Concurrent channels per connection.
 pub const MAX_CHANNELS: usize = 8;
