@@ -46,7 +46,8 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
     Ok(())
 }
 
-async fn apply_one(s: &Session, c: &Change) -> Result<()> {
+/// Apply one change without recording it (for a step that records itself as a whole).
+pub(crate) async fn apply_one(s: &Session, c: &Change) -> Result<()> {
     match c {
         Change::Directory {
             path,

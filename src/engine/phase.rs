@@ -13,7 +13,6 @@ use super::{bounded, Ctx};
 use async_trait::async_trait;
 use miette::{miette, Result};
 use serde::Serialize;
-use std::sync::Arc;
 
 /// The plan of one host in one phase.
 #[derive(Debug, Clone, Serialize)]
@@ -76,26 +75,10 @@ pub trait Phase: Send + Sync {
     }
 }
 
-/// A health gate used between one-at-a-time restarts.
-#[async_trait]
-pub trait Gate: Send + Sync {
-    async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()>;
-}
-
-/// How unit restarts of a role phase are run across hosts.
-#[derive(Clone)]
-pub enum RestartPolicy {
-    /// All hosts at once.
-    Parallel,
-    /// One host at a time, each followed by the gate.
-    Rolling(Option<Arc<dyn Gate>>),
-}
-
 /// A phase made of role data: directories, files, sysctls, units (not packages).
 pub struct RolePhase {
     pub name: String,
     pub roles: Vec<String>,
-    pub restarts: RestartPolicy,
 }
 
 impl RolePhase {
@@ -103,12 +86,7 @@ impl RolePhase {
         RolePhase {
             name: name.to_string(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
-            restarts: RestartPolicy::Parallel,
         }
-    }
-    pub fn rolling(mut self, gate: Option<Arc<dyn Gate>>) -> Self {
-        self.restarts = RestartPolicy::Rolling(gate);
-        self
     }
 }
 
@@ -249,8 +227,9 @@ fn is_restart(c: &Change) -> bool {
     )
 }
 
-/// Apply host plans: everything but restarts in parallel, then restarts by policy.
-pub async fn apply_host_plans(ctx: &Ctx, plans: &[HostPlan], policy: &RestartPolicy) -> Result<()> {
+/// Apply host plans in parallel: everything but restarts, then the restarts (orchestrated
+/// restarts, one host at a time behind a gate, are steps instead: see [`super::step`]).
+pub async fn apply_host_plans(ctx: &Ctx, plans: &[HostPlan]) -> Result<()> {
     let mut futs = Vec::new();
     for p in plans {
         if p.changes.is_empty() {
@@ -282,24 +261,11 @@ pub async fn apply_host_plans(ctx: &Ctx, plans: &[HostPlan], policy: &RestartPol
             restarts.push((p.host.clone(), r));
         }
     }
-    match policy {
-        RestartPolicy::Parallel => {
-            let mut futs = Vec::new();
-            for (h, rs) in restarts {
-                futs.push(async move { restart_all(ctx, &h, &rs).await });
-            }
-            bounded(ctx.forks, futs).await?;
-        }
-        RestartPolicy::Rolling(gate) => {
-            for (h, rs) in &restarts {
-                restart_all(ctx, h, rs).await?;
-                if let Some(g) = gate {
-                    ctx.observe(h, "waiting until healthy");
-                    g.wait_healthy(ctx, h).await?;
-                }
-            }
-        }
+    let mut futs = Vec::new();
+    for (h, rs) in restarts {
+        futs.push(async move { restart_all(ctx, &h, &rs).await });
     }
+    bounded(ctx.forks, futs).await?;
     Ok(())
 }
 
@@ -327,7 +293,7 @@ impl Phase for RolePhase {
         })
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        apply_host_plans(ctx, &plan.hosts, &self.restarts).await
+        apply_host_plans(ctx, &plan.hosts).await
     }
 }
 

@@ -56,6 +56,8 @@ pub enum Gate {
     EtcdHealthy,
     /// The etcd member on `member` answers healthy.
     EtcdMemberHealthy { member: String },
+    /// HAProxy on `member` routes writes to exactly one leader.
+    RoutesToLeader { member: String },
 }
 
 /// Which deferred step it is: what it becomes at apply time.
@@ -195,6 +197,9 @@ impl Gate {
             }
             Gate::EtcdHealthy => "every etcd member is healthy".into(),
             Gate::EtcdMemberHealthy { member } => format!("etcd member {member} is healthy"),
+            Gate::RoutesToLeader { member } => {
+                format!("HAProxy on {member} routes writes to exactly one leader")
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::engine::change::{Change, UnitAction};
 use crate::engine::facts::PENDING_DIR;
-use crate::engine::phase::{plan_roles, Gate, HostPlan, Phase, PhasePlan};
+use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::inventory::Group;
@@ -71,11 +71,9 @@ where
     }
 }
 
-pub(crate) struct MemberHealthy;
-
-#[async_trait]
-impl Gate for MemberHealthy {
-    async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()> {
+/// Gate: the etcd member on `host` answers healthy.
+pub(crate) async fn wait_member_healthy(ctx: &Ctx, host: &str) -> Result<()> {
+    {
         let h = ctx.host(host)?;
         let s = ctx.session(host)?;
         let cmd = etcdctl(host, &[client_url(ctx, &h.address)], "endpoint health");
@@ -285,7 +283,7 @@ pub(crate) async fn join(
     };
     let s = ctx.session(member)?;
     s.run(&join_command(ctx, &j, endpoints)).await?;
-    MemberHealthy.wait_healthy(ctx, member).await?;
+    wait_member_healthy(ctx, member).await?;
     let all = etcdctl(
         member,
         &[client_url(ctx, "127.0.0.1")],

@@ -4,11 +4,12 @@
 //! writes to a leader again.
 
 use super::etcd::wait_until;
-use crate::engine::phase::{apply_host_plans, plan_roles, Gate, Phase, PhasePlan, RestartPolicy};
+use crate::engine::change::{Change, UnitAction};
+use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
+use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::Ctx;
 use async_trait::async_trait;
 use miette::Result;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Haproxy;
@@ -52,11 +53,9 @@ pub async fn stats_csv(s: &crate::ssh::Session, port: u16) -> Option<String> {
     .map(|r| r.body_str())
 }
 
-struct RoutesToLeader;
-
-#[async_trait]
-impl Gate for RoutesToLeader {
-    async fn wait_healthy(&self, ctx: &Ctx, host: &str) -> Result<()> {
+/// Gate: HAProxy on `host` routes writes to exactly one leader.
+pub(crate) async fn wait_routes_to_leader(ctx: &Ctx, host: &str) -> Result<()> {
+    {
         let s = ctx.session(host)?;
         let port = ctx.inv.haproxy.stats_port;
         wait_until(
@@ -72,35 +71,125 @@ impl Gate for RoutesToLeader {
     }
 }
 
+/// Pure: the load balancers' reloads and restarts as steps, one host at a time (inventory
+/// order), each followed by a wait until that host routes writes to one leader again; then
+/// the same wait for every other host that changed. Starts and enables of a first deployment
+/// stay with the host's own changes, which run first and in parallel.
+pub fn plan_steps(hosts: &mut [HostPlan]) -> Vec<PlannedStep> {
+    let mut steps = Vec::new();
+    let mut gated = Vec::new();
+    let changed: Vec<String> = hosts
+        .iter()
+        .filter(|h| !h.changes.is_empty())
+        .map(|h| h.host.clone())
+        .collect();
+    for hp in hosts.iter_mut() {
+        let host = hp.host.clone();
+        let mut mine = Vec::new();
+        hp.changes.retain(|c| match c {
+            Change::Unit {
+                unit,
+                action: action @ (UnitAction::Restart | UnitAction::Reload),
+                reason,
+            } => {
+                mine.push(PlannedStep::new(
+                    &host,
+                    Step::Unit {
+                        unit: unit.clone(),
+                        action: *action,
+                        reason: reason.clone(),
+                    },
+                ));
+                false
+            }
+            _ => true,
+        });
+        if !mine.is_empty() {
+            steps.extend(mine);
+            steps.push(routes(&host));
+            gated.push(host);
+        }
+    }
+    for h in changed.iter().filter(|h| !gated.contains(h)) {
+        steps.push(routes(h));
+    }
+    steps
+}
+
+fn routes(host: &str) -> PlannedStep {
+    PlannedStep::new(
+        host,
+        Step::Wait {
+            gate: StepGate::RoutesToLeader {
+                member: host.to_string(),
+            },
+        },
+    )
+}
+
 #[async_trait]
 impl Phase for Haproxy {
     fn name(&self) -> &str {
         "haproxy"
     }
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
-        Ok(PhasePlan {
-            steps: Vec::new(),
-            phase: "haproxy".into(),
-            hosts: plan_roles(ctx, &["haproxy".to_string()], false).await?,
-        })
+        let mut hosts = plan_roles(ctx, &["haproxy".to_string()], false).await?;
+        let steps = plan_steps(&mut hosts);
+        let mut plan = PhasePlan::new("haproxy", hosts);
+        plan.steps = steps;
+        Ok(plan)
     }
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-        apply_host_plans(
-            ctx,
-            &plan.hosts,
-            &RestartPolicy::Rolling(Some(Arc::new(RoutesToLeader))),
-        )
-        .await?;
-        for hp in &plan.hosts {
-            RoutesToLeader.wait_healthy(ctx, &hp.host).await?;
-        }
-        Ok(())
+        super::steps::apply_plan(ctx, plan).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reloads_one_load_balancer_at_a_time_each_gated() {
+        let unit = |action| Change::Unit {
+            unit: "haproxy.service".into(),
+            action,
+            reason: "config changed".into(),
+        };
+        let file = Change::Deferred {
+            what: "w".into(),
+            why: "y".into(),
+        };
+        let mut hosts = vec![
+            HostPlan {
+                host: "haproxy1".into(),
+                changes: vec![file.clone(), unit(UnitAction::Reload)],
+            },
+            HostPlan {
+                host: "haproxy2".into(),
+                changes: vec![],
+            },
+            HostPlan {
+                host: "haproxy3".into(),
+                changes: vec![unit(UnitAction::Enable), unit(UnitAction::Restart)],
+            },
+        ];
+        let steps: Vec<String> = plan_steps(&mut hosts)
+            .iter()
+            .map(|s| format!("{}: {}", s.host, s.step.summary()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                "haproxy1: ! unit reload haproxy.service (config changed)",
+                "haproxy1: ? wait: HAProxy on haproxy1 routes writes to exactly one leader",
+                "haproxy3: ! unit restart haproxy.service (config changed)",
+                "haproxy3: ? wait: HAProxy on haproxy3 routes writes to exactly one leader",
+            ]
+        );
+        // What is left runs on the hosts first, in parallel.
+        assert_eq!(hosts[0].changes, vec![file]);
+        assert_eq!(hosts[2].changes, vec![unit(UnitAction::Enable)]);
+    }
 
     #[test]
     fn finds_up_servers_of_a_backend() {

@@ -11,7 +11,7 @@ use super::patroni::{
 };
 use super::upgrade::{installed_versions, lag_of, prechecks, running_minor, set_tags, Bounds};
 use crate::engine::exec::{install, unit_action};
-use crate::engine::phase::{apply_host_plans, PhasePlan, RestartPolicy};
+use crate::engine::phase::{apply_host_plans, PhasePlan};
 use crate::engine::step::{Expand, Gate, KeyChange, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::shell::sh_quote;
@@ -33,7 +33,7 @@ const RESTART_ROUNDS: usize = 4;
 /// directories, sysctls: their unit actions were moved into the steps) in parallel, then the
 /// steps in order.
 pub async fn apply_plan(ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
-    apply_host_plans(ctx, &plan.hosts, &RestartPolicy::Parallel).await?;
+    apply_host_plans(ctx, &plan.hosts).await?;
     run_all(ctx, &plan.steps).await
 }
 
@@ -323,6 +323,7 @@ async fn switchover(ctx: &Ctx, host: &str, from: &str, to: &str) -> Result<()> {
 
 async fn wait(ctx: &Ctx, host: &str, gate: &Gate) -> Result<()> {
     match gate {
+        Gate::RoutesToLeader { member } => super::haproxy::wait_routes_to_leader(ctx, member).await,
         Gate::Leads { member } => {
             wait_until(
                 &format!("{member} leads the cluster"),
@@ -374,10 +375,7 @@ async fn wait(ctx: &Ctx, host: &str, gate: &Gate) -> Result<()> {
         Gate::MemberGone { member } => super::retire::wait_member_gone(ctx, member).await,
         Gate::SlotDropped { slot } => super::retire::wait_slot_dropped(ctx, slot).await,
         Gate::EtcdHealthy => super::retire::wait_etcd_healthy(ctx).await,
-        Gate::EtcdMemberHealthy { member } => {
-            use crate::engine::phase::Gate as _;
-            super::etcd::MemberHealthy.wait_healthy(ctx, member).await
-        }
+        Gate::EtcdMemberHealthy { member } => super::etcd::wait_member_healthy(ctx, member).await,
     }
 }
 

@@ -12,7 +12,7 @@ use super::etcd::wait_until;
 use super::patroni::{members, Member, CONFIG};
 use super::verify::local_sql;
 use crate::engine::change::Change;
-use crate::engine::exec::apply_changes;
+use crate::engine::exec::apply_one;
 use crate::engine::phase::desired_for_host;
 use crate::engine::plan::{plan_resources, DesiredPackage};
 use crate::engine::step::{Gate, PackageChange, PlannedStep, Step};
@@ -331,8 +331,10 @@ pub(crate) async fn set_tags(ctx: &Ctx, host: &str, on: bool) -> Result<()> {
         }
     }
     let s = ctx.session(host)?;
-    apply_changes(s, &changes).await?;
-    // Part of the SetTags step, which the journal records.
+    // The file and the reload are part of the SetTags step, which the journal records once.
+    for c in &changes {
+        apply_one(s, c).await?;
+    }
     s.run("systemctl reload patroni").await?;
     let h = ctx.host(host)?;
     let port = ctx.inv.patroni.restapi_port;
