@@ -47,7 +47,7 @@ fn main() {
     }
     figure("peak RSS of pgdeploy apply (MB)", peak_rss_of_children_mb());
 
-    let checks: Vec<f64> = (0..3)
+    let checks: Vec<f64> = (0..11)
         .map(|_| {
             let t = Instant::now();
             let o = pgdeploy(&["check", inv_s]);
@@ -56,17 +56,17 @@ fn main() {
         })
         .collect();
     figure(
-        "check on the converged cluster, median of 3 (s)",
+        "check on the converged cluster, median of 11 (s)",
         median(checks),
     );
-    let noops: Vec<f64> = (0..3)
+    let noops: Vec<f64> = (0..11)
         .map(|_| {
             let t = Instant::now();
             pgdeploy_ok(&["apply", inv_s]);
             t.elapsed().as_secs_f64()
         })
         .collect();
-    figure("no-op apply, median of 3 (s)", median(noops));
+    figure("no-op apply, median of 11 (s)", median(noops));
 
     let pw = lab.secret("superuser_password");
     psql(

@@ -275,7 +275,35 @@ fn redacted_secret_diff(path: &str, old: Option<&[u8]>, new: &[u8], secrets: &[S
             new.len()
         );
     }
-    unified_diff(path, old, new, secrets)
+    redact_secret_keys(&unified_diff(path, old, new, secrets))
+}
+
+/// Pure: in a diff of a secret file, the value of every line whose key looks like a secret
+/// (`password: ...`, `PGPASSWORD=...`) is replaced, on both sides: a value that pgdeploy no
+/// longer knows (an old password still on the host) is never shown either.
+pub fn redact_secret_keys(diff: &str) -> String {
+    diff.split_inclusive('\n')
+        .map(|line| {
+            if line.starts_with("---") || line.starts_with("+++") || line.starts_with("@@") {
+                return line.to_string();
+            }
+            let body = line.get(1..).unwrap_or("");
+            let Some(sep) = body.find([':', '=']) else {
+                return line.to_string();
+            };
+            let key = body[..sep]
+                .trim()
+                .trim_start_matches("- ")
+                .trim_matches('"');
+            if !crate::inventory::secret_like(key) || body[sep + 1..].trim().is_empty() {
+                return line.to_string();
+            }
+            let nl = if line.ends_with('\n') { "\n" } else { "" };
+            let rest = &body[sep + 1..];
+            let ws = &rest[..rest.len() - rest.trim_start().len()];
+            format!("{}{}{ws}<redacted>{nl}", &line[..1], &body[..=sep])
+        })
+        .collect()
 }
 
 /// Plan packages: install/upgrade to the desired version and hold.
@@ -548,6 +576,25 @@ mod tests {
                     to: "(candidate)".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn secret_files_never_show_values_of_secret_keys_old_or_new() {
+        let old = b"superuser:\n  username: postgres\n  password: old-one-nobody-knows\nttl: 20\n";
+        let new = b"superuser:\n  username: postgres\n  password: the-new-one\nttl: 30\n";
+        let d = redacted_secret_diff("/etc/patroni/config.yml", Some(old), new, &[]);
+        assert!(
+            !d.contains("old-one-nobody-knows") && !d.contains("the-new-one"),
+            "{d}"
+        );
+        assert!(d.contains("-  password: <redacted>\n"), "{d}");
+        assert!(d.contains("+  password: <redacted>\n"), "{d}");
+        // Other settings keep their diff.
+        assert!(d.contains("-ttl: 20\n") && d.contains("+ttl: 30\n"), "{d}");
+        assert_eq!(
+            redact_secret_keys(" PGPASSWORD=x\n"),
+            " PGPASSWORD=<redacted>\n"
         );
     }
 

@@ -80,9 +80,13 @@ fn params_json(p: &BTreeMap<String, ParamValue>) -> Value {
 
 /// A host as templates see it (`host`, and each entry of `groups.*`).
 fn host_json(h: &Host) -> Value {
+    let v6 = h.address.contains(':');
     json!({
         "name": h.name,
         "address": h.address,
+        // For `address:port` (brackets around an IPv6 address) and for pg_hba (one host).
+        "url_address": if v6 { format!("[{}]", h.address) } else { h.address.clone() },
+        "cidr": format!("{}/{}", h.address, if v6 { 128 } else { 32 }),
         "address6": h.address6,
         "groups": h.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
         "vars": h.vars,
@@ -90,14 +94,19 @@ fn host_json(h: &Host) -> Value {
     })
 }
 
-/// Addresses allowed to connect as clients (pg_hba `host all all <addr>/32`): every Patroni
-/// and HAProxy host, in inventory order, without duplicates.
+/// Hosts allowed to connect as clients, as pg_hba CIDRs (`10.0.0.31/32`, `fd00::31/128`):
+/// every Patroni and HAProxy host, in inventory order, without duplicates.
 fn client_addresses(inv: &Inventory) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for g in [Group::Patroni, Group::Haproxy] {
         for h in inv.group_hosts(g) {
-            if !out.contains(&h.address) {
-                out.push(h.address.clone());
+            let cidr = format!(
+                "{}/{}",
+                h.address,
+                if h.address.contains(':') { 128 } else { 32 }
+            );
+            if !out.contains(&cidr) {
+                out.push(cidr);
             }
         }
     }
@@ -274,7 +283,10 @@ groups:
         );
         assert_eq!(c["postgres"]["data_dir"], "/srv/pg");
         assert_eq!(c["postgres"]["parameters"]["jit"], "off");
-        assert_eq!(c["client_addresses"], json!(["10.9.0.11", "10.9.0.12"]));
+        assert_eq!(
+            c["client_addresses"],
+            json!(["10.9.0.11/32", "10.9.0.12/32"])
+        );
         let c = context(
             &inv,
             h,
@@ -283,5 +295,27 @@ groups:
         assert_eq!(c["postgres"]["debian_version"], "x");
         assert_eq!(c["postgres"]["version"], "15.18");
         assert_eq!(c["tls"]["ca"], "/ca");
+    }
+
+    #[test]
+    fn ipv6_hosts_get_brackets_in_host_port_and_128_in_pg_hba() {
+        let d = tempfile::tempdir().unwrap();
+        let text = r#"
+cluster: { name: demo }
+groups:
+  etcd: [{ name: n1, address: "fd00::11" }]
+  patroni: [{ name: n1, address: "fd00::11" }]
+  haproxy: [{ name: n2, address: 10.9.0.12 }]
+"#;
+        let (inv, _) = crate::inventory::load_str(text, "inv.yaml", d.path()).unwrap();
+        let h = &inv.hosts()[0];
+        let c = context(&inv, h, &json!({}));
+        assert_eq!(c["host"]["url_address"], "[fd00::11]");
+        assert_eq!(c["host"]["cidr"], "fd00::11/128");
+        assert_eq!(c["groups"]["haproxy"][0]["url_address"], "10.9.0.12");
+        assert_eq!(
+            c["client_addresses"],
+            json!(["fd00::11/128", "10.9.0.12/32"])
+        );
     }
 }

@@ -129,7 +129,7 @@ fn innermost(e: &YamlError) -> &YamlError {
 }
 
 /// Keys whose values are secrets: never quote their line in a report.
-fn secret_like(key: &str) -> bool {
+pub(crate) fn secret_like(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     [
         "secret",

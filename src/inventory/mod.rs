@@ -12,6 +12,7 @@ mod tree;
 mod validate;
 
 pub use diag::{render_plain, InventoryError, Problem};
+pub(crate) use load::secret_like;
 pub use load::{load, load_str};
 pub use model::*;
 pub use validate::{

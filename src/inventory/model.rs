@@ -117,6 +117,10 @@ pub struct Patroni {
     pub loop_wait: u32,
     pub retry_timeout: u32,
     pub maximum_lag_on_failover: u64,
+    /// Patroni's failsafe mode: with the DCS unreachable (etcd lost its quorum or is down), the
+    /// leader stays primary as long as every other member answers its REST call; without it,
+    /// the leader demotes and every write fails until etcd is back.
+    pub failsafe_mode: bool,
 }
 
 impl Default for Patroni {
@@ -128,6 +132,7 @@ impl Default for Patroni {
             loop_wait: t.loop_wait,
             retry_timeout: t.retry_timeout,
             maximum_lag_on_failover: 1_048_576,
+            failsafe_mode: true,
         }
     }
 }

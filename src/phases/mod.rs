@@ -218,9 +218,11 @@ groups:
             [
                 "address",
                 "address6",
+                "cidr",
                 "groups",
                 "name",
                 "postgres_parameters",
+                "url_address",
                 "vars"
             ]
         );
@@ -241,7 +243,12 @@ groups:
         assert_eq!(c["cluster"], json!({ "name": "demo" }));
         assert_eq!(
             c["client_addresses"],
-            json!(["10.9.0.11", "10.9.0.12", "10.9.0.13", "10.9.0.31"])
+            json!([
+                "10.9.0.11/32",
+                "10.9.0.12/32",
+                "10.9.0.13/32",
+                "10.9.0.31/32"
+            ])
         );
         assert_eq!(c["sysctls"], json!([]));
         assert_eq!(c["etcd_initial_env"], "/etc/pgdeploy/etcd-initial.env");

@@ -89,6 +89,10 @@ pub fn desired_dcs(ctx: &Ctx) -> BTreeMap<String, String> {
         "synchronous_mode".into(),
         inv.postgres.synchronous_mode.to_string(),
     );
+    m.insert(
+        "failsafe_mode".into(),
+        inv.patroni.failsafe_mode.to_string(),
+    );
     if inv.platform.patroni_major() >= 4 {
         // Patroni 4 keeps a departed member's replication slot for member_slots_ttl (30 min
         // by default) on every node; pgdeploy retires members explicitly and drops their

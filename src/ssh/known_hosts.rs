@@ -215,6 +215,27 @@ pub fn verify(c: &Check<'_>, key: &PublicKey) -> Result<(), SshError> {
             )),
         ));
     }
+    if let Some(k) = known.iter().find(|k| !k.revoked) {
+        // Known by a key of another type that the host no longer offers: OpenSSH refuses to
+        // add the new one even with accept-new, and so does pgdeploy.
+        return Err(SshError::new(
+            c.label,
+            format!(
+                "{pattern} is known in {shown} line {} by its {} key, but now presents a {} key {fp} \
+                 instead; refusing to connect (someone may be intercepting the connection)",
+                k.line,
+                k.key.algorithm(),
+                key.algorithm()
+            ),
+            Some(format!(
+                "check the new key out of band (on the host: `ssh-keygen -lf /etc/ssh/ssh_host_{}_key.pub`); \
+                 if the host really changed its keys, remove line {} from {shown} \
+                 (`ssh-keygen -R '{pattern}' -f {shown}`) and run again with --accept-new-host-keys",
+                key_file_kind(&key.algorithm()),
+                k.line
+            )),
+        ));
+    }
     if !c.accept_new {
         return Err(SshError::new(
             c.label,
@@ -425,5 +446,30 @@ mod tests {
         );
         assert_eq!(text.matches(&openssh(&key(3))).count(), 1, "{text}");
         verify(&check(22, false), &key(3)).unwrap();
+    }
+
+    #[test]
+    fn a_known_host_offering_another_key_type_is_refused_even_with_accept_new() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("known_hosts");
+        std::fs::write(&p, format!("[h]:2222 {}\n", openssh(&key(1)))).unwrap();
+        let rsa = PublicKey::from_openssh(
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC2bluB/RB7kBCavrbhjv1VY/hSum8cYCzTdM3Y+KHqSPZdtr4ednnDql3uL7pam8fSUA1nIBp9/T9yxR6q+W87+EnPQzdvJyQjHU50uDaregevRAnw3xWtlunrNFwWyWloi0eVBMC5WAYFi6wTDHsour28lugp41Zug49pSmk5CQ==",
+        )
+        .unwrap();
+        let check = Check {
+            label: "h",
+            addr: "h",
+            port: 2222,
+            path: &p,
+            accept_new: true,
+        };
+        let m = verify(&check, &rsa).unwrap_err().to_string();
+        assert!(
+            m.contains("known in") && m.contains("line 1") && m.contains("ssh-rsa"),
+            "{m}"
+        );
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 1, "nothing recorded: {text}");
     }
 }

@@ -332,9 +332,10 @@ impl Session {
     ) -> Result<Session, SshError> {
         let ssh = &host.ssh;
         let name = host.name.as_str();
-        let kh = match (&ssh.known_hosts, &opts.known_hosts) {
-            (Some(p), _) => auth::resolve_path(p),
-            (None, Some(p)) => p.clone(),
+        // --known-hosts overrides the inventory's file, as its help says.
+        let kh = match (&opts.known_hosts, &ssh.known_hosts) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => auth::resolve_path(p),
             (None, None) => known_hosts::default_path().ok_or_else(|| {
                 SshError::new(
                     name,

@@ -179,6 +179,8 @@ fn production_cluster_end_to_end() {
     figure("failover (Debian 13): median (s)", failovers[1]);
     figure("failover (Debian 13): max (s)", failovers[2]);
 
+    store_outage_scenario(&lab, &pw);
+
     // An apply killed in the middle, then run again, converges.
     edit_inventory(&inv, "max_connections: 120", "max_connections: 110");
     let mut child = spawn_pgdeploy(&["apply", inv.to_str().unwrap()]);
@@ -930,4 +932,176 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
         .count();
     figure("scaling: acknowledged inserts", w.acknowledged.len() as f64);
     assert_eq!(lost, 0, "acknowledged inserts lost while scaling");
+}
+
+/// Wait until the writer has `n` more inserts acknowledged under `tag` (a condition, so the
+/// outage starts while writes flow).
+fn wait_rows(pw: &str, tag: &str, n: i64) {
+    let count = || {
+        psql(
+            "10.231.0.32",
+            5000,
+            pw,
+            &format!("select count(*) from pgdeploy_writer where tag = '{tag}'"),
+        )
+        .ok()
+        .and_then(|c| c.trim().parse::<i64>().ok())
+    };
+    let start = count().unwrap_or(0);
+    let t = Instant::now();
+    while count().unwrap_or(0) < start + n {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the writer does not write"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Power hosts back on together (each `lab start` waits for its host to boot).
+fn start_all(lab: &LabGuard, hosts: &[&str]) {
+    std::thread::scope(|sc| {
+        for h in hosts {
+            sc.spawn(move || lab.start(h));
+        }
+    });
+}
+
+fn wait_etcd_healthy(lab: &LabGuard, n: usize) {
+    let t = Instant::now();
+    while etcd_healthy_count(lab) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "etcd never had {n} healthy members again"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every acknowledged id of `w` is in the table, read on the leader.
+fn lost_writes(lab: &LabGuard, tag: &str, w: &WriterReport) -> usize {
+    let leader = wait_leader(lab);
+    let rows = lab.ssh(
+        &leader,
+        &format!("runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = '{tag}'\""),
+    );
+    let have: std::collections::BTreeSet<i64> =
+        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    w.acknowledged
+        .iter()
+        .filter(|id| !have.contains(id))
+        .count()
+}
+
+/// A store outage (Patroni's failsafe mode, on by default). etcd2 and etcd3 are powered off
+/// for 60 s, so etcd has no quorum: with every Patroni member reachable, the leader stays
+/// primary and writes through HAProxy go on (none fails after the first HA loop), and nothing
+/// acknowledged is lost. Then the same outage with a replica powered off too: the leader
+/// cannot confirm that every member stays a replica, and demotes, as Patroni intends.
+fn store_outage_scenario(lab: &LabGuard, pw: &str) {
+    let leader = wait_leader(lab);
+    let dcs = lab.ssh(&leader, "patronictl -c /etc/patroni/config.yml show-config");
+    assert!(dcs.contains("failsafe_mode: true"), "{dcs}");
+
+    let writer = Writer::start("10.231.0.31", pw, "store_outage");
+    wait_rows(pw, "store_outage", 5);
+    let t0 = Instant::now();
+    lab.kill("etcd2");
+    lab.kill("etcd3");
+    // The outage's length is the scenario itself (60 s), not a wait for a condition.
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(t0.elapsed()));
+    let during = psql(
+        "10.231.0.33",
+        5000,
+        pw,
+        "insert into pgdeploy_writer (tag) values ('store_outage') returning id",
+    );
+    start_all(lab, &["etcd2", "etcd3"]);
+    wait_etcd_healthy(lab, 3);
+    wait_members_running(lab, 3);
+    wait_rows(pw, "store_outage", 5);
+    let w = writer.stop();
+    // Patroni notices the DCS is gone within one loop and its retries (loop_wait 2 s +
+    // retry_timeout 3 s); from then on failsafe mode keeps the leader.
+    let first_loop = t0 + Duration::from_secs(2 + 3 + 2);
+    let late: Vec<f64> = w
+        .error_times
+        .iter()
+        .filter(|t| **t > first_loop)
+        .map(|t| t.duration_since(t0).as_secs_f64())
+        .collect();
+    figure(
+        "etcd quorum lost 60 s: longest write gap (s)",
+        w.longest_gap.as_secs_f64(),
+    );
+    figure(
+        "etcd quorum lost 60 s: failed writes after the first HA loop",
+        late.len() as f64,
+    );
+    figure(
+        "etcd quorum lost 60 s: acknowledged writes",
+        w.acknowledged.len() as f64,
+    );
+    let lost = lost_writes(lab, "store_outage", &w);
+    figure(
+        "etcd quorum lost 60 s: acknowledged writes lost",
+        lost as f64,
+    );
+    assert!(
+        during.is_ok(),
+        "a write 60 s into the outage failed: {during:?}"
+    );
+    assert!(
+        late.is_empty(),
+        "writes failed during the store outage, at (s after it began): {late:?}"
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost");
+
+    // The same outage with a replica powered off too: the leader must demote.
+    let leader = wait_leader(lab);
+    let replica = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|p| *p != leader)
+        .unwrap();
+    let writer = Writer::start("10.231.0.31", pw, "store_outage_2");
+    wait_rows(pw, "store_outage_2", 5);
+    let t0 = Instant::now();
+    lab.kill(replica);
+    lab.kill("etcd2");
+    lab.kill("etcd3");
+    loop {
+        let o = lab.ssh_out(
+            &leader,
+            "runuser -u postgres -- psql -AtXc 'select pg_is_in_recovery()'",
+        );
+        if o.code != 0 || o.stdout.trim() != "f" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{leader} still runs as primary {:?} after losing etcd and {replica}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    figure(
+        "etcd quorum lost and a replica down: seconds until the leader demoted",
+        t0.elapsed().as_secs_f64(),
+    );
+    start_all(lab, &[replica, "etcd2", "etcd3"]);
+    wait_etcd_healthy(lab, 3);
+    wait_leader(lab);
+    wait_members_running(lab, 3);
+    wait_rows(pw, "store_outage_2", 5);
+    let w = writer.stop();
+    figure(
+        "etcd quorum lost and a replica down: longest write gap (s)",
+        w.longest_gap.as_secs_f64(),
+    );
+    // Asynchronous replication: the member that leads afterwards may miss the last writes
+    // of the one that demoted (at most maximum_lag_on_failover), so this is a figure only.
+    figure(
+        "etcd quorum lost and a replica down: acknowledged writes lost (asynchronous)",
+        lost_writes(lab, "store_outage_2", &w) as f64,
+    );
 }

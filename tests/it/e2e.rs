@@ -367,6 +367,8 @@ pub struct Writer {
 pub struct WriterReport {
     pub acknowledged: Vec<i64>,
     pub errors: usize,
+    /// When each failed insert was tried.
+    pub error_times: Vec<Instant>,
     pub longest_gap: Duration,
 }
 
@@ -380,6 +382,7 @@ impl Writer {
             let mut r = WriterReport {
                 acknowledged: vec![],
                 errors: 0,
+                error_times: vec![],
                 longest_gap: Duration::ZERO,
             };
             let mut last_ok = Instant::now();
@@ -405,6 +408,7 @@ impl Writer {
                     }
                     Err(_) => {
                         r.errors += 1;
+                        r.error_times.push(Instant::now());
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }

@@ -129,6 +129,65 @@ fn as_bool(v: &ParamValue) -> Option<bool> {
     }
 }
 
+/// Directories of the system (and of the tools pgdeploy installs) that a data directory must
+/// neither be nor contain: Patroni creates, empties and `chmod 700`s its data directory.
+const SYSTEM_DIRS: [&str; 22] = [
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/lib/postgresql",
+    "/var/lib/etcd",
+    "/var/lib/pgdeploy",
+];
+
+/// Pure: why `dir` cannot be a data directory (None: it can, as far as the path goes).
+pub fn unsafe_data_dir(dir: &str) -> Option<String> {
+    if !dir.starts_with('/') {
+        return None; // reported as a relative path
+    }
+    if dir.split('/').any(|c| c == ".." || c == ".") {
+        return Some("`.` and `..` are not allowed in it; write the path plainly".into());
+    }
+    let norm = dir.trim_end_matches('/');
+    if norm.is_empty() {
+        return Some("it is the root directory".into());
+    }
+    if let Some(sys) = SYSTEM_DIRS
+        .iter()
+        .find(|s| **s == norm || s.starts_with(&format!("{norm}/")))
+    {
+        return Some(if *sys == norm {
+            format!("{sys} is a system directory")
+        } else {
+            format!("it contains the system directory {sys}")
+        });
+    }
+    for volatile in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        if norm.starts_with(&format!("{volatile}/")) {
+            return Some(format!(
+                "it is under {volatile}, which does not keep data across a reboot"
+            ));
+        }
+    }
+    None
+}
+
 fn describe_params(host: Option<&str>) -> String {
     match host {
         Some(h) => format!("the `postgres_parameters` of host `{h}`"),
@@ -168,7 +227,19 @@ impl Checker<'_> {
             );
         }
         if let Some(dir) = &pg.data_dir {
-            if !dir.starts_with('/') {
+            if let Some(why) = unsafe_data_dir(dir) {
+                self.push(
+                    Problem::new(format!("postgres data_dir `{dir}` cannot be used: {why}"))
+                        .label(
+                            self.exact(&[Seg::Key("postgres"), Seg::Key("data_dir")]),
+                            "unsafe data directory",
+                        )
+                        .help(format!(
+                            "give a directory of its own for the cluster's data, e.g. /var/lib/postgresql/{}/main (the default) or /srv/postgresql/main",
+                            inv.platform.postgres_major()
+                        )),
+                );
+            } else if !dir.starts_with('/') {
                 self.push(
                     Problem::new(format!(
                         "postgres data_dir `{dir}` is not an absolute path"
@@ -237,6 +308,24 @@ impl Checker<'_> {
                     Problem::new(format!("`{name}` is not a valid PostgreSQL parameter name"))
                         .label(key_pos, "invalid name")
                         .help("parameter names are letters, digits and `_` (extensions: `prefix.name`), as in postgresql.conf"),
+                );
+                continue;
+            }
+            let text = value.to_string();
+            if let Some(c) = text.chars().find(|c| c.is_control()) {
+                self.push(
+                    Problem::new(format!(
+                        "PostgreSQL parameter `{name}` contains a control character ({}): it \
+                         would break postgresql.conf and the DCS",
+                        match c {
+                            '\n' => "a newline".to_string(),
+                            '\t' => "a tab".to_string(),
+                            '\r' => "a carriage return".to_string(),
+                            c => format!("U+{:04X}", c as u32),
+                        }
+                    ))
+                    .label(self.exact(&path), "control character")
+                    .help("write the value on one line, without control characters"),
                 );
                 continue;
             }
@@ -372,6 +461,51 @@ mod tests {
             errors[0].contains("`Listen_Addresses` cannot be set"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn control_characters_in_values_and_unsafe_data_dirs_are_refused() {
+        let text = format!(
+            "cluster: {{name: c}}\npostgres:\n  data_dir: /var/lib\n  parameters:\n    work_mem: \"4MB\\nshared_buffers = 1GB\"\n{GROUPS_COLOCATED}"
+        );
+        let (errors, _) = check(&text);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("`work_mem` contains a control character (a newline)")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("/var/lib is a system directory")),
+            "{errors:?}"
+        );
+        for bad in [
+            "/",
+            "/var",
+            "/var/lib/",
+            "/usr/../x",
+            "/run/pg",
+            "/tmp/pg",
+            "/var/lib/postgresql",
+        ] {
+            assert!(unsafe_data_dir(bad).is_some(), "{bad}");
+        }
+        for ok in [
+            "/var/lib/postgresql/17/main",
+            "/srv/postgresql/main",
+            "/data/pg",
+            "/var/lib/pg",
+        ] {
+            assert_eq!(unsafe_data_dir(ok), None, "{ok}");
+        }
+        assert!(unsafe_data_dir("/").unwrap().contains("root directory"));
+        assert!(unsafe_data_dir("/var")
+            .unwrap()
+            .contains("system directory"));
+        assert!(unsafe_data_dir("/srv").is_some());
     }
 
     #[test]
