@@ -168,8 +168,13 @@ struct Inner {
     /// Keeps the jump host's connection (which carries ours) alive.
     jump: Option<Handle>,
     channels: Semaphore,
-    /// Set once after connecting when `become: sudo`; unset means commands run directly.
+    /// How commands get root: set at the first command when `become: sudo` (see
+    /// [`Session::exec`]); unset and no `sudo_cfg` means commands run directly.
     sudo: OnceLock<SudoMode>,
+    /// The host's SSH settings when its commands go through sudo (for a sudo password).
+    sudo_cfg: Option<Ssh>,
+    /// Held while the sudo mode is being found out, so it is asked for once.
+    sudo_init: tokio::sync::Mutex<()>,
     user: String,
 }
 
@@ -433,13 +438,13 @@ impl Session {
                 jump,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
+                // Found out at the first command, not with a round trip of its own: the
+                // first command is tried with `sudo -n`, and only a refusal asks more.
+                sudo_cfg: (ssh.become_ == Become::Sudo && ssh.user != "root").then(|| ssh.clone()),
+                sudo_init: tokio::sync::Mutex::new(()),
                 user: ssh.user.clone(),
             }),
         };
-        if ssh.become_ == Become::Sudo && ssh.user != "root" {
-            let mode = session.probe_sudo(ssh).await?;
-            let _ = session.inner.sudo.set(mode);
-        }
         Ok(session)
     }
 
@@ -505,6 +510,8 @@ impl Session {
                 jump: None,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
+                sudo_cfg: None,
+                sudo_init: tokio::sync::Mutex::new(()),
                 user: "root".into(),
             }),
         }
@@ -527,8 +534,34 @@ impl Session {
         &self.inner.user
     }
 
+    /// Whether commands go through sudo but how is not known yet.
+    fn sudo_unknown(&self) -> bool {
+        self.inner.sudo_cfg.is_some() && self.inner.sudo.get().is_none()
+    }
+
+    /// Find out how sudo works for this user (once per connection): without a password, or
+    /// with the one from `ssh.sudo_password_env` or a prompt. A sudo that does not work is an
+    /// error naming the user and what to do.
+    async fn resolve_sudo(&self) -> Result<(), SshError> {
+        let Some(cfg) = &self.inner.sudo_cfg else {
+            return Ok(());
+        };
+        let _g = self.inner.sudo_init.lock().await;
+        if self.inner.sudo.get().is_none() {
+            let mode = self.probe_sudo(cfg).await?;
+            let _ = self.inner.sudo.set(mode);
+        }
+        Ok(())
+    }
+
     fn wrap(&self, cmd: &str) -> (String, Option<Vec<u8>>) {
-        match self.inner.sudo.get().unwrap_or(&SudoMode::Direct) {
+        let unknown = SudoMode::NoPassword; // tried first; a refusal is handled by the caller
+        let mode = match self.inner.sudo.get() {
+            Some(m) => m,
+            None if self.inner.sudo_cfg.is_some() => &unknown,
+            None => &SudoMode::Direct,
+        };
+        match mode {
             SudoMode::Direct => (cmd.to_string(), None),
             SudoMode::NoPassword => (format!("sudo -n -- sh -c {}", sh_quote(cmd)), None),
             SudoMode::Password(pw) => {
@@ -673,8 +706,29 @@ impl Session {
     /// Run a shell command (through `sudo` when the host's `become` is sudo). Non-zero exit is
     /// NOT an error here; transport failures are.
     pub async fn exec(&self, cmd: &str, stdin: Option<&[u8]>) -> Result<Output, SshError> {
+        let optimistic = self.sudo_unknown();
         let (wrapped, prefix) = self.wrap(cmd);
-        self.exec_raw(&wrapped, cmd, prefix.as_deref(), stdin).await
+        let out = self
+            .exec_raw(&wrapped, cmd, prefix.as_deref(), stdin)
+            .await?;
+        if !optimistic {
+            return Ok(out);
+        }
+        if out.ok() || !out.stderr_str().contains("sudo:") {
+            // sudo -n ran the command (whatever the command itself answered).
+            let _ = self.inner.sudo.set(SudoMode::NoPassword);
+            return Ok(out);
+        }
+        self.resolve_sudo().await?;
+        match self.inner.sudo.get() {
+            // sudo -n works after all: that failure was the command's own.
+            Some(SudoMode::NoPassword) | None => Ok(out),
+            // sudo -n refused, so the command did not run: run it with the password.
+            Some(_) => {
+                let (wrapped, prefix) = self.wrap(cmd);
+                self.exec_raw(&wrapped, cmd, prefix.as_deref(), stdin).await
+            }
+        }
     }
 
     fn failed(&self, cmd: &str, out: &Output) -> SshError {
@@ -792,6 +846,7 @@ impl Session {
             }
         }
         let cmd = atomic_write_cmd(path, &hash, mode, Some((owner, group)));
+        self.resolve_sudo().await?;
         let (wrapped, prefix) = self.wrap(&cmd);
         let shown = format!("write {path} ({} bytes)", content.len());
         let out = self
@@ -847,6 +902,7 @@ impl Session {
         let f = tokio::fs::File::open(local).await.map_err(local_err)?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, f);
         let cmd = atomic_write_cmd(remote, &hash, mode, None);
+        self.resolve_sudo().await?;
         let (wrapped, prefix) = self.wrap(&cmd);
         let shown = format!("upload {} to {remote}", local.display());
         let out = self

@@ -507,27 +507,32 @@ async fn sudo_with_password_from_env() {
     // Wrong password: clear error, password not echoed.
     let wrong = format!("{password}-wrong");
     std::env::set_var(&var, &wrong);
-    let err = Session::connect_with_agent(&host, &opts(), None)
+    // How sudo works is found out at the first command (no round trip of its own), so a
+    // wrong password fails there, with the same message.
+    let s = Session::connect_with_agent(&host, &opts(), None)
         .await
-        .err()
-        .expect("wrong sudo password must fail");
+        .unwrap();
+    let err = s
+        .run("true")
+        .await
+        .expect_err("wrong sudo password must fail");
     let msg = full(&err);
     assert!(msg.contains("sudo rejected"), "{msg}");
     assert!(!msg.contains(&wrong) && !msg.contains(&password), "{msg}");
     std::env::remove_var(&var);
-    let err = Session::connect_with_agent(&host, &opts(), None)
+    let s = Session::connect_with_agent(&host, &opts(), None)
         .await
-        .err()
-        .expect("missing env var must fail");
+        .unwrap();
+    let err = s.run("true").await.expect_err("missing env var must fail");
     assert!(full(&err).contains(&var), "{}", full(&err));
 
     // No variable configured and no terminal: clear error instead of a prompt.
     if !std::io::stdin().is_terminal() {
         host.ssh.sudo_password_env = None;
-        let err = Session::connect_with_agent(&host, &opts(), None)
+        let s = Session::connect_with_agent(&host, &opts(), None)
             .await
-            .err()
-            .expect("no terminal must fail");
+            .unwrap();
+        let err = s.run("true").await.expect_err("no terminal must fail");
         let msg = full(&err);
         assert!(msg.contains("no terminal"), "{msg}");
         assert!(msg.contains("sudo_password_env"), "{msg}");
