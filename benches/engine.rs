@@ -26,6 +26,34 @@ fn run(args: &[&str]) -> (i32, f64) {
     (code, t.elapsed().as_secs_f64())
 }
 
+/// CPU seconds used by finished children (pgdeploy) so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// CPU seconds the whole machine has been busy (all cores), from /proc/stat.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| f.get(*i))
+        .sum::<f64>();
+    busy / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -50,8 +78,13 @@ fn main() {
     });
     println!("user: {user}");
     println!(
-        "{:>6} {:>14} {:>14} {:>16}",
-        "hosts", "first apply s", "check s", "no-op apply s"
+        "{:>6} {:>14} {:>14} {:>16} {:>18} {:>18}",
+        "hosts",
+        "first apply s",
+        "check s",
+        "no-op apply s",
+        "check cpu pgdeploy",
+        "check cpu machine"
     );
     for n in [1usize, 10, 50] {
         let dir = tempfile::tempdir().unwrap();
@@ -125,6 +158,7 @@ fn main() {
             run(&r)
         };
         let (_, first) = a("apply");
+        let (cpu0, busy0) = (children_cpu(), machine_busy());
         let checks: Vec<f64> = (0..3)
             .map(|_| {
                 let (c, t) = a("check");
@@ -132,9 +166,11 @@ fn main() {
                 t
             })
             .collect();
+        let cpu = (children_cpu() - cpu0) / 3.0;
+        let busy = (machine_busy() - busy0) / 3.0;
         let noops: Vec<f64> = (0..3).map(|_| a("apply").1).collect();
         println!(
-            "{n:>6} {first:>14.3} {:>14.3} {:>16.3}",
+            "{n:>6} {first:>14.3} {:>14.3} {:>16.3} {cpu:>18.3} {busy:>18.3}",
             median(checks),
             median(noops)
         );
