@@ -8,34 +8,18 @@
 #[path = "../tests/it/e2e.rs"]
 #[allow(dead_code)]
 mod e2e;
+#[path = "../tests/it/support.rs"]
+mod support;
 
 use e2e::*;
 use std::time::{Duration, Instant};
+use support::machine_busy;
 
 fn peak_rss_of_children_mb() -> f64 {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     ru.ru_maxrss as f64 / 1024.0
-}
-
-/// CPU seconds the whole machine has been busy (all cores), from /proc/stat.
-fn machine_busy() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system (idle) iowait irq softirq steal
-    [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|i| f.get(*i))
-        .sum::<f64>()
-        / 100.0
 }
 
 /// Wait until the new cluster has settled (its first checkpoints, autovacuum and HA loops

@@ -8,7 +8,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use support::TestSshd;
+use support::{machine_busy, TestSshd};
 
 fn run(args: &[&str]) -> (i32, f64) {
     let t = Instant::now();
@@ -33,25 +33,6 @@ fn children_cpu() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// CPU seconds the whole machine has been busy (all cores), from /proc/stat.
-fn machine_busy() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|i| f.get(*i))
-        .sum::<f64>();
-    busy / 100.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -8,7 +8,7 @@
 //! precondition first. A step that depends on what an earlier one reveals stays
 //! [`Step::Deferred`]; the journal records the concrete steps it became.
 
-use super::change::UnitAction;
+use super::change::{Change, UnitAction};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -205,6 +205,23 @@ impl Gate {
 }
 
 impl Step {
+    /// The step for a host plan's unit action (None for any other change): phases move their
+    /// unit actions out of the host plans to order them across hosts.
+    pub fn from_unit_change(c: &Change) -> Option<Step> {
+        match c {
+            Change::Unit {
+                unit,
+                action,
+                reason,
+            } => Some(Step::Unit {
+                unit: unit.clone(),
+                action: *action,
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// One line, as `check` prints it and the journal records it.
     pub fn summary(&self) -> String {
         match self {

@@ -4,7 +4,7 @@
 //! writes to a leader again.
 
 use super::etcd::wait_until;
-use crate::engine::change::{Change, UnitAction};
+use crate::engine::change::UnitAction;
 use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::Ctx;
@@ -86,20 +86,14 @@ pub fn plan_steps(hosts: &mut [HostPlan]) -> Vec<PlannedStep> {
     for hp in hosts.iter_mut() {
         let host = hp.host.clone();
         let mut mine = Vec::new();
-        hp.changes.retain(|c| match c {
-            Change::Unit {
-                unit,
-                action: action @ (UnitAction::Restart | UnitAction::Reload),
-                reason,
-            } => {
-                mine.push(PlannedStep::new(
-                    &host,
-                    Step::Unit {
-                        unit: unit.clone(),
-                        action: *action,
-                        reason: reason.clone(),
-                    },
-                ));
+        hp.changes.retain(|c| match Step::from_unit_change(c) {
+            Some(
+                step @ Step::Unit {
+                    action: UnitAction::Restart | UnitAction::Reload,
+                    ..
+                },
+            ) => {
+                mine.push(PlannedStep::new(&host, step));
                 false
             }
             _ => true,
@@ -147,6 +141,7 @@ impl Phase for Haproxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::change::Change;
 
     #[test]
     fn reloads_one_load_balancer_at_a_time_each_gated() {

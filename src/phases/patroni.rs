@@ -4,7 +4,7 @@
 //! the leader last) when PostgreSQL reports `pending_restart`.
 
 use super::etcd::wait_until;
-use crate::engine::change::{Change, UnitAction};
+use crate::engine::change::UnitAction;
 use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Expand, Gate, PlannedStep, Step};
 use crate::engine::Ctx;
@@ -366,26 +366,15 @@ pub fn plan_steps(
     let mut units: BTreeMap<String, Vec<PlannedStep>> = BTreeMap::new();
     for hp in hosts.iter_mut() {
         let host = hp.host.clone();
-        hp.changes.retain(|c| match c {
-            Change::Unit {
-                unit,
-                action,
-                reason,
-            } => {
+        hp.changes.retain(|c| match Step::from_unit_change(c) {
+            Some(step) => {
                 units
                     .entry(host.clone())
                     .or_default()
-                    .push(PlannedStep::new(
-                        &host,
-                        Step::Unit {
-                            unit: unit.clone(),
-                            action: *action,
-                            reason: reason.clone(),
-                        },
-                    ));
+                    .push(PlannedStep::new(&host, step));
                 false
             }
-            _ => true,
+            None => true,
         });
     }
     let ms = ms.unwrap_or(&[]);
@@ -543,6 +532,7 @@ pub(crate) async fn wait_all_looped_since(ctx: &Ctx, since: f64, what: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::change::Change;
 
     #[test]
     fn parses_patronictl_list() {

@@ -16,6 +16,26 @@ use std::time::{Duration, Instant};
 use pgdeploy::inventory::{Become, Host, Ssh};
 
 /// Poll `cond` until it is true or `deadline` passes.
+/// CPU seconds the whole machine has been busy (all cores) since boot, from /proc/stat (for
+/// benchmarks: take the difference around what they measure).
+pub fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system (idle) iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| f.get(*i))
+        .sum::<f64>()
+        / 100.0
+}
+
 pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {
