@@ -68,6 +68,9 @@ pub enum Change {
         /// Units to restart/reload when this file changes.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         notify: Vec<String>,
+        /// Replaced in one rename with the other changed files of this pair.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pair: Option<String>,
     },
     /// Install or change the version of a package.
     Package {

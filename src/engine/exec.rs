@@ -31,6 +31,7 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         }
         r?;
     }
+    let mut paired_done: Vec<&str> = Vec::new();
     for c in changes {
         if matches!(
             c,
@@ -38,10 +39,121 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         ) {
             continue;
         }
+        if let Change::File {
+            pair: Some(name), ..
+        } = c
+        {
+            if paired_done.contains(&name.as_str()) {
+                continue;
+            }
+            paired_done.push(name);
+            let members: Vec<&Change> = changes
+                .iter()
+                .filter(|m| matches!(m, Change::File { pair: Some(n), .. } if n == name))
+                .collect();
+            let t = Instant::now();
+            let r = replace_together(s, &members).await;
+            for m in &members {
+                record::result(s.host(), &m.summary(), &r, t.elapsed());
+            }
+            r?;
+            continue;
+        }
         let t = Instant::now();
         let r = apply_one(s, c).await;
         record::result(s.host(), &c.summary(), &r, t.elapsed());
         r?;
+    }
+    Ok(())
+}
+
+/// Replace the files of one pair (a certificate and its key) together: each is staged next to
+/// its place, then one command renames them all, so a reader sees the old pair or the new
+/// one. A failure before the rename removes what was staged and leaves the old files.
+async fn replace_together(s: &Session, files: &[&Change]) -> Result<()> {
+    let mut notify_all: Vec<String> = Vec::new();
+    let mut staged: Vec<(String, String)> = Vec::new();
+    let mut result = Ok(());
+    for c in files {
+        let Change::File {
+            path,
+            mode,
+            owner,
+            group,
+            new,
+            notify,
+            validate,
+            ..
+        } = c
+        else {
+            continue;
+        };
+        for u in notify {
+            if !notify_all.contains(u) {
+                notify_all.push(u.clone());
+            }
+        }
+        let tmp = format!("{path}.pgdeploy-new");
+        if let Err(e) = stage(s, path, &tmp, new, *mode, owner, group, validate.as_deref()).await {
+            result = Err(e);
+            staged.push((tmp, path.clone()));
+            break;
+        }
+        staged.push((tmp, path.clone()));
+    }
+    if result.is_ok() && !notify_all.is_empty() {
+        result = mark_pending(s, &notify_all).await;
+    }
+    if result.is_ok() {
+        let mv: Vec<String> = staged
+            .iter()
+            .map(|(t, p)| format!("mv -f {} {}", sh_quote(t), sh_quote(p)))
+            .collect();
+        result = s.run(&mv.join(" && ")).await.map(|_| ()).map_err(Into::into);
+    }
+    if result.is_err() {
+        let rm: Vec<String> = staged.iter().map(|(t, _)| sh_quote(t)).collect();
+        let _ = s.exec(&format!("rm -f {}", rm.join(" ")), None).await;
+    }
+    result
+}
+
+async fn ensure_parent(s: &Session, path: &str) -> Result<()> {
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        if !dir.is_empty() {
+            s.run(&format!("test -d {q} || mkdir -p {q}", q = sh_quote(dir)))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Put `new` at `tmp` (creating the directory of `path`), and run the file's validation on it.
+#[allow(clippy::too_many_arguments)]
+async fn stage(
+    s: &Session,
+    path: &str,
+    tmp: &str,
+    new: &[u8],
+    mode: u32,
+    owner: &str,
+    group: &str,
+    validate: Option<&str>,
+) -> Result<()> {
+    ensure_parent(s, path).await?;
+    s.write_file(tmp, new, mode, owner, group).await?;
+    if let Some(cmd) = validate {
+        let check = cmd.replace("{}", &sh_quote(tmp));
+        let out = s.exec(&check, None).await?;
+        if !out.ok() {
+            return Err(miette!(
+                help = "the running service keeps its current configuration; fix the template or inventory value",
+                "{}: the new {path} failed validation (`{cmd}`):\n{}{}",
+                s.host(),
+                out.stdout_str(),
+                out.stderr_str()
+            ));
+        }
     }
     Ok(())
 }
@@ -77,30 +189,17 @@ pub(crate) async fn apply_one(s: &Session, c: &Change) -> Result<()> {
             if !notify.is_empty() {
                 mark_pending(s, notify).await?;
             }
-            if let Some((dir, _)) = path.rsplit_once('/') {
-                if !dir.is_empty() {
-                    s.run(&format!("test -d {q} || mkdir -p {q}", q = sh_quote(dir)))
-                        .await?;
-                }
-            }
             match validate {
                 None => {
+                    ensure_parent(s, path).await?;
                     s.write_file(path, new, *mode, owner, group).await?;
                 }
                 Some(cmd) => {
                     let tmp = format!("{path}.pgdeploy-new");
-                    s.write_file(&tmp, new, *mode, owner, group).await?;
-                    let check = cmd.replace("{}", &sh_quote(&tmp));
-                    let out = s.exec(&check, None).await?;
-                    if !out.ok() {
+                    if let Err(e) = stage(s, path, &tmp, new, *mode, owner, group, Some(cmd)).await
+                    {
                         let _ = s.exec(&format!("rm -f {}", sh_quote(&tmp)), None).await;
-                        return Err(miette!(
-                            help = "the running service keeps its current configuration; fix the template or inventory value",
-                            "{}: the new {path} failed validation (`{cmd}`):\n{}{}",
-                            s.host(),
-                            out.stdout_str(),
-                            out.stderr_str()
-                        ));
+                        return Err(e);
                     }
                     s.run(&format!("mv -f {} {}", sh_quote(&tmp), sh_quote(path)))
                         .await?;

@@ -30,6 +30,8 @@ pub struct DesiredFile {
     /// For generated files that are not configuration (a repository index): what `check`
     /// shows instead of the content diff.
     pub summary: Option<String>,
+    /// Replaced together with the other files of the same pair (see the role's `pair`).
+    pub pair: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +167,7 @@ pub fn plan_resources(desired: &Desired, facts: &HostFacts, secrets: &[String]) 
             content_changed: !same_content,
             secret: want.secret,
             validate: want.validate.clone(),
+            pair: want.pair.clone(),
             notify: if same_content {
                 Vec::new()
             } else {
@@ -351,6 +354,7 @@ mod tests {
             validate: None,
             before_packages: false,
             summary: None,
+            pair: None,
         }
     }
 

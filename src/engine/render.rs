@@ -181,6 +181,7 @@ pub fn desired_for(
             validate: f.validate.clone(),
             before_packages: f.stage == Some(Stage::BeforePackages),
             summary: None,
+            pair: f.pair.clone(),
         });
     }
     if !spec.sysctls.is_empty() {
@@ -201,6 +202,7 @@ pub fn desired_for(
             validate: None,
             before_packages: false,
             summary: None,
+            pair: None,
         });
     }
     for u in &spec.units {
@@ -222,6 +224,7 @@ pub fn desired_for(
                 validate: None,
                 before_packages: false,
                 summary: None,
+                pair: None,
             });
         }
         d.units.push(DesiredUnit {

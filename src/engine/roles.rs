@@ -79,6 +79,10 @@ pub struct FileSpec {
     /// Only for hosts in this group (within the role's hosts).
     #[serde(default)]
     pub when_group: Option<String>,
+    /// Files of a role with the same `pair` name are replaced together: each is staged next
+    /// to its place and all are renamed in one command (a certificate and its key).
+    #[serde(default)]
+    pub pair: Option<String>,
     /// `before_packages`: written by the packages phase before packages are installed (e.g.
     /// settings that stop a package from creating defaults).
     #[serde(default)]

@@ -206,9 +206,11 @@ groups:
                 "ca_pem",
                 "cert",
                 "cert_pem",
+                "etcd_cert",
                 "etcd_key",
                 "key",
                 "key_pem",
+                "patroni_cert",
                 "patroni_key"
             ]
         );

@@ -263,6 +263,7 @@ fn extra_files(
                 manifest.debs.len(),
                 manifest.debs.iter().map(|d| d.size).sum::<u64>() as f64 / 1e6
             )),
+            pair: None,
         });
     }
     Ok(v)

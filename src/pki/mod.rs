@@ -8,6 +8,8 @@
 //! Re-runs reuse what is there: a host certificate is re-issued only when its SANs differ
 //! from the requested ones, it expires within [`RENEW_BEFORE_DAYS`], it was not signed by the
 //! current CA, or its files are missing/unreadable. That keeps an unchanged plan unchanged.
+//! A re-issue keeps the host's key (only a missing or unusable key is replaced), so a new
+//! certificate always matches the key that every service on the host already has.
 
 use crate::inventory::Host;
 use crate::secrets::{ensure_private_dir, tighten_mode, write_private};
@@ -69,20 +71,25 @@ pub enum PkiError {
     Issue { host: String, source: rcgen::Error },
 }
 
-/// Where pgdeploy puts TLS material on a host.
+/// Where pgdeploy puts TLS material on a host. Each reader has its own copy of the host's
+/// certificate next to its copy of the key, and a role replaces the two together (`pair` in
+/// the role's files), so no service reads a certificate with a key it does not belong to.
 pub const TLS_DIR: &str = "/etc/pgdeploy/tls";
 
 /// TLS file paths on one host.
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsPaths {
     pub ca: String,
-    /// Host certificate (public, 0644).
+    /// Host certificate (public, 0644), paired with `key`.
     pub cert: String,
     /// Host key owned by root (0600), for root's tools (etcdctl health checks).
     pub key: String,
-    /// Copy of the key owned by etcd.
+    /// etcd's copy of the certificate and of the key (owned by etcd).
+    pub etcd_cert: String,
     pub etcd_key: String,
-    /// Copy of the key owned by postgres (Patroni REST API + etcd client).
+    /// Patroni's copy of the certificate and of the key (owned by postgres; REST API and
+    /// etcd client).
+    pub patroni_cert: String,
     pub patroni_key: String,
 }
 
@@ -91,7 +98,9 @@ pub fn tls_paths(host_name: &str) -> TlsPaths {
         ca: format!("{TLS_DIR}/ca.crt"),
         cert: format!("{TLS_DIR}/{host_name}.crt"),
         key: format!("{TLS_DIR}/{host_name}.key"),
+        etcd_cert: format!("{TLS_DIR}/etcd.crt"),
         etcd_key: format!("{TLS_DIR}/etcd.key"),
+        patroni_cert: format!("{TLS_DIR}/patroni.crt"),
         patroni_key: format!("{TLS_DIR}/patroni.key"),
     }
 }
@@ -323,8 +332,9 @@ impl Pki {
         let cert_path = self.dir.join(format!("{host_name}.crt"));
         let key_path = self.dir.join(format!("{host_name}.key"));
         let want = wanted_sans(ips, dns_names);
-        if let (Some(c), Some(k)) = (io_read(&cert_path)?, io_read(&key_path)?) {
-            if self.still_fits(&c, &k, &want) {
+        let stored_key = io_read(&key_path)?;
+        if let (Some(c), Some(k)) = (io_read(&cert_path)?, stored_key.as_deref()) {
+            if self.still_fits(&c, k, &want) {
                 for p in [&cert_path, &key_path] {
                     tighten_mode(p).map_err(|source| PkiError::Write {
                         path: p.clone(),
@@ -333,7 +343,7 @@ impl Pki {
                 }
                 return Ok(IssuedCert {
                     cert_pem: c,
-                    key_pem: k,
+                    key_pem: k.to_string(),
                     reissued: false,
                 });
             }
@@ -342,7 +352,16 @@ impl Pki {
             host: host_name.to_string(),
             source,
         };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        // A re-issue keeps the host's key: the new certificate then matches every copy of the
+        // key already on the host, so no service ever reads a certificate and key that do not
+        // belong together. Only a missing or unusable key is replaced.
+        let (key, new_key) = match stored_key.as_deref().and_then(usable_key) {
+            Some(k) => (k, false),
+            None => (
+                KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?,
+                true,
+            ),
+        };
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "pgdeploy");
@@ -372,8 +391,14 @@ impl Pki {
         p.serial_number = Some(random_serial());
         let cert = p.signed_by(&key, &self.issuer).map_err(err)?;
         let cert_pem = cert.pem();
-        let key_pem = key.serialize_pem();
-        write(&key_path, &key_pem)?;
+        let key_pem = match stored_key {
+            Some(k) if !new_key => k,
+            _ => {
+                let k = key.serialize_pem();
+                write(&key_path, &k)?;
+                k
+            }
+        };
         write(&cert_path, &cert_pem)?;
         Ok(IssuedCert {
             cert_pem,
@@ -413,6 +438,13 @@ impl Pki {
         }
         cert_sans(&x509).as_ref() == Some(want)
     }
+}
+
+/// A stored host key that can be kept: it parses and is ECDSA P-256, like the ones issued here.
+fn usable_key(pem: &str) -> Option<KeyPair> {
+    KeyPair::from_pem(pem)
+        .ok()
+        .filter(|k| k.algorithm() == &PKCS_ECDSA_P256_SHA256)
 }
 
 fn cert_sans(x509: &x509_parser::certificate::X509Certificate<'_>) -> Option<BTreeSet<San>> {
@@ -560,6 +592,16 @@ groups:
             .unwrap();
         assert!(c.reissued);
         assert_ne!(b.cert_pem, c.cert_pem);
+        // ... under the same key, so the copies of the key on the host stay valid.
+        assert_eq!(b.key_pem, c.key_pem);
+        assert_eq!(fs::read_to_string(d.path().join("tls/h1.key")).unwrap(), c.key_pem);
+        // A lost certificate is re-issued under the stored key too.
+        fs::remove_file(d.path().join("tls/h1.crt")).unwrap();
+        let c2 = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
+        assert!(c2.reissued);
+        assert_eq!(c2.key_pem, c.key_pem);
         // A cert from another CA is replaced.
         let other = tempfile::tempdir().unwrap();
         let foreign = Pki::load_or_create(other.path()).unwrap();
@@ -572,13 +614,15 @@ groups:
             .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
             .unwrap();
         assert!(g.reissued);
-        // Garbage on disk: replaced.
+        // Garbage on disk: replaced, a garbage key by a new key.
         fs::write(d.path().join("tls/h1.crt"), "junk").unwrap();
-        assert!(
-            pki2.issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
-                .unwrap()
-                .reissued
-        );
+        fs::write(d.path().join("tls/h1.key"), "junk").unwrap();
+        let h = pki2
+            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .unwrap();
+        assert!(h.reissued);
+        assert!(h.key_pem.contains("PRIVATE KEY"));
+        assert_eq!(fs::read_to_string(d.path().join("tls/h1.key")).unwrap(), h.key_pem);
     }
 
     #[test]

@@ -180,6 +180,7 @@ fn production_cluster_end_to_end() {
     figure("failover (Debian 13): max (s)", failovers[2]);
 
     store_outage_scenario(&lab, &pw);
+    cert_reissue_scenario(&lab, &inv, &pw);
 
     // An apply killed in the middle, then run again, converges.
     edit_inventory(&inv, "max_connections: 120", "max_connections: 110");
@@ -1104,4 +1105,115 @@ fn store_outage_scenario(lab: &LabGuard, pw: &str) {
         "etcd quorum lost and a replica down: acknowledged writes lost (asynchronous)",
         lost_writes(lab, "store_outage_2", &w) as f64,
     );
+}
+
+/// The PEM certificate that `host:port` presents, as seen from pg1 (TLS with pg1's client
+/// certificate, verified against the cluster CA).
+fn served_cert(lab: &LabGuard, addr: &str, port: u16) -> String {
+    let py = format!(
+        "import socket, ssl\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+         c.check_hostname = False\n\
+         c.load_verify_locations('/etc/pgdeploy/tls/ca.crt')\n\
+         c.load_cert_chain('/etc/pgdeploy/tls/pg1.crt', '/etc/pgdeploy/tls/pg1.key')\n\
+         s = c.wrap_socket(socket.create_connection(('{addr}', {port}), timeout=10))\n\
+         print(ssl.DER_cert_to_PEM_cert(s.getpeercert(True)))\n"
+    );
+    lab.ssh("pg1", &format!("python3 - <<'PY'\n{py}PY\n"))
+        .split_whitespace()
+        .collect()
+}
+
+fn pem_text(s: &str) -> String {
+    s.split_whitespace().collect()
+}
+
+/// Every host certificate is re-issued (here: the local copies are deleted, as an operator
+/// does to renew them before they expire) and applied while a writer writes through HAProxy.
+/// A re-issue keeps each host's key, so only certificates change: etcd serves the new one at
+/// its next handshake with no restart, Patroni after a reload. Nothing restarts, no write
+/// fails, no member demotes, nothing is lost.
+fn cert_reissue_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let tls = lab.state_dir().join("tls");
+    let hosts = [
+        "etcd1", "etcd2", "etcd3", "pg1", "pg2", "pg3", "haproxy1", "haproxy2", "haproxy3",
+    ];
+    let keys_before: Vec<String> = hosts
+        .iter()
+        .map(|h| std::fs::read_to_string(tls.join(format!("{h}.key"))).unwrap())
+        .collect();
+    let served_before = served_cert(lab, "10.231.0.11", 2379);
+    for h in hosts {
+        std::fs::remove_file(tls.join(format!("{h}.crt"))).unwrap();
+    }
+    let out = pgdeploy(&["check", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stdout.contains("~ file /etc/pgdeploy/tls/etcd.crt")
+            && out.stdout.contains("~ file /etc/pgdeploy/tls/patroni.crt")
+            && out.stdout.contains("~ file /etc/pgdeploy/tls/haproxy1.crt"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains(".key ("),
+        "a re-issue changed a key file:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("restart etcd.service") && !out.stdout.contains("restart patroni"),
+        "a certificate re-issue must restart nothing:\n{}",
+        out.stdout
+    );
+
+    let leader = wait_leader(lab);
+    let timeline = lab.ssh(
+        &leader,
+        "runuser -u postgres -- psql -AtXc 'select timeline_id from pg_control_checkpoint()'",
+    );
+    let starts = service_starts(lab);
+    let writer = Writer::start("10.231.0.31", pw, "cert_reissue");
+    wait_rows(pw, "cert_reissue", 5);
+    let t = Instant::now();
+    let out = pgdeploy(&["apply", inv.to_str().unwrap()]);
+    let secs = t.elapsed().as_secs_f64();
+    wait_rows(pw, "cert_reissue", 5);
+    let w = writer.stop();
+    assert_eq!(out.code, 0, "{}", out.all());
+    figure("every certificate re-issued: apply (s)", secs);
+    figure(
+        "every certificate re-issued: longest write gap (s)",
+        w.longest_gap.as_secs_f64(),
+    );
+    figure(
+        "every certificate re-issued: failed writes",
+        w.errors as f64,
+    );
+    let lost = lost_writes(lab, "cert_reissue", &w);
+    assert_eq!(w.errors, 0, "writes failed while certificates were replaced");
+    assert_eq!(lost, 0, "acknowledged writes lost");
+    assert_eq!(wait_leader(lab), leader, "the leader changed");
+    assert_eq!(
+        lab.ssh(
+            &leader,
+            "runuser -u postgres -- psql -AtXc 'select timeline_id from pg_control_checkpoint()'",
+        ),
+        timeline,
+        "a member was promoted"
+    );
+    assert_eq!(starts, service_starts(lab), "a service restarted");
+    for (h, before) in hosts.iter().zip(&keys_before) {
+        let now = std::fs::read_to_string(tls.join(format!("{h}.key"))).unwrap();
+        assert_eq!(&now, before, "{h}: the key changed");
+    }
+    // etcd (client and peer port) and Patroni's REST API present the new certificates.
+    let new_etcd1 = pem_text(&std::fs::read_to_string(tls.join("etcd1.crt")).unwrap());
+    assert_ne!(served_before, new_etcd1);
+    assert_eq!(served_cert(lab, "10.231.0.11", 2379), new_etcd1);
+    assert_eq!(served_cert(lab, "10.231.0.11", 2380), new_etcd1);
+    for (pg, addr) in [("pg1", "10.231.0.21"), ("pg2", "10.231.0.22"), ("pg3", "10.231.0.23")] {
+        let want = pem_text(&std::fs::read_to_string(tls.join(format!("{pg}.crt"))).unwrap());
+        assert_eq!(served_cert(lab, addr, 8008), want, "{pg}'s REST API");
+    }
+    assert_eq!(pgdeploy(&["check", inv.to_str().unwrap()]).code, 0);
 }

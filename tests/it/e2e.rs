@@ -143,6 +143,17 @@ impl LabGuard {
     pub fn inventory(&self) -> PathBuf {
         self.dir.join("inventory.yaml")
     }
+    /// pgdeploy's state directory of the lab's cluster (`.pgdeploy/<cluster>/`).
+    pub fn state_dir(&self) -> PathBuf {
+        let state = self.dir.join(".pgdeploy");
+        std::fs::read_dir(&state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("tls").is_dir())
+            .unwrap_or_else(|| panic!("no cluster state under {}", state.display()))
+    }
     /// A generated secret, read from pgdeploy's state next to the inventory.
     pub fn secret(&self, name: &str) -> String {
         let state = self.dir.join(".pgdeploy");
