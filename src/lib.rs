@@ -18,4 +18,5 @@ pub mod report;
 pub mod secrets;
 pub mod shell;
 pub mod ssh;
+pub mod state;
 pub mod status;

@@ -178,6 +178,11 @@ enum Cmd {
     Bundle(cli::bundle::Args),
     /// DNS record management for the HAProxy name.
     Dns(cli::dns::Args),
+    /// Move the local state (CA, keys, passwords) to another workstation.
+    ///
+    /// `check` and `apply` refuse to run when the hosts were deployed from another state
+    /// directory (another CA or other passwords): export it where it is, import it here.
+    State(cli::state::Args),
 }
 
 fn print_warnings(w: &[pgdeploy::inventory::Warning]) {
@@ -364,6 +369,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Cmd::Lab(a) => cli::lab::run(a).await,
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
+        Cmd::State(a) => cli::state::run(a).await,
     }
 }
 

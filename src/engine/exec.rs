@@ -109,7 +109,11 @@ async fn replace_together(s: &Session, files: &[&Change]) -> Result<()> {
             .iter()
             .map(|(t, p)| format!("mv -f {} {}", sh_quote(t), sh_quote(p)))
             .collect();
-        result = s.run(&mv.join(" && ")).await.map(|_| ()).map_err(Into::into);
+        result = s
+            .run(&mv.join(" && "))
+            .await
+            .map(|_| ())
+            .map_err(Into::into);
     }
     if result.is_err() {
         let rm: Vec<String> = staged.iter().map(|(t, _)| sh_quote(t)).collect();

@@ -602,6 +602,40 @@ mod tests {
         );
     }
 
+    /// What `check --format json` and the journal get of a secret file (its JSON and its
+    /// summary) shows neither the old nor the new value, only which keys changed.
+    #[test]
+    fn secret_files_in_json_and_journal_show_no_value() {
+        let mut f = file(
+            "/etc/patroni/config.yml",
+            "password: the-new-one\nttl: 30\n",
+            &[],
+        );
+        f.secret = true;
+        let d = Desired {
+            files: vec![f],
+            ..Default::default()
+        };
+        let mut facts = HostFacts::default();
+        facts.paths.insert(
+            "/etc/patroni/config.yml".into(),
+            fact_for("password: old-one-nobody-knows\nttl: 20\n"),
+        );
+        let plan = plan_resources(&d, &facts, &["the-new-one".to_string()]);
+        let json = serde_json::to_string(&plan).unwrap();
+        let summary = plan[0].summary();
+        for text in [&json, &summary] {
+            assert!(
+                !text.contains("old-one-nobody-knows") && !text.contains("the-new-one"),
+                "{text}"
+            );
+        }
+        assert!(
+            json.contains("password: <redacted>") && json.contains("+ttl: 30"),
+            "{json}"
+        );
+    }
+
     #[test]
     fn secret_key_files_never_show_content() {
         let mut k = file("/etc/k.key", "-----BEGIN PRIVATE KEY-----\nabc\n", &[]);

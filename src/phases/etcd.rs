@@ -130,19 +130,61 @@ impl Phase for Etcd {
         "etcd"
     }
     fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
-        let etcd = ctx.inv.group_hosts(Group::Etcd);
-        if etcd.iter().any(|h| h.name == host) {
-            vec![("etcd-data".into(), has_data_command(ctx))]
-        } else {
-            Vec::new()
+        let mut v = Vec::new();
+        if ctx
+            .inv
+            .group_hosts(Group::Etcd)
+            .iter()
+            .any(|h| h.name == host)
+        {
+            v.push(("etcd-data".into(), has_data_command(ctx)));
         }
+        if ctx
+            .inv
+            .group_hosts(Group::Patroni)
+            .iter()
+            .any(|h| h.name == host)
+        {
+            v.push(("patroni-dcs".into(), PATRONI_DCS_COMMAND.into()));
+        }
+        v
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
         let mut hosts = plan_roles(ctx, &["etcd".to_string()], false).await?;
         // A running cluster (its member list answers) grows by `member add`, one host at a
         // time; members that left the inventory are removed later, by the retire phase.
-        let facts = probe_membership(ctx).await?;
+        let (facts, used) = tokio::join!(probe_membership(ctx), patroni_dcs(ctx));
+        let (facts, used) = (facts?, used?);
+        if !facts.foreign_data.is_empty() {
+            let lines: Vec<String> = facts
+                .foreign_data
+                .iter()
+                .map(|(h, d)| format!("  {h}: {d}"))
+                .collect();
+            return Err(miette!(
+                help = "nothing was changed. pgdeploy starts no second etcd beside another \
+                        cluster's data: if that data is no longer needed, move it out of \
+                        /var/lib/etcd on these hosts; otherwise use other hosts",
+                "etcd hosts hold the data of another etcd cluster (this cluster's is {}):\n{}",
+                data_dir(ctx),
+                lines.join("\n")
+            ));
+        }
+        let inventory_eps: Vec<String> = ctx
+            .inv
+            .group_hosts(Group::Etcd)
+            .iter()
+            .map(|h| {
+                client_url(ctx, &h.address)
+                    .trim_start_matches("https://")
+                    .to_string()
+            })
+            .collect();
+        let fresh = facts.members.is_none() && facts.has_data.is_empty();
+        if let Some(why) = dcs_conflict(&inventory_eps, &used, fresh) {
+            return Err(miette!(help = MOVE_DCS_HELP, "{why}"));
+        }
         let mut joins = Vec::new();
         let mut endpoints = Vec::new();
         if let Some(members) = &facts.members {
@@ -371,21 +413,107 @@ pub fn parse_member_list(json: &str) -> std::result::Result<Vec<EtcdMember>, Str
 pub struct EtcdFacts {
     pub has_data: std::collections::BTreeSet<String>,
     pub members: Option<Vec<EtcdMember>>,
+    /// (host, directory): etcd data directories of other clusters on the inventory's etcd
+    /// hosts (another `cluster.name`, or Debian's default one).
+    pub foreign_data: Vec<(String, String)>,
 }
 
 const HAS_DATA: &str = "PGDEPLOY_ETCD_HAS_DATA";
+const DATA_IN: &str = "PGDEPLOY_ETCD_DATA_IN=";
 
 pub fn data_dir(ctx: &Ctx) -> String {
     format!("/var/lib/etcd/{}", ctx.inv.cluster.name)
 }
 
-/// Prints [`HAS_DATA`] when the host holds an etcd data directory of this cluster.
+/// Prints [`HAS_DATA`] when the host holds an etcd data directory of this cluster, and
+/// [`DATA_IN`] with the directory of every etcd data directory under /var/lib/etcd.
 fn has_data_command(ctx: &Ctx) -> String {
     format!(
-        "if [ -d {}/member ]; then echo {HAS_DATA}; fi; true",
+        "if [ -d {}/member ]; then echo {HAS_DATA}; fi; \
+         for d in /var/lib/etcd/*/member; do [ -d \"$d\" ] && echo \"{DATA_IN}${{d%/member}}\"; done; true",
         data_dir(ctx)
     )
 }
+
+/// Pure: the data directories in `out` (of [`has_data_command`]) that belong to no run of
+/// this cluster: not `own`, nor one that an earlier join moved aside (`own.stale-…`).
+fn foreign_data_dirs(out: &str, own: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix(DATA_IN))
+        .filter(|d| *d != own && !d.starts_with(&format!("{own}.stale-")))
+        .map(String::from)
+        .collect()
+}
+
+/// Prints the etcd endpoints (`host:port`) that Patroni's configuration on this host names
+/// (nothing when Patroni is not configured here).
+const PATRONI_DCS_COMMAND: &str =
+    "sed -n '/^etcd3:/,/^[^ ]/p' /etc/patroni/config.yml 2>/dev/null \
+| sed -n 's/^ *- *\"\\{0,1\\}\\([^\" ]*\\)\"\\{0,1\\} *$/\\1/p'; true";
+
+/// The etcd endpoints each Patroni host of the inventory is configured with now.
+async fn patroni_dcs(ctx: &Ctx) -> Result<Vec<(String, Vec<String>)>> {
+    let hosts = ctx.inv.group_hosts(Group::Patroni);
+    let futs = hosts.iter().map(|h| async move {
+        let out = match ctx
+            .probed_extra(&h.name, "patroni-dcs", PATRONI_DCS_COMMAND)
+            .await
+        {
+            Some((out, _)) => out,
+            None => ctx.read(&h.name, PATRONI_DCS_COMMAND).await?.stdout_str(),
+        };
+        let eps: Vec<String> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        Ok::<_, miette::Report>((h.name.clone(), eps))
+    });
+    crate::engine::bounded(ctx.forks, futs.collect()).await
+}
+
+/// Pure: why planning this etcd would give Patroni a second cluster, if it would.
+/// `inventory`: the client endpoints (`host:port`) of the inventory's etcd group; `used`: what
+/// each Patroni host is configured with now; `fresh`: no etcd member answers and no etcd host
+/// holds data, so the plan bootstraps a new, empty etcd.
+pub fn dcs_conflict(
+    inventory: &[String],
+    used: &[(String, Vec<String>)],
+    fresh: bool,
+) -> Option<String> {
+    let users: Vec<&(String, Vec<String>)> = used.iter().filter(|(_, e)| !e.is_empty()).collect();
+    let foreign: Vec<String> = users
+        .iter()
+        .filter(|(_, eps)| {
+            let none_shared = !eps.iter().any(|e| inventory.contains(e));
+            let some_elsewhere = eps.iter().any(|e| !inventory.contains(e));
+            none_shared || (fresh && some_elsewhere)
+        })
+        .map(|(h, eps)| format!("  {h} uses etcd at {}", eps.join(", ")))
+        .collect();
+    if foreign.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the Patroni members already use another etcd than the inventory's etcd group ({}):\n{}\n\
+         {} would give them a second, empty DCS, in which each side can elect its own leader",
+        inventory.join(", "),
+        foreign.join("\n"),
+        if fresh {
+            "bootstrapping the inventory's etcd"
+        } else {
+            "pointing them at the inventory's etcd"
+        }
+    ))
+}
+
+const MOVE_DCS_HELP: &str = "nothing was changed. To move the DCS to other hosts, keep quorum \
+throughout: 1) list the new etcd hosts in the etcd group next to the ones Patroni uses now \
+(an odd number in all) and apply: each joins the running etcd with `member add`, and Patroni is \
+pointed at all of them; 2) take the old hosts out of the etcd group and apply: they leave one \
+at a time. If Patroni really should use a new DCS, this is a new cluster: give it another \
+cluster.name";
 
 /// Probe every inventory etcd host at once: its data directory (a tiny shell test), and the
 /// member list, asked by pgdeploy itself from etcd's JSON gateway on each host, through the
@@ -425,6 +553,9 @@ pub async fn probe_membership(ctx: &Ctx) -> Result<EtcdFacts> {
     for (name, data, list) in outs {
         if data.lines().any(|l| l.trim() == HAS_DATA) {
             facts.has_data.insert(name.clone());
+        }
+        for d in foreign_data_dirs(&data, &data_dir(ctx)) {
+            facts.foreign_data.push((name.clone(), d));
         }
         if facts.members.is_some() {
             continue;
@@ -558,6 +689,57 @@ pub fn check_size_change(
 #[cfg(test)]
 mod membership_tests {
     use super::*;
+
+    #[test]
+    fn a_second_dcs_is_refused() {
+        let inv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let used = |v: &[(&str, &[&str])]| {
+            v.iter()
+                .map(|(h, e)| (h.to_string(), inv(e)))
+                .collect::<Vec<_>>()
+        };
+        let dedicated = inv(&["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]);
+        let poc: &[&str] = &["10.0.0.21:2379", "10.0.0.22:2379", "10.0.0.23:2379"];
+        // Fresh hosts: Patroni is not configured anywhere.
+        assert_eq!(dcs_conflict(&dedicated, &used(&[("pg1", &[])]), true), None);
+        // Patroni uses the inventory's etcd: fine, also when it must be bootstrapped again.
+        let same: &[&str] = &["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"];
+        assert_eq!(
+            dcs_conflict(&dedicated, &used(&[("pg1", same)]), true),
+            None
+        );
+        // PoC layout -> dedicated etcd hosts in one step: refused, bootstrapping or not.
+        let e = dcs_conflict(&dedicated, &used(&[("pg1", poc), ("pg2", poc)]), true).unwrap();
+        assert!(e.contains("pg1 uses etcd at 10.0.0.21:2379"), "{e}");
+        assert!(e.contains("bootstrapping"), "{e}");
+        assert!(dcs_conflict(&dedicated, &used(&[("pg1", poc)]), false).is_some());
+        // Step by step: new hosts listed next to the old ones, the running etcd grows.
+        let both = inv(&[
+            "10.0.0.21:2379",
+            "10.0.0.22:2379",
+            "10.0.0.23:2379",
+            "10.0.0.11:2379",
+            "10.0.0.12:2379",
+        ]);
+        assert_eq!(dcs_conflict(&both, &used(&[("pg1", poc)]), false), None);
+        // ... but not a fresh bootstrap that leaves some of Patroni's etcd out.
+        let partly = inv(&["10.0.0.21:2379", "10.0.0.11:2379", "10.0.0.12:2379"]);
+        assert!(dcs_conflict(&partly, &used(&[("pg1", poc)]), true).is_some());
+    }
+
+    #[test]
+    fn data_of_other_clusters_is_found() {
+        let out = "PGDEPLOY_ETCD_HAS_DATA\n\
+                   PGDEPLOY_ETCD_DATA_IN=/var/lib/etcd/lab\n\
+                   PGDEPLOY_ETCD_DATA_IN=/var/lib/etcd/lab.stale-20261201101010\n\
+                   PGDEPLOY_ETCD_DATA_IN=/var/lib/etcd/default\n\
+                   PGDEPLOY_ETCD_DATA_IN=/var/lib/etcd/other\n";
+        assert_eq!(
+            foreign_data_dirs(out, "/var/lib/etcd/lab"),
+            ["/var/lib/etcd/default", "/var/lib/etcd/other"]
+        );
+        assert!(foreign_data_dirs("", "/var/lib/etcd/lab").is_empty());
+    }
 
     fn m(id: u64, name: &str, last: u8) -> EtcdMember {
         EtcdMember {

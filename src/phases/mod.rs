@@ -72,8 +72,10 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         host_vars.insert(h.name.clone(), json!({ "tls": tls }));
         redact.push(cert.key_pem.clone());
     }
+    let secrets_json = json!(secrets);
     let vars = json!({
-        "secrets": secrets,
+        "state_marker": crate::state::marker(&inv.cluster.name, pki.ca_cert_pem(), &secrets_json),
+        "secrets": secrets_json,
         // Set per member during a rolling upgrade (keeps it out of failover and of the
         // replica pool while it restarts).
         "patroni_tags": { "nofailover": false, "noloadbalance": false },
@@ -178,6 +180,7 @@ groups:
                 "platform",
                 "postgres",
                 "secrets",
+                "state_marker",
                 "sysctls",
                 "tls"
             ]

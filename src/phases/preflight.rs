@@ -6,6 +6,7 @@ use crate::engine::phase::{HostPlan, Phase, PhasePlan};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::{Group, Host, Inventory};
 use crate::platform::Platform;
+use crate::state;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,6 +27,9 @@ pub struct PreflightFacts {
     pub listeners: Vec<(u16, String)>,
     /// Free KiB on the file system holding /var/lib.
     pub free_kib: u64,
+    /// The CA and the state marker pgdeploy left on the host (empty: none).
+    pub ca_pem: String,
+    pub state_marker: String,
 }
 
 pub const PREFLIGHT_COMMAND: &str = "export LC_ALL=C; echo '@ID'; id -u; \
@@ -33,7 +37,9 @@ echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME
 echo '@ARCH'; dpkg --print-architecture 2>/dev/null; \
 echo '@TIME'; date +%s.%N; \
 echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
-echo '@DISK'; df -Pk /var/lib | tail -n 1; echo '@END'";
+echo '@DISK'; df -Pk /var/lib | tail -n 1; \
+echo '@CA'; cat /etc/pgdeploy/tls/ca.crt 2>/dev/null; \
+echo '@STATE'; cat /etc/pgdeploy/state 2>/dev/null; echo '@END'";
 
 /// Pure parser of [`PREFLIGHT_COMMAND`]'s output.
 pub fn parse(out: &str) -> Result<PreflightFacts, String> {
@@ -49,6 +55,8 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
                 "TIME" => "TIME",
                 "PORTS" => "PORTS",
                 "DISK" => "DISK",
+                "CA" => "CA",
+                "STATE" => "STATE",
                 "END" => {
                     ended = true;
                     ""
@@ -93,6 +101,14 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
             "DISK" => {
                 let cols: Vec<&str> = line.split_whitespace().collect();
                 f.free_kib = cols.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+            "CA" => {
+                f.ca_pem.push_str(line);
+                f.ca_pem.push('\n');
+            }
+            "STATE" => {
+                f.state_marker.push_str(line);
+                f.state_marker.push('\n');
             }
             _ => {}
         }
@@ -258,6 +274,21 @@ pub fn mixed_releases(facts: &[(String, Option<Platform>)]) -> Option<String> {
     ))
 }
 
+/// The fingerprints of the local state (None before the run's values are set, as in tests
+/// that plan preflight alone).
+fn local_state(ctx: &Ctx) -> Option<state::Local> {
+    let vars = ctx.vars.read().ok()?;
+    let host_vars = ctx.host_vars.read().ok()?;
+    let ca_pem = host_vars
+        .values()
+        .find_map(|v| v["tls"]["ca_pem"].as_str())?;
+    Some(state::Local {
+        dir: ctx.inv.state_dir(),
+        ca: state::cert_fingerprint(ca_pem)?,
+        secrets: state::secrets_fingerprints(&vars["secrets"]),
+    })
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -275,6 +306,8 @@ impl Phase for Preflight {
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
+        let local = local_state(ctx);
+        let local = &local;
         let mut futs = Vec::new();
         for h in &ctx.hosts {
             futs.push(async move {
@@ -294,14 +327,42 @@ impl Phase for Preflight {
                 let facts = parse(&out)
                     .map_err(|e| miette!("{}: cannot read preflight facts: {e}", h.name))?;
                 let skew = facts.remote_time - (t0 + t1) / 2.0;
+                let other_state = local.as_ref().and_then(|l| {
+                    state::mismatch(
+                        l,
+                        &state::Deployed::parse(&facts.ca_pem, &facts.state_marker),
+                    )
+                });
                 Ok::<_, miette::Report>((
                     h.name.clone(),
                     problems(&ctx.inv, h, &facts, skew, t1 - t0),
                     host_platform(&facts),
+                    other_state,
                 ))
             });
         }
         let all = bounded(ctx.forks, futs).await?;
+        let other: Vec<String> = all
+            .iter()
+            .filter_map(|(h, _, _, o)| o.as_ref().map(|o| format!("  {h}: {o}")))
+            .collect();
+        if !other.is_empty() {
+            return Err(miette!(
+                help = format!(
+                    "nothing was changed. The hosts were deployed from another copy of the state \
+                     directory, {}. Bring that one here: on the workstation that has it, run \
+                     `pgdeploy state export INVENTORY FILE`, copy FILE over a secure channel, then \
+                     `pgdeploy state import INVENTORY FILE --replace` here (the state found here \
+                     is kept aside). Applying from this state would replace the CA and the \
+                     passwords of a running cluster",
+                    ctx.inv.state_dir().display()
+                ),
+                "the local state does not match the cluster on {} host(s):\n{}",
+                other.len(),
+                other.join("\n")
+            ));
+        }
+        let all: Vec<_> = all.into_iter().map(|(h, p, r, _)| (h, p, r)).collect();
         let releases: Vec<(String, Option<Platform>)> =
             all.iter().map(|(h, _, p)| (h.clone(), *p)).collect();
         let results: Vec<(String, Vec<String>)> =
@@ -360,6 +421,16 @@ mod tests {
         assert_eq!(f.arch, "amd64");
         assert_eq!(f.listeners.len(), 3);
         assert_eq!(f.listeners[1], (2379, "etcd".to_string()));
+        assert_eq!(f.free_kib, 84000000);
+        assert_eq!(f.ca_pem, "");
+        // A host pgdeploy deployed: its CA and state marker are read too.
+        let out = OUT.replace(
+            "@END",
+            "@CA\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n@STATE\nca_sha256 = AB\n@END",
+        );
+        let f = parse(&out).unwrap();
+        assert!(f.ca_pem.starts_with("-----BEGIN CERTIFICATE-----\nAAAA\n"));
+        assert_eq!(f.state_marker, "ca_sha256 = AB\n");
         assert_eq!(f.free_kib, 84000000);
     }
 

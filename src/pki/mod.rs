@@ -55,8 +55,9 @@ pub enum PkiError {
     },
     #[error("{path} is not a usable CA ({reason})")]
     #[diagnostic(help(
-        "restore ca.crt and ca.key from a backup. Deleting both creates a new CA; every host \
-         certificate is then re-issued and all services are restarted by the next apply"
+        "restore ca.crt and ca.key from a backup, or bring the whole state with `pgdeploy state \
+         import`. Deleting both creates a new CA, which a deployed cluster's hosts do not trust: \
+         check and apply then refuse to run"
     ))]
     BadCa { path: PathBuf, reason: String },
     #[error("{path} exists but {missing} is missing")]
@@ -594,7 +595,10 @@ groups:
         assert_ne!(b.cert_pem, c.cert_pem);
         // ... under the same key, so the copies of the key on the host stay valid.
         assert_eq!(b.key_pem, c.key_pem);
-        assert_eq!(fs::read_to_string(d.path().join("tls/h1.key")).unwrap(), c.key_pem);
+        assert_eq!(
+            fs::read_to_string(d.path().join("tls/h1.key")).unwrap(),
+            c.key_pem
+        );
         // A lost certificate is re-issued under the stored key too.
         fs::remove_file(d.path().join("tls/h1.crt")).unwrap();
         let c2 = pki2
@@ -622,7 +626,10 @@ groups:
             .unwrap();
         assert!(h.reissued);
         assert!(h.key_pem.contains("PRIVATE KEY"));
-        assert_eq!(fs::read_to_string(d.path().join("tls/h1.key")).unwrap(), h.key_pem);
+        assert_eq!(
+            fs::read_to_string(d.path().join("tls/h1.key")).unwrap(),
+            h.key_pem
+        );
     }
 
     #[test]

@@ -181,6 +181,8 @@ fn production_cluster_end_to_end() {
 
     store_outage_scenario(&lab, &pw);
     cert_reissue_scenario(&lab, &inv, &pw);
+    other_state_scenario(&lab, &inv, &pw);
+    second_dcs_scenario(&lab, &inv);
 
     // An apply killed in the middle, then run again, converges.
     edit_inventory(&inv, "max_connections: 120", "max_connections: 110");
@@ -1190,7 +1192,10 @@ fn cert_reissue_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
         w.errors as f64,
     );
     let lost = lost_writes(lab, "cert_reissue", &w);
-    assert_eq!(w.errors, 0, "writes failed while certificates were replaced");
+    assert_eq!(
+        w.errors, 0,
+        "writes failed while certificates were replaced"
+    );
     assert_eq!(lost, 0, "acknowledged writes lost");
     assert_eq!(wait_leader(lab), leader, "the leader changed");
     assert_eq!(
@@ -1211,9 +1216,135 @@ fn cert_reissue_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     assert_ne!(served_before, new_etcd1);
     assert_eq!(served_cert(lab, "10.231.0.11", 2379), new_etcd1);
     assert_eq!(served_cert(lab, "10.231.0.11", 2380), new_etcd1);
-    for (pg, addr) in [("pg1", "10.231.0.21"), ("pg2", "10.231.0.22"), ("pg3", "10.231.0.23")] {
+    for (pg, addr) in [
+        ("pg1", "10.231.0.21"),
+        ("pg2", "10.231.0.22"),
+        ("pg3", "10.231.0.23"),
+    ] {
         let want = pem_text(&std::fs::read_to_string(tls.join(format!("{pg}.crt"))).unwrap());
         assert_eq!(served_cert(lab, addr, 8008), want, "{pg}'s REST API");
     }
+    assert_eq!(pgdeploy(&["check", inv.to_str().unwrap()]).code, 0);
+}
+
+/// A workstation without the state that deployed the cluster (here: the state directory moved
+/// away, as on a fresh checkout): `check` and `apply` refuse before any change, name the CA
+/// fingerprints and print no secret, old or new. `state export` there and `state import
+/// --replace` here bring the right state, and `check` is empty again.
+fn other_state_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let state = lab.state_dir();
+    let moved = state.with_file_name("moved-away");
+    std::fs::rename(&state, &moved).unwrap();
+    let starts = service_starts(lab);
+    let config_before = lab.ssh(
+        "pg1",
+        "sha256sum /etc/patroni/config.yml /etc/pgdeploy/tls/*",
+    );
+    for cmd in ["check", "apply"] {
+        let out = pgdeploy(&[cmd, inv.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{cmd} from another state:\n{}", out.all());
+        let text = out.all();
+        assert!(
+            text.contains("the local state does not match the cluster on 9 host(s)")
+                && text.contains("trusts the cluster CA sha256")
+                && text.contains("state import"),
+            "{cmd}:\n{text}"
+        );
+        assert!(!text.contains(pw), "{cmd} printed the deployed password");
+        let new_pw = lab.secret("superuser_password");
+        assert!(!text.contains(&new_pw), "{cmd} printed the new password");
+    }
+    assert_eq!(
+        starts,
+        service_starts(lab),
+        "a refused run restarted a service"
+    );
+    assert_eq!(
+        config_before,
+        lab.ssh(
+            "pg1",
+            "sha256sum /etc/patroni/config.yml /etc/pgdeploy/tls/*"
+        ),
+        "a refused run changed a file"
+    );
+    // Bring the right state: export it where it is (here: the moved directory, under a
+    // scratch inventory of the same cluster), import it with --replace.
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_inv = scratch.path().join("inventory.yaml");
+    std::fs::copy(inv, &scratch_inv).unwrap();
+    let scratch_state = scratch
+        .path()
+        .join(".pgdeploy")
+        .join(state.file_name().unwrap());
+    std::fs::create_dir_all(scratch_state.parent().unwrap()).unwrap();
+    std::fs::rename(&moved, &scratch_state).unwrap();
+    let file = scratch.path().join("cluster.state");
+    let out = pgdeploy(&[
+        "state",
+        "export",
+        scratch_inv.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains(pw), "export printed a secret");
+    let out = pgdeploy(&[
+        "state",
+        "import",
+        inv.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.code,
+        1,
+        "import over another state must be refused:\n{}",
+        out.all()
+    );
+    let out = pgdeploy(&[
+        "state",
+        "import",
+        inv.to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--replace",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains(pw), "import printed a secret");
+    assert_eq!(lab.secret("superuser_password"), pw);
+    let out = pgdeploy(&["check", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "check after the import:\n{}", out.all());
+}
+
+/// The etcd group replaced by three bare hosts in one edit (as when moving from the PoC
+/// layout to dedicated etcd hosts): pgdeploy sees that the Patroni members use another etcd
+/// and refuses to bootstrap a second, empty one, with zero changes and the steps to take.
+fn second_dcs_scenario(lab: &LabGuard, inv: &std::path::Path) {
+    let base = std::fs::read_to_string(inv).unwrap();
+    for (i, old) in ["etcd1", "etcd2", "etcd3"].iter().enumerate() {
+        let spare = format!("spare{}", i + 1);
+        add_host(inv, old, &format!("etcd{}", i + 4), &lab.address(&spare));
+        remove_host(inv, old);
+    }
+    let starts = service_starts(lab);
+    for cmd in ["check", "apply"] {
+        let out = pgdeploy(&[cmd, inv.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{cmd} with another etcd group:\n{}", out.all());
+        assert!(
+            out.all().contains("already use another etcd")
+                && out.all().contains("pg1 uses etcd at 10.231.0.11:2379")
+                && out.all().contains("member add"),
+            "{cmd}:\n{}",
+            out.all()
+        );
+    }
+    assert_eq!(
+        starts,
+        service_starts(lab),
+        "a refused run restarted a service"
+    );
+    for i in 1..=3 {
+        let spare = format!("spare{i}");
+        let o = lab.ssh_out(&spare, "test -e /etc/pgdeploy || test -e /var/lib/etcd");
+        assert_ne!(o.code, 0, "a refused run changed {spare}");
+    }
+    std::fs::write(inv, base).unwrap();
     assert_eq!(pgdeploy(&["check", inv.to_str().unwrap()]).code, 0);
 }

@@ -151,6 +151,7 @@ impl LabGuard {
             .flatten()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| !p.to_string_lossy().contains(".replaced-"))
             .find(|p| p.join("tls").is_dir())
             .unwrap_or_else(|| panic!("no cluster state under {}", state.display()))
     }
@@ -158,6 +159,9 @@ impl LabGuard {
     pub fn secret(&self, name: &str) -> String {
         let state = self.dir.join(".pgdeploy");
         for e in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+            if e.path().to_string_lossy().contains(".replaced-") {
+                continue;
+            }
             if let Ok(t) = std::fs::read_to_string(e.path().join("secrets.json")) {
                 let v: serde_json::Value = serde_json::from_str(&t).expect("secrets.json");
                 return v[name].as_str().unwrap_or_default().to_string();
