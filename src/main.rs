@@ -178,6 +178,15 @@ enum Cmd {
     Bundle(cli::bundle::Args),
     /// DNS record management for the HAProxy name.
     Dns(cli::dns::Args),
+    /// Print the cluster CA certificate (PEM), for clients' `sslrootcert`.
+    ///
+    /// Clients connect by the inventory's DNS name through HAProxy, which passes TCP through:
+    /// with this file, `sslmode=verify-full` verifies whichever member leads.
+    Ca {
+        /// The inventory file.
+        #[arg(default_value = "inventory.yaml")]
+        inventory: PathBuf,
+    },
     /// Move the local state (CA, keys, passwords) to another workstation.
     ///
     /// `check` and `apply` refuse to run when the hosts were deployed from another state
@@ -370,6 +379,25 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
         Cmd::State(a) => cli::state::run(a).await,
+        Cmd::Ca { inventory } => {
+            let (inv, warnings) = pgdeploy::inventory::load(&inventory)?;
+            print_warnings(&warnings);
+            let path = inv.state_dir().join("tls").join("ca.crt");
+            let pem = std::fs::read_to_string(&path)
+                .ok()
+                .filter(|p| pgdeploy::state::cert_fingerprint(p).is_some());
+            let Some(pem) = pem else {
+                return Err(miette::miette!(
+                    help =
+                        "the CA is created by the first `pgdeploy check` or `apply`; on another \
+                            workstation, bring the state with `pgdeploy state import`",
+                    "no cluster CA in {}",
+                    path.display()
+                ));
+            };
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -439,7 +439,9 @@ async fn plan_all(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>
             Ok::<_, miette::Report>(plan)
         });
     }
-    futures::future::try_join_all(futs).await
+    // Every phase runs to its end, and the first error in phase order is the one reported:
+    // preflight's (wrong release, another state) explains more than what a later phase met.
+    futures::future::join_all(futs).await.into_iter().collect()
 }
 
 /// What one phase of `apply` did.

@@ -63,7 +63,15 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         .collect();
     let mut host_vars = BTreeMap::new();
     for h in &inv.hosts() {
-        let (ips, names) = pki::cert_request(h);
+        let (ips, mut names) = pki::cert_request(h);
+        // Clients reach PostgreSQL by the DNS name through HAProxy, which passes TCP through:
+        // each member's certificate carries that name, so `sslmode=verify-full` holds
+        // whichever member leads.
+        if let Some(d) = &inv.dns {
+            if h.groups.iter().any(|g| g.as_str() == "patroni") {
+                names.push(d.name.trim_end_matches('.').to_string());
+            }
+        }
         let cert = pki.issue(&h.name, &ips, &names)?;
         let mut tls = json!(pki::tls_paths(&h.name));
         tls["ca_pem"] = json!(pki.ca_cert_pem());
@@ -326,10 +334,23 @@ groups:
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert!(hba.contains(&"host replication replicator 10.9.0.12/32 scram-sha-256"));
+        assert!(hba.contains(&"hostssl replication replicator 10.9.0.12/32 scram-sha-256"));
         assert!(hba.contains(&"host replication replicator 127.0.0.1/32 scram-sha-256"));
-        assert!(hba.contains(&"host all all 10.9.0.31/32 scram-sha-256"));
+        assert!(hba.contains(&"hostssl all all 10.9.0.31/32 scram-sha-256"));
         assert!(!hba.iter().any(|l| l.contains("0.0.0.0")));
+        // Remote connections only with TLS, which the member's own certificate serves.
+        assert!(hba
+            .iter()
+            .filter(|l| l.starts_with("host ") && !l.contains(" 127.0.0.1/32 "))
+            .all(|l| l.is_empty()));
+        let local = &cfg["postgresql"]["parameters"];
+        assert_eq!(local["ssl"], "on");
+        assert_eq!(local["ssl_cert_file"], "/etc/pgdeploy/tls/patroni.crt");
+        assert_eq!(local["ssl_min_protocol_version"], "TLSv1.2");
+        assert_eq!(
+            cfg["postgresql"]["authentication"]["replication"]["sslmode"],
+            "verify-full"
+        );
         // n2 has no per-host parameters.
         let cfg2: Value = serde_saphyr::from_str(&get("n2", "/etc/patroni/config.yml")).unwrap();
         assert!(cfg2["postgresql"]["parameters"].get("work_mem").is_none());

@@ -27,7 +27,8 @@ pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> R
     let cmd = format!(
         "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtXq -v ON_ERROR_STOP=1 -c {}",
         sh_quote(&format!(
-            "host={host} port={port} user={SUPERUSER} dbname=postgres connect_timeout=5 sslmode=prefer"
+            "{} port={port} user={SUPERUSER} dbname=postgres connect_timeout=5",
+            tls_target(ctx, host)
         )),
         sh_quote(sql)
     );
@@ -42,6 +43,25 @@ pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> R
         ));
     }
     Ok(out.stdout_str().trim().to_string())
+}
+
+/// libpq's target and TLS settings for a connection to `host` (a load balancer's or a
+/// member's address): TLS verified against the cluster CA, and, when the inventory names the
+/// DNS name that clients use and `host` is an address, the certificate verified against that
+/// name (`sslmode=verify-full`, as a client that connects by the name does).
+pub fn tls_target(ctx: &Ctx, host: &str) -> String {
+    let ca = format!("{}/ca.crt", crate::pki::TLS_DIR);
+    let name = ctx
+        .inv
+        .dns
+        .as_ref()
+        .map(|d| d.name.trim_end_matches('.').to_string());
+    match name {
+        Some(n) if host.parse::<std::net::IpAddr>().is_ok() => {
+            format!("host={n} hostaddr={host} sslmode=verify-full sslrootcert={ca}")
+        }
+        _ => format!("host={host} sslmode=verify-ca sslrootcert={ca}"),
+    }
 }
 
 /// SQL as the postgres OS user over the local socket (no password).

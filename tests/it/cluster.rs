@@ -86,6 +86,8 @@ fn production_cluster_end_to_end() {
         );
     }
 
+    tls_scenario(&lab, &inv, &pw, &leader);
+
     // Converged: check is empty (exit 0) and a second apply changes and restarts nothing.
     let t = Instant::now();
     let out = pgdeploy(&["check", inv.to_str().unwrap()]);
@@ -1347,4 +1349,45 @@ fn second_dcs_scenario(lab: &LabGuard, inv: &std::path::Path) {
     }
     std::fs::write(inv, base).unwrap();
     assert_eq!(pgdeploy(&["check", inv.to_str().unwrap()]).code, 0);
+}
+
+/// PostgreSQL speaks TLS: through every HAProxy, a client that verifies the certificate against
+/// the DNS name with the CA from `pgdeploy ca` (`sslmode=verify-full`) gets in; one without TLS
+/// is refused by pg_hba; the replicas stream over TLS.
+fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
+    let out = pgdeploy(&["ca", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        out.stdout
+    );
+    let ca = inv.parent().unwrap().join("client-ca.crt");
+    std::fs::write(&ca, &out.stdout).unwrap();
+    for lb in ["10.231.0.31", "10.231.0.32", "10.231.0.33"] {
+        let verified = format!(
+            "host=pg.db.lab.test hostaddr={lb} port=5000 user=postgres dbname=postgres \
+             connect_timeout=5 sslmode=verify-full sslrootcert={}",
+            ca.display()
+        );
+        assert_eq!(
+            psql_conn(
+                &verified,
+                pw,
+                "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+            ),
+            Ok("t".to_string()),
+            "{lb}: verify-full against the DNS name"
+        );
+        let plain = format!(
+            "host={lb} port=5000 user=postgres dbname=postgres connect_timeout=5 sslmode=disable"
+        );
+        let e = psql_conn(&plain, pw, "select 1").expect_err("a connection without TLS got in");
+        assert!(e.contains("no encryption"), "{lb}: {e}");
+    }
+    let tls_streams = lab.ssh(
+        leader,
+        "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication r join pg_stat_ssl s using (pid) where s.ssl and r.state = 'streaming'\"",
+    );
+    assert_eq!(tls_streams.trim(), "2", "replication over TLS");
 }

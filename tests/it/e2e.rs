@@ -267,10 +267,17 @@ pub fn edit_inventory(inv: &Path, from: &str, to: &str) {
 
 /// psql from this machine (through HAProxy) as the superuser.
 pub fn psql(host: &str, port: u16, password: &str, sql: &str) -> Result<String, String> {
+    psql_conn(
+        &format!("host={host} port={port} user=postgres dbname=postgres connect_timeout=3 sslmode=require"),
+        password,
+        sql,
+    )
+}
+
+/// psql with a libpq connection string of the caller's.
+pub fn psql_conn(conninfo: &str, password: &str, sql: &str) -> Result<String, String> {
     let o = Command::new("psql")
-        .arg(format!(
-            "host={host} port={port} user=postgres dbname=postgres connect_timeout=3"
-        ))
+        .arg(conninfo)
         .args(["-AtXq", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", password)
         .stdin(Stdio::null())
