@@ -329,30 +329,17 @@ pub fn import(
             });
         }
     }
-    if state_dir.exists() {
-        let stamp = crate::clock::utc_now().replace([':', '.'], "");
-        let aside = state_dir.with_file_name(format!(
-            "{}.replaced-{stamp}",
-            state_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        fs::rename(state_dir, &aside).map_err(|e| io("move aside", state_dir, e))?;
-        kept_aside = Some(aside);
-    }
-    // Written into a new directory first, then renamed into place: never half a state.
+    // Written into a new directory first, then renamed into place: never half a state, and
+    // the state that was there is moved aside only once the new one is complete.
     let parent = state_dir
         .parent()
         .ok_or_else(|| StateError::Io("the state directory has no parent".into()))?;
     crate::secrets::ensure_private_dir(parent).map_err(|e| io("create", parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.importing",
-        state_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
+    let name = state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.importing"));
     let _ = fs::remove_dir_all(&tmp);
     for (rel, b) in &files {
         let p = tmp.join(rel);
@@ -362,6 +349,12 @@ pub fn import(
         crate::secrets::write_private(&p, b).map_err(|e| io("write", &p, e))?;
     }
     crate::secrets::ensure_private_dir(&tmp).map_err(|e| io("create", &tmp, e))?;
+    if state_dir.exists() {
+        let stamp = crate::clock::utc_now().replace([':', '.'], "");
+        let aside = state_dir.with_file_name(format!("{name}.replaced-{stamp}"));
+        fs::rename(state_dir, &aside).map_err(|e| io("move aside", state_dir, e))?;
+        kept_aside = Some(aside);
+    }
     fs::rename(&tmp, state_dir).map_err(|e| io("move into place", state_dir, e))?;
     Ok(Imported {
         files: files.len(),
