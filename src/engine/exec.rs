@@ -356,3 +356,107 @@ pub(crate) async fn install(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::double::{Answer, Call, Script};
+    use std::sync::Arc;
+
+    fn file(path: &str, pair: Option<&str>, fail_write: bool) -> Change {
+        Change::File {
+            path: path.into(),
+            mode: 0o600,
+            owner: "root".into(),
+            group: "root".into(),
+            old: Some(b"old".to_vec()),
+            new: if fail_write {
+                b"unwritable".to_vec()
+            } else {
+                b"new".to_vec()
+            },
+            diff: String::new(),
+            content_changed: true,
+            secret: true,
+            validate: None,
+            notify: vec![],
+            pair: pair.map(String::from),
+        }
+    }
+
+    /// A host on which every command succeeds, no file exists yet, and writing the content
+    /// `unwritable` fails.
+    fn host() -> Arc<Script<()>> {
+        Arc::new(Script::new(()).rule(|_, c, _| match c {
+            Call::Exec { stdin, .. } if stdin == b"unwritable" => {
+                Some(Answer::exit(1, "disk full"))
+            }
+            Call::Exec { cmd, .. } if cmd.contains("then stat") => Some(Answer::ok("absent\n")),
+            Call::Exec { .. } => Some(Answer::ok("")),
+            _ => None,
+        }))
+    }
+
+    /// The files of a pair are staged first and renamed in one command; a file outside the
+    /// pair is written in place as usual.
+    #[tokio::test]
+    async fn a_pair_is_staged_then_renamed_in_one_command() {
+        let d = host();
+        let s = Session::double("h1", d.clone());
+        let changes = [
+            file("/t/a.key", Some("tls"), false),
+            file("/t/other.conf", None, false),
+            file("/t/a.crt", Some("tls"), false),
+        ];
+        apply_changes(&s, &changes).await.unwrap();
+        let mv = d.matching("mv -f");
+        let pair_mv: Vec<&String> = mv
+            .iter()
+            .filter(|m| m.contains("a.key.pgdeploy-new"))
+            .collect();
+        assert_eq!(pair_mv.len(), 1, "{mv:#?}");
+        assert!(
+            pair_mv[0].contains(
+                "mv -f /t/a.key.pgdeploy-new /t/a.key && mv -f /t/a.crt.pgdeploy-new /t/a.crt"
+            ),
+            "{}",
+            pair_mv[0]
+        );
+        // Both members were staged before that rename.
+        let calls: Vec<String> = d.calls().iter().map(|(_, c)| c.text()).collect();
+        let rename_at = calls
+            .iter()
+            .position(|c| c.contains("a.key.pgdeploy-new /t/a.key"))
+            .unwrap();
+        for staged in ["/t/a.key.pgdeploy-new", "/t/a.crt.pgdeploy-new"] {
+            let at = calls
+                .iter()
+                .position(|c| c.contains(staged) && !c.starts_with("mv -f"))
+                .unwrap_or_else(|| panic!("{staged} never staged: {calls:#?}"));
+            assert!(at < rename_at, "{staged} staged after the rename");
+        }
+    }
+
+    /// A member that cannot be staged leaves both files as they were: nothing is renamed and
+    /// what was staged is removed.
+    #[tokio::test]
+    async fn a_pair_that_cannot_be_staged_changes_nothing() {
+        let d = host();
+        let s = Session::double("h1", d.clone());
+        let changes = [
+            file("/t/a.key", Some("tls"), false),
+            file("/t/a.crt", Some("tls"), true),
+        ];
+        assert!(apply_changes(&s, &changes).await.is_err());
+        assert!(
+            d.matching("mv -f /t/a.key.pgdeploy-new").is_empty(),
+            "{:#?}",
+            d.calls()
+        );
+        let rm = d.matching("rm -f");
+        assert!(
+            rm.iter().any(|r| r.contains("/t/a.key.pgdeploy-new") && r.contains("/t/a.crt.pgdeploy-new")),
+            "{rm:#?}"
+        );
+    }
+}
