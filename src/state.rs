@@ -24,19 +24,7 @@ pub const MARKER_PATH: &str = "/etc/pgdeploy/state";
 /// SHA-256 fingerprint of a certificate (of its DER, as `openssl x509 -fingerprint -sha256`
 /// prints it), or None when `pem` holds no certificate.
 pub fn cert_fingerprint(pem: &str) -> Option<String> {
-    let b64: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
-        .collect::<Vec<_>>()
-        .join("");
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    if der.is_empty() {
-        return None;
-    }
+    let der = crate::pki::pem_to_der(pem).filter(|d| !d.is_empty())?;
     Some(colon_hex(&Sha256::digest(&der)))
 }
 

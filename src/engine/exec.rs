@@ -68,8 +68,9 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
 }
 
 /// Replace the files of one pair (a certificate and its key) together: each is staged next to
-/// its place, then one command renames them all, so a reader sees the old pair or the new
-/// one. A failure before the rename removes what was staged and leaves the old files.
+/// its place (and validated, if it has a validation), then one command renames them all, so a
+/// reader sees the old pair or the new one. A failure before the rename removes what was
+/// staged and leaves the old files. A single file with a validation goes the same way.
 async fn replace_together(s: &Session, files: &[&Change]) -> Result<()> {
     let mut notify_all: Vec<String> = Vec::new();
     let mut staged: Vec<(String, String)> = Vec::new();
@@ -94,12 +95,11 @@ async fn replace_together(s: &Session, files: &[&Change]) -> Result<()> {
             }
         }
         let tmp = format!("{path}.pgdeploy-new");
+        staged.push((tmp.clone(), path.clone()));
         if let Err(e) = stage(s, path, &tmp, new, *mode, owner, group, validate.as_deref()).await {
             result = Err(e);
-            staged.push((tmp, path.clone()));
             break;
         }
-        staged.push((tmp, path.clone()));
     }
     if result.is_ok() && !notify_all.is_empty() {
         result = mark_pending(s, &notify_all).await;
@@ -181,34 +181,22 @@ pub(crate) async fn apply_one(s: &Session, c: &Change) -> Result<()> {
             .await?;
         }
         Change::File {
+            validate: Some(_), ..
+        } => replace_together(s, &[c]).await?,
+        Change::File {
             path,
             mode,
             owner,
             group,
             new,
-            validate,
             notify,
             ..
         } => {
             if !notify.is_empty() {
                 mark_pending(s, notify).await?;
             }
-            match validate {
-                None => {
-                    ensure_parent(s, path).await?;
-                    s.write_file(path, new, *mode, owner, group).await?;
-                }
-                Some(cmd) => {
-                    let tmp = format!("{path}.pgdeploy-new");
-                    if let Err(e) = stage(s, path, &tmp, new, *mode, owner, group, Some(cmd)).await
-                    {
-                        let _ = s.exec(&format!("rm -f {}", sh_quote(&tmp)), None).await;
-                        return Err(e);
-                    }
-                    s.run(&format!("mv -f {} {}", sh_quote(&tmp), sh_quote(path)))
-                        .await?;
-                }
-            }
+            ensure_parent(s, path).await?;
+            s.write_file(path, new, *mode, owner, group).await?;
         }
         Change::Hold { name, hold } => {
             let verb = if *hold { "hold" } else { "unhold" };

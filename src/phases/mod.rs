@@ -63,15 +63,7 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         .collect();
     let mut host_vars = BTreeMap::new();
     for h in &inv.hosts() {
-        let (ips, mut names) = pki::cert_request(h);
-        // Clients reach PostgreSQL by the DNS name through HAProxy, which passes TCP through:
-        // each member's certificate carries that name, so `sslmode=verify-full` holds
-        // whichever member leads.
-        if let Some(d) = &inv.dns {
-            if h.groups.iter().any(|g| g.as_str() == "patroni") {
-                names.push(d.name.trim_end_matches('.').to_string());
-            }
-        }
+        let (ips, names) = pki::cert_request(inv, h);
         let cert = pki.issue(&h.name, &ips, &names)?;
         let mut tls = json!(pki::tls_paths(&h.name));
         tls["ca_pem"] = json!(pki.ca_cert_pem());

@@ -11,7 +11,7 @@
 //! A re-issue keeps the host's key (only a missing or unusable key is replaced), so a new
 //! certificate always matches the key that every service on the host already has.
 
-use crate::inventory::Host;
+use crate::inventory::{Group, Host, Inventory};
 use crate::secrets::{ensure_private_dir, tighten_mode, write_private};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -107,8 +107,10 @@ pub fn tls_paths(host_name: &str) -> TlsPaths {
 }
 
 /// SANs for a host's certificate: its addresses plus 127.0.0.1, its name plus localhost
-/// (etcd listens on 127.0.0.1 too; local tools connect there).
-pub fn cert_request(host: &Host) -> (Vec<IpAddr>, Vec<String>) {
+/// (etcd listens on 127.0.0.1 too; local tools connect there). A Patroni host's also names
+/// the DNS name clients use: HAProxy passes TCP through, so `sslmode=verify-full` against
+/// that name holds whichever member leads.
+pub fn cert_request(inv: &Inventory, host: &Host) -> (Vec<IpAddr>, Vec<String>) {
     let mut ips: Vec<IpAddr> = Vec::new();
     for a in std::iter::once(&host.address).chain(host.address6.iter()) {
         if let Ok(ip) = a.parse::<IpAddr>() {
@@ -127,6 +129,11 @@ pub fn cert_request(host: &Host) -> (Vec<IpAddr>, Vec<String>) {
         dns.push(host.address.clone());
     }
     dns.push("localhost".into());
+    if let Some(d) = &inv.dns {
+        if host.groups.contains(&Group::Patroni) {
+            dns.push(d.name.trim_end_matches('.').to_string());
+        }
+    }
     (ips, dns)
 }
 
@@ -188,7 +195,8 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+/// The DER of the first certificate in `pem` (None: no certificate there).
+pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     if p.label != "CERTIFICATE" {
         return None;
@@ -498,7 +506,7 @@ groups:
   haproxy: [{ name: lb1, address: 10.9.0.31 }]
 "#;
         let (inv, _) = crate::inventory::load_str(text, "inv.yaml", d.path()).unwrap();
-        let (ips, dns) = cert_request(&inv.hosts()[0]);
+        let (ips, dns) = cert_request(&inv, &inv.hosts()[0]);
         assert_eq!(
             ips,
             vec![
