@@ -130,6 +130,14 @@ pub enum Step {
         /// Members the etcd cluster has after the removal.
         size_after: usize,
     },
+    /// Give Patroni its etcd identity (idempotent, as etcd's root): role `user` may read and
+    /// write the keys under `prefix` and nothing else; user `user` has that role and the
+    /// password from the secrets; user root (pgdeploy's administrator certificate, no
+    /// password) has role root.
+    EtcdAccess { user: String, prefix: String },
+    /// Turn etcd authentication on, once every Patroni member's configuration names its etcd
+    /// user and `user` exists: from then on only root and `user` (on `prefix`) reach the keys.
+    EtcdAuthEnable { user: String, prefix: String },
     /// Disable `unit` on a host that left the cluster (at `address`), so that it stays stopped
     /// after a reboot. A host that cannot be reached only gets a warning.
     DisableRetired {
@@ -295,6 +303,12 @@ impl Step {
                 size_after,
             } => format!(
                 "! etcdctl member remove {id} ({name}): {size_after} members remain; only while every member is healthy"
+            ),
+            Step::EtcdAccess { user, prefix } => format!(
+                "~ etcd access: role {user} may read and write {prefix}* only; user {user} (password from the secrets) has it; user root (pgdeploy's certificate only) has role root"
+            ),
+            Step::EtcdAuthEnable { user, prefix } => format!(
+                "! etcdctl auth enable: only root and {user} (on {prefix}*) reach the keys; every Patroni member's configuration names {user}"
             ),
             Step::DisableRetired {
                 name,

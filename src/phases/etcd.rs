@@ -11,7 +11,7 @@ use crate::engine::phase::{plan_roles, HostPlan, Phase, PhasePlan};
 use crate::engine::step::{Gate as StepGate, PlannedStep, Step};
 use crate::engine::Ctx;
 use crate::inventory::Group;
-use crate::pki::TLS_DIR;
+use crate::pki::{HOST_ADMIN_CERT, HOST_ADMIN_KEY, TLS_DIR};
 use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
@@ -24,13 +24,267 @@ pub const JOIN_ENV: &str = "/run/pgdeploy/etcd-join.env";
 
 pub struct Etcd;
 
-/// etcdctl with our client certificate, run on an etcd host.
+/// etcdctl as pgdeploy's administrator (etcd's root user, by its certificate), run on an etcd
+/// host. A host that does not have that certificate yet (deployed by an older release, before
+/// etcd authentication) uses its own certificate, which is all such a cluster asks for. One
+/// group (`{ ...; }`), so that pipes and redirections apply to etcdctl itself.
 pub fn etcdctl(on_host: &str, endpoints: &[String], args: &str) -> String {
     format!(
-        "ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=4s --endpoints={} \
-         --cacert={TLS_DIR}/ca.crt --cert={TLS_DIR}/{on_host}.crt --key={TLS_DIR}/{on_host}.key {args}",
+        "{{ c={TLS_DIR}/{HOST_ADMIN_CERT} k={TLS_DIR}/{HOST_ADMIN_KEY}; \
+         [ -r $c ] || {{ c={TLS_DIR}/{on_host}.crt k={TLS_DIR}/{on_host}.key; }}; \
+         ETCDCTL_API=3 etcdctl --dial-timeout=2s --command-timeout=4s --endpoints={} \
+         --cacert={TLS_DIR}/ca.crt --cert=$c --key=$k {args}; }}",
         endpoints.join(",")
     )
+}
+
+/// Patroni's etcd user (and role) for `cluster`.
+pub fn patroni_user(cluster: &str) -> String {
+    format!("patroni-{cluster}")
+}
+
+/// The keys Patroni's etcd user may read and write: the cluster's own (`namespace` /service/,
+/// `scope` = the cluster's name).
+pub fn patroni_prefix(cluster: &str) -> String {
+    format!("/service/{cluster}/")
+}
+
+/// Is etcd authentication on? Asked from etcd's JSON gateway on the first etcd host that
+/// answers, as that host and without a token: a read that etcd refuses for want of a user
+/// means yes, one it answers means no (None: no member answers).
+pub async fn auth_enabled(ctx: &Ctx) -> Result<Option<bool>> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .encode(patroni_prefix(&ctx.inv.cluster.name).as_bytes());
+    let body = format!(r#"{{"key":"{key}","limit":1,"keys_only":true}}"#);
+    for h in ctx.inv.group_hosts(Group::Etcd) {
+        let out = ctx
+            .https_post_as_host(
+                &h.name,
+                &h.address,
+                ctx.inv.etcd.client_port,
+                "/v3/kv/range",
+                &body,
+            )
+            .await?;
+        if let Some(on) = auth_answer(out.status, &out.stdout_str()) {
+            return Ok(Some(on));
+        }
+    }
+    Ok(None)
+}
+
+/// While authentication is off: does etcd already have Patroni's user, its role with exactly
+/// read and write on the cluster's prefix, and root with role root? Asked through the JSON
+/// gateway (its auth API needs no user while authentication is off); false when no member
+/// answers.
+async fn access_in_place(ctx: &Ctx) -> Result<bool> {
+    let user = patroni_user(&ctx.inv.cluster.name);
+    let prefix = patroni_prefix(&ctx.inv.cluster.name);
+    let asks = [
+        ("/v3/auth/user/get", format!(r#"{{"name":"{user}"}}"#)),
+        ("/v3/auth/user/get", r#"{"name":"root"}"#.to_string()),
+        ("/v3/auth/role/get", format!(r#"{{"role":"{user}"}}"#)),
+    ];
+    for h in ctx.inv.group_hosts(Group::Etcd) {
+        let mut answers = Vec::new();
+        for (path, body) in &asks {
+            let out = ctx
+                .https_post_as_host(&h.name, &h.address, ctx.inv.etcd.client_port, path, body)
+                .await?;
+            answers.push(out);
+        }
+        // A member that does not answer at all: ask the next one.
+        if answers.iter().any(|o| o.status == 1) {
+            continue;
+        }
+        let json = |o: &crate::ssh::Output| -> serde_json::Value {
+            if o.ok() {
+                serde_json::from_str(&o.stdout_str()).unwrap_or_default()
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        return Ok(access_matches(
+            &json(&answers[0]),
+            &json(&answers[1]),
+            &json(&answers[2]),
+            &user,
+            &prefix,
+        ));
+    }
+    Ok(false)
+}
+
+/// Pure: the gateway's answers to user get (Patroni's user, root) and role get (Patroni's
+/// role) show the access [`access`] sets up.
+pub fn access_matches(
+    user: &serde_json::Value,
+    root: &serde_json::Value,
+    role: &serde_json::Value,
+    name: &str,
+    prefix: &str,
+) -> bool {
+    use base64::Engine;
+    let has_role = |v: &serde_json::Value, r: &str| {
+        v["roles"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(r)))
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    let perms = role["perm"].as_array().cloned().unwrap_or_default();
+    let exact = perms.len() == 1
+        && perms.iter().all(|p| {
+            matches!(p["permType"].as_str(), Some("READWRITE")) || p["permType"].as_u64() == Some(2)
+        })
+        && perms[0]["key"].as_str() == Some(b64(prefix).as_str())
+        && perms[0]["range_end"].as_str() == Some(b64(&end).as_str());
+    has_role(user, name) && has_role(root, "root") && exact
+}
+
+/// With authentication on: does etcd take Patroni's password from the state? (None: no member
+/// answers.) The password travels in the request body, over the TLS connection.
+async fn password_accepted(ctx: &Ctx) -> Result<Option<bool>> {
+    let pw = ctx.vars()["secrets"]["etcd_password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let body = serde_json::json!({
+        "name": patroni_user(&ctx.inv.cluster.name),
+        "password": pw,
+    })
+    .to_string();
+    for h in ctx.inv.group_hosts(Group::Etcd) {
+        let out = ctx
+            .https_post_as_host(
+                &h.name,
+                &h.address,
+                ctx.inv.etcd.client_port,
+                "/v3/auth/authenticate",
+                &body,
+            )
+            .await?;
+        if out.ok() {
+            return Ok(Some(true));
+        }
+        if out.stdout_str().contains("invalid user ID or password") {
+            return Ok(Some(false));
+        }
+    }
+    Ok(None)
+}
+
+/// Pure: what a token-less read through the gateway says about authentication (status 0: it
+/// answered 2xx; else the HTTP status, or 1 for no answer).
+pub fn auth_answer(status: u32, body: &str) -> Option<bool> {
+    if status == 0 {
+        return Some(false);
+    }
+    let refused = [
+        "user name is empty",
+        "invalid auth token",
+        "permission denied",
+        "CommonName",
+    ];
+    if (400..500).contains(&status) && refused.iter().any(|r| body.contains(r)) {
+        return Some(true);
+    }
+    None
+}
+
+/// Step: give Patroni its etcd identity (see [`Step::EtcdAccess`]), as etcd's root, through
+/// the etcd host `host`. Idempotent; the password goes through stdin, never a command line.
+pub(crate) async fn access(ctx: &Ctx, host: &str, user: &str, prefix: &str) -> Result<()> {
+    let eps = [client_url(ctx, "127.0.0.1")];
+    let ctl = |args: &str| etcdctl(host, &eps, args);
+    let (u, p) = (sh_quote(user), sh_quote(prefix));
+    let cmd = format!(
+        "set -e; pw=$(cat); \
+         {role_get} >/dev/null 2>&1 || {role_add} >/dev/null; \
+         {grant} >/dev/null; \
+         {root_get} >/dev/null 2>&1 || {root_add} >/dev/null; \
+         {root_get} | grep '^Roles:' | grep -qw root || {root_role} >/dev/null; \
+         {user_get} >/dev/null 2>&1 || printf '%s\n' \"$pw\" | {user_add} >/dev/null; \
+         printf '%s\n' \"$pw\" | {passwd} >/dev/null; \
+         {user_get} | grep '^Roles:' | grep -qw -- {u} || {user_role} >/dev/null",
+        role_get = ctl(&format!("role get {u}")),
+        role_add = ctl(&format!("role add {u}")),
+        grant = ctl(&format!(
+            "role grant-permission {u} --prefix=true readwrite {p}"
+        )),
+        root_get = ctl("user get root"),
+        root_add = ctl("user add root --no-password"),
+        root_role = ctl("user grant-role root root"),
+        user_get = ctl(&format!("user get {u}")),
+        user_add = ctl(&format!("user add {u} --interactive=false")),
+        passwd = ctl(&format!("user passwd {u} --interactive=false")),
+        user_role = ctl(&format!("user grant-role {u} {u}")),
+    );
+    let pw = ctx.vars()["secrets"]["etcd_password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if pw.is_empty() {
+        return Err(miette!("no etcd password for {user} in the secrets"));
+    }
+    let out = ctx.session(host)?.exec(&cmd, Some(pw.as_bytes())).await?;
+    if !out.ok() {
+        return Err(miette!(
+            "setting up etcd user {user} failed: {}",
+            (out.stdout_str() + &out.stderr_str()).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Step: turn etcd authentication on (see [`Step::EtcdAuthEnable`]), once etcd knows `user`
+/// and every Patroni that runs has `user` in its configuration: otherwise that Patroni would
+/// lose the DCS.
+pub(crate) async fn auth_enable(ctx: &Ctx, host: &str, user: &str) -> Result<()> {
+    let line = format!("  username: {}", serde_json::Value::from(user));
+    let patroni = ctx.inv.group_hosts(Group::Patroni);
+    for h in &patroni {
+        let out = ctx
+            .session(&h.name)?
+            .exec(
+                &format!(
+                    "! systemctl is-active -q patroni.service || grep -qxF {} /etc/patroni/config.yml",
+                    sh_quote(&line)
+                ),
+                None,
+            )
+            .await?;
+        if !out.ok() {
+            return Err(super::steps::moved(format!(
+                "{}: Patroni runs, and its configuration does not name the etcd user {user}; \
+                 turning etcd authentication on would cut it off from the DCS",
+                h.name
+            )));
+        }
+    }
+    let eps = [client_url(ctx, "127.0.0.1")];
+    let s = ctx.session(host)?;
+    let out = s
+        .exec(
+            &etcdctl(host, &eps, &format!("user get {}", sh_quote(user))),
+            None,
+        )
+        .await?;
+    if !out.ok() {
+        return Err(super::steps::moved(format!(
+            "etcd has no user {user}: {}",
+            out.stderr_str().trim()
+        )));
+    }
+    let out = s.exec(&etcdctl(host, &eps, "auth enable"), None).await?;
+    if !out.ok() {
+        return Err(miette!(
+            "etcdctl auth enable failed: {}",
+            (out.stdout_str() + &out.stderr_str()).trim()
+        ));
+    }
+    Ok(())
 }
 
 pub fn client_url(ctx: &Ctx, address: &str) -> String {
@@ -199,7 +453,35 @@ impl Phase for Etcd {
                 .flat_map(|m| m.client_urls.iter().take(1).cloned())
                 .collect();
         }
-        let steps = plan_steps(&mut hosts, &joins, &endpoints);
+        let mut steps = plan_steps(&mut hosts, &joins, &endpoints);
+        let (user, prefix) = (
+            patroni_user(&ctx.inv.cluster.name),
+            patroni_prefix(&ctx.inv.cluster.name),
+        );
+        match auth_enabled(ctx).await? {
+            // Authentication on: Patroni's user must still take the password of the state
+            // (else Patroni cannot log in; root sets it again).
+            Some(true) => {
+                if password_accepted(ctx).await? == Some(false) {
+                    steps.extend(access_steps(&hosts, &steps, &user, &prefix, true, false));
+                }
+            }
+            // Patroni answering means a cluster deployed before etcd authentication: the
+            // patroni phase turns it on once the members have their etcd user.
+            _ => {
+                let (access, patroni) =
+                    tokio::join!(access_in_place(ctx), super::patroni::members(ctx));
+                let patroni_runs = patroni?.is_some_and(|ms| !ms.is_empty());
+                steps.extend(access_steps(
+                    &hosts,
+                    &steps,
+                    &user,
+                    &prefix,
+                    !access?,
+                    !patroni_runs,
+                ));
+            }
+        }
         Ok(PhasePlan {
             phase: "etcd".into(),
             hosts,
@@ -298,6 +580,61 @@ pub fn plan_steps(
         }
     }
     steps
+}
+
+/// Pure: while etcd authentication is off, the phase ends, on a healthy cluster, by giving
+/// Patroni its etcd user (when etcd lacks it) and, when no Patroni uses this etcd yet (a new
+/// cluster), by turning authentication on: Patroni then starts with its user. (Patroni 4.0
+/// given a user while etcd 3.5 has authentication off does not start: it takes etcd's
+/// "authentication is not enabled" for a failure.)
+pub fn access_steps(
+    hosts: &[HostPlan],
+    steps: &[PlannedStep],
+    user: &str,
+    prefix: &str,
+    access_missing: bool,
+    enable: bool,
+) -> Vec<PlannedStep> {
+    let Some(first) = hosts.first() else {
+        return Vec::new();
+    };
+    if !access_missing && !enable {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let healthy_last = steps.last().is_some_and(|s| {
+        matches!(
+            s.step,
+            Step::Wait {
+                gate: StepGate::EtcdHealthy
+            }
+        )
+    });
+    if !healthy_last {
+        out.push(PlannedStep::new(
+            &first.host,
+            Step::Wait {
+                gate: StepGate::EtcdHealthy,
+            },
+        ));
+    }
+    let (user, prefix) = (user.to_string(), prefix.to_string());
+    if access_missing {
+        out.push(PlannedStep::new(
+            &first.host,
+            Step::EtcdAccess {
+                user: user.clone(),
+                prefix: prefix.clone(),
+            },
+        ));
+    }
+    if enable {
+        out.push(PlannedStep::new(
+            &first.host,
+            Step::EtcdAuthEnable { user, prefix },
+        ));
+    }
+    out
 }
 
 /// Step: add `member` to the running cluster and start it (see [`Step::EtcdMemberAdd`]).
@@ -689,6 +1026,128 @@ pub fn check_size_change(
 #[cfg(test)]
 mod membership_tests {
     use super::*;
+
+    /// How a token-less read through the gateway is read: answered = off; refused for want
+    /// of a user = on; anything else (no answer, a 5xx) = unknown.
+    #[test]
+    fn auth_state_from_a_gateway_read() {
+        assert_eq!(auth_answer(0, r#"{"header":{}}"#), Some(false));
+        assert_eq!(
+            auth_answer(
+                400,
+                r#"{"error":"etcdserver: user name is empty","code":3}"#
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            auth_answer(403, "etcdserver: permission denied"),
+            Some(true)
+        );
+        assert_eq!(auth_answer(1, "connection refused"), None);
+        assert_eq!(auth_answer(503, "etcdserver: user name is empty"), None);
+    }
+
+    /// The gateway's user and role answers, as etcd 3.4 and 3.5 give them.
+    #[test]
+    fn access_is_recognized_from_the_gateway() {
+        use serde_json::json;
+        let user = json!({"header": {}, "roles": ["patroni-demo"]});
+        let root = json!({"header": {}, "roles": ["root"]});
+        let role = json!({"header": {}, "perm": [{"permType": "READWRITE",
+            "key": "L3NlcnZpY2UvZGVtby8=", "range_end": "L3NlcnZpY2UvZGVtbzA="}]});
+        let ok = |u: &serde_json::Value, r: &serde_json::Value, p: &serde_json::Value| {
+            access_matches(u, r, p, "patroni-demo", "/service/demo/")
+        };
+        assert!(ok(&user, &root, &role));
+        assert!(!ok(&json!({"roles": []}), &root, &role));
+        assert!(!ok(&user, &json!(null), &role));
+        let read_only = json!({"perm": [{"permType": "READ", "key": "L3NlcnZpY2UvZGVtby8=",
+            "range_end": "L3NlcnZpY2UvZGVtbzA="}]});
+        assert!(!ok(&user, &root, &read_only));
+        let wider = json!({"perm": [{"permType": "READWRITE", "key": "L3NlcnZpY2Uv",
+            "range_end": "L3NlcnZpY2Uw"}]});
+        assert!(!ok(&user, &root, &wider));
+    }
+
+    /// While authentication is off the phase ends with Patroni's etcd identity, on a healthy
+    /// cluster; a healthy-gate already last is not repeated.
+    #[test]
+    fn access_comes_last_on_a_healthy_cluster() {
+        let hosts = vec![
+            HostPlan {
+                host: "etcd1".into(),
+                changes: vec![],
+            },
+            HostPlan {
+                host: "etcd2".into(),
+                changes: vec![],
+            },
+        ];
+        let lines = |v: &[PlannedStep]| -> Vec<String> {
+            v.iter()
+                .map(|s| format!("{}: {}", s.host, s.step.summary()))
+                .collect()
+        };
+        // A new cluster: the user, then authentication on, before any Patroni starts.
+        let got = lines(&access_steps(
+            &hosts,
+            &[],
+            "patroni-demo",
+            "/service/demo/",
+            true,
+            true,
+        ));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], "etcd1: ? wait: every etcd member is healthy");
+        assert!(got[1].starts_with(
+            "etcd1: ~ etcd access: role patroni-demo may read and write /service/demo/* only"
+        ));
+        assert!(got[2].starts_with("etcd1: ! etcdctl auth enable"));
+        let healthy = [PlannedStep::new(
+            "etcd1",
+            Step::Wait {
+                gate: StepGate::EtcdHealthy,
+            },
+        )];
+        // A running cluster of an older release: the user only (the patroni phase enables).
+        let got = lines(&access_steps(
+            &hosts,
+            &healthy,
+            "patroni-demo",
+            "/service/demo/",
+            true,
+            false,
+        ));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].contains("etcd access"));
+        // The user in place and Patroni running: nothing (the patroni phase enables).
+        assert!(access_steps(&hosts, &[], "u", "/p/", false, false).is_empty());
+        assert!(access_steps(&[], &[], "u", "/p/", true, true).is_empty());
+    }
+
+    /// etcdctl runs as pgdeploy's administrator where that certificate is, else as the host.
+    #[test]
+    fn etcdctl_prefers_the_administrator_certificate() {
+        let c = etcdctl("etcd1", &["https://127.0.0.1:2379".into()], "auth enable");
+        assert!(
+            c.starts_with(
+                "{ c=/etc/pgdeploy/tls/etcd-root.pem k=/etc/pgdeploy/tls/etcd-root-key.pem; \
+                 [ -r $c ] || { c=/etc/pgdeploy/tls/etcd1.crt k=/etc/pgdeploy/tls/etcd1.key; };"
+            ),
+            "{c}"
+        );
+        assert!(c.ends_with("--cert=$c --key=$k auth enable; }"), "{c}");
+        // A password piped into it reaches etcdctl, not the assignments before it.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo secret | {}",
+                etcdctl("x", &[], "").replace("ETCDCTL_API=3 etcdctl", "cat; : ")
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "secret\n");
+    }
 
     #[test]
     fn a_second_dcs_is_refused() {

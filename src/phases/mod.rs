@@ -61,14 +61,21 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         .iter()
         .map(|s| s.expose().to_string())
         .collect();
+    // pgdeploy's etcd root identity, for etcdctl on the etcd hosts (root-only files there).
+    let admin = pki.issue_admin()?;
+    redact.push(admin.key_pem.clone());
     let mut host_vars = BTreeMap::new();
     for h in &inv.hosts() {
-        let (ips, names) = pki::cert_request(inv, h);
-        let cert = pki.issue(&h.name, &ips, &names)?;
+        let (ips, names, usage) = pki::cert_request(inv, h);
+        let cert = pki.issue(&h.name, &ips, &names, usage)?;
         let mut tls = json!(pki::tls_paths(&h.name));
         tls["ca_pem"] = json!(pki.ca_cert_pem());
         tls["cert_pem"] = json!(cert.cert_pem);
         tls["key_pem"] = json!(cert.key_pem);
+        if h.groups.contains(&crate::inventory::Group::Etcd) {
+            tls["admin_cert_pem"] = json!(admin.cert_pem);
+            tls["admin_key_pem"] = json!(admin.key_pem);
+        }
         host_vars.insert(h.name.clone(), json!({ "tls": tls }));
         redact.push(cert.key_pem.clone());
     }
@@ -81,6 +88,7 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         "patroni_tags": { "nofailover": false, "noloadbalance": false },
         "etcd_initial_env": etcd::INITIAL_ENV,
         "etcd_join_env": etcd::JOIN_ENV,
+        "etcd_user": etcd::patroni_user(&inv.cluster.name),
     });
     Ok((vars, host_vars, redact))
 }
@@ -172,6 +180,7 @@ groups:
                 "etcd",
                 "etcd_initial_env",
                 "etcd_join_env",
+                "etcd_user",
                 "groups",
                 "haproxy",
                 "host",
@@ -202,9 +211,17 @@ groups:
                 "bin_dir": "/usr/lib/postgresql/15/bin",
             })
         );
+        // An etcd host has pgdeploy's administrator certificate; a load balancer has not.
+        let lb = inv.hosts().into_iter().find(|h| h.name == "lb1").unwrap();
+        let lb_tls = host_context(&inv, &lb, &json!({}))["tls"].clone();
+        assert!(lb_tls.get("admin_key_pem").is_none() && lb_tls.get("admin_cert_pem").is_none());
         assert_eq!(
             keys(&c["tls"]),
             [
+                "admin_cert",
+                "admin_cert_pem",
+                "admin_key",
+                "admin_key_pem",
                 "ca",
                 "ca_pem",
                 "cert",
@@ -240,6 +257,7 @@ groups:
         assert_eq!(
             keys(&c["secrets"]),
             [
+                "etcd_password",
                 "replication_password",
                 "rest_password",
                 "superuser_password"
@@ -310,6 +328,8 @@ groups:
         );
         assert_eq!(cfg["etcd3"]["protocol"], "https");
         assert_eq!(cfg["etcd3"]["hosts"].as_array().unwrap().len(), 3);
+        assert_eq!(cfg["etcd3"]["username"], "patroni-demo");
+        assert_eq!(cfg["etcd3"]["password"], secrets.etcd_password.expose());
         assert_eq!(cfg["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(cfg["bootstrap"]["dcs"]["loop_wait"], 2);
         // Patroni 3 has no member_slots_ttl: nothing is written for it on Debian 12.

@@ -318,7 +318,10 @@ impl Phase for Patroni {
         );
         let (mut hosts, ms, config, states) = (hosts?, ms?, config?, states?);
         let config = config.map(|(_, body)| serde_json::from_str(&body).unwrap_or(Value::Null));
-        let steps = plan_steps(
+        // Patroni answers while etcd authentication is off: a cluster deployed before it (a
+        // new cluster gets it from the etcd phase, before Patroni starts).
+        let running = ms.as_deref().is_some_and(|ms| !ms.is_empty());
+        let mut steps = plan_steps(
             &mut hosts,
             ms.as_deref(),
             config.as_ref(),
@@ -327,6 +330,24 @@ impl Phase for Patroni {
             &ctx.inv.postgres.version,
             &upgrade_bounds(ctx),
         )?;
+        if running && super::etcd::auth_enabled(ctx).await? != Some(true) {
+            let etcd: Vec<String> = ctx
+                .inv
+                .group_hosts(crate::inventory::Group::Etcd)
+                .iter()
+                .map(|h| h.name.clone())
+                .collect();
+            let leader = ms
+                .as_deref()
+                .and_then(|ms| ms.iter().find(|m| m.is_leader()).map(|m| m.name.clone()))
+                .or_else(|| hosts.first().map(|h| h.host.clone()));
+            steps.extend(auth_steps(
+                &etcd,
+                leader.as_deref(),
+                &super::etcd::patroni_user(&ctx.inv.cluster.name),
+                &super::etcd::patroni_prefix(&ctx.inv.cluster.name),
+            ));
+        }
         Ok(PhasePlan {
             phase: "patroni".into(),
             hosts,
@@ -337,6 +358,47 @@ impl Phase for Patroni {
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
         super::steps::apply_plan(ctx, plan).await
     }
+}
+
+/// Pure: a cluster deployed before etcd authentication gets it once every member runs with
+/// its etcd user (the steps before these: a reload gives it, and Patroni logs in only when
+/// etcd asks). First the etcd members restart one at a time: Patroni's open connections were
+/// made with the certificates of that time, whose Common Name etcd's gateway refuses once
+/// authentication is on; it reconnects with the new ones. Then every member must get through
+/// an HA loop with authentication on.
+pub fn auth_steps(
+    etcd: &[String],
+    leader: Option<&str>,
+    user: &str,
+    prefix: &str,
+) -> Vec<PlannedStep> {
+    let (Some(first), Some(leader)) = (etcd.first(), leader) else {
+        return Vec::new();
+    };
+    let mut steps = Vec::new();
+    for e in etcd {
+        steps.push(PlannedStep::new(
+            e,
+            Step::Unit {
+                unit: "etcd.service".into(),
+                action: UnitAction::Restart,
+                reason: "Patroni reconnects with its certificate without a Common Name \
+                         before etcd authentication"
+                    .into(),
+            },
+        ));
+        steps.push(wait(e, Gate::EtcdMemberHealthy { member: e.clone() }));
+    }
+    steps.push(PlannedStep::new(
+        first,
+        Step::EtcdAuthEnable {
+            user: user.to_string(),
+            prefix: prefix.to_string(),
+        },
+    ));
+    steps.push(wait(leader, Gate::NextLoop));
+    steps.push(wait(leader, Gate::Converged));
+    steps
 }
 
 fn wait(host: &str, gate: Gate) -> PlannedStep {
@@ -689,6 +751,38 @@ mod tests {
         );
         // The unit actions moved out of the host plans into the ordered steps.
         assert!(hp.iter().all(|h| h.changes.is_empty()));
+    }
+
+    /// On a cluster of an older release, etcd authentication goes on after the members run
+    /// with their etcd user, and after its etcd members restarted one at a time (Patroni's old
+    /// connections carry a certificate with a Common Name).
+    #[test]
+    fn etcd_authentication_comes_after_the_members() {
+        let etcd = ["etcd1".to_string(), "etcd2".to_string()];
+        let got = lines(&auth_steps(
+            &etcd,
+            Some("pg1"),
+            "patroni-demo",
+            "/service/demo/",
+        ));
+        assert_eq!(got.len(), 7, "{got:#?}");
+        assert!(got[0].starts_with("etcd1: ! unit restart etcd.service (Patroni reconnects"));
+        assert_eq!(got[1], "etcd1: ? wait: etcd member etcd1 is healthy");
+        assert!(got[2].starts_with("etcd2: ! unit restart etcd.service"));
+        assert_eq!(got[3], "etcd2: ? wait: etcd member etcd2 is healthy");
+        assert!(got[4].starts_with(
+            "etcd1: ! etcdctl auth enable: only root and patroni-demo (on /service/demo/*)"
+        ));
+        assert_eq!(
+            got[5],
+            "pg1: ? wait: every member has been through a new HA loop"
+        );
+        assert_eq!(
+            got[6],
+            "pg1: ? wait: one leader runs and every replica streams from it"
+        );
+        assert!(auth_steps(&[], Some("pg1"), "u", "/p/").is_empty());
+        assert!(auth_steps(&etcd, None, "u", "/p/").is_empty());
     }
 
     #[test]

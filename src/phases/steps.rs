@@ -209,6 +209,8 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
         Step::EtcdMemberRemove { name, id, .. } => {
             super::retire::remove_etcd_member(ctx, host, name, id).await
         }
+        Step::EtcdAccess { user, prefix } => super::etcd::access(ctx, host, user, prefix).await,
+        Step::EtcdAuthEnable { user, .. } => super::etcd::auth_enable(ctx, host, user).await,
         Step::DisableRetired {
             name,
             address,

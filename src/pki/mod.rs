@@ -1,9 +1,16 @@
-//! The cluster's private PKI: one CA (ECDSA P-256, 10 years) kept in the state directory, and
-//! one certificate per host (server + client usage) for etcd client/peer TLS, Patroni's
-//! REST API and Patroni's etcd client.
+//! The cluster's private PKI: one CA (ECDSA P-256, 10 years) kept in the state directory, one
+//! certificate per host for etcd client/peer TLS, Patroni's REST API, Patroni's etcd client
+//! and PostgreSQL, and pgdeploy's own etcd administrator certificate.
 //!
 //! Layout under `<state dir>/tls/` (directory 0700, files 0600):
-//! `ca.crt`, `ca.key`, `<host>.crt`, `<host>.key`.
+//! `ca.crt`, `ca.key`, `<host>.crt`, `<host>.key`, and [`ADMIN_CERT`]/[`ADMIN_KEY`].
+//!
+//! Identities in etcd (with etcd authentication on): a host certificate has no Common Name,
+//! because etcd's JSON gateway (Patroni's way in) refuses any client certificate that has one;
+//! Patroni authenticates with its own etcd user and password instead. Only etcd and Patroni
+//! hosts' certificates may be used as TLS clients ([`Usage`]): etcd refuses every other host's
+//! certificate at the handshake. The administrator certificate (Common Name `root`, client use
+//! only) is etcd's root user for etcdctl; it is kept on the etcd hosts for root alone.
 //!
 //! Re-runs reuse what is there: a host certificate is re-issued only when its SANs differ
 //! from the requested ones, it expires within [`RENEW_BEFORE_DAYS`], it was not signed by the
@@ -72,6 +79,48 @@ pub enum PkiError {
     Issue { host: String, source: rcgen::Error },
 }
 
+/// pgdeploy's etcd administrator certificate and key in the state directory's `tls/` (never
+/// a host's file name: those end in `.crt` and `.key`).
+pub const ADMIN_CERT: &str = "etcd-root.client.pem";
+pub const ADMIN_KEY: &str = "etcd-root.client-key.pem";
+/// The administrator certificate's files on an etcd host, in [`TLS_DIR`] (never a host's
+/// file name either).
+pub const HOST_ADMIN_CERT: &str = "etcd-root.pem";
+pub const HOST_ADMIN_KEY: &str = "etcd-root-key.pem";
+/// The etcd user the administrator certificate names.
+pub const ADMIN_USER: &str = "root";
+
+/// What a certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS server only (a host that is no etcd or Patroni client: HAProxy).
+    Server,
+    /// Server and client (etcd members, Patroni members).
+    ServerAndClient,
+    /// A TLS client only (the administrator certificate).
+    Client,
+}
+
+impl Usage {
+    fn ekus(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        }
+    }
+    fn matches(self, server: bool, client: bool) -> bool {
+        match self {
+            Usage::Server => server && !client,
+            Usage::ServerAndClient => server && client,
+            Usage::Client => !server && client,
+        }
+    }
+}
+
 /// Where pgdeploy puts TLS material on a host. Each reader has its own copy of the host's
 /// certificate next to its copy of the key, and a role replaces the two together (`pair` in
 /// the role's files), so no service reads a certificate with a key it does not belong to.
@@ -92,6 +141,9 @@ pub struct TlsPaths {
     /// etcd client).
     pub patroni_cert: String,
     pub patroni_key: String,
+    /// pgdeploy's etcd administrator certificate and key (root 0600; etcd hosts only).
+    pub admin_cert: String,
+    pub admin_key: String,
 }
 
 pub fn tls_paths(host_name: &str) -> TlsPaths {
@@ -103,14 +155,16 @@ pub fn tls_paths(host_name: &str) -> TlsPaths {
         etcd_key: format!("{TLS_DIR}/etcd.key"),
         patroni_cert: format!("{TLS_DIR}/patroni.crt"),
         patroni_key: format!("{TLS_DIR}/patroni.key"),
+        admin_cert: format!("{TLS_DIR}/{HOST_ADMIN_CERT}"),
+        admin_key: format!("{TLS_DIR}/{HOST_ADMIN_KEY}"),
     }
 }
 
 /// SANs for a host's certificate: its addresses plus 127.0.0.1, its name plus localhost
 /// (etcd listens on 127.0.0.1 too; local tools connect there). A Patroni host's also names
 /// the DNS name clients use: HAProxy passes TCP through, so `sslmode=verify-full` against
-/// that name holds whichever member leads.
-pub fn cert_request(inv: &Inventory, host: &Host) -> (Vec<IpAddr>, Vec<String>) {
+/// that name holds whichever member leads. Only etcd and Patroni hosts are TLS clients.
+pub fn cert_request(inv: &Inventory, host: &Host) -> (Vec<IpAddr>, Vec<String>, Usage) {
     let mut ips: Vec<IpAddr> = Vec::new();
     for a in std::iter::once(&host.address).chain(host.address6.iter()) {
         if let Ok(ip) = a.parse::<IpAddr>() {
@@ -134,7 +188,13 @@ pub fn cert_request(inv: &Inventory, host: &Host) -> (Vec<IpAddr>, Vec<String>) 
             dns.push(d.name.trim_end_matches('.').to_string());
         }
     }
-    (ips, dns)
+    let client = host.groups.contains(&Group::Etcd) || host.groups.contains(&Group::Patroni);
+    let usage = if client {
+        Usage::ServerAndClient
+    } else {
+        Usage::Server
+    };
+    (ips, dns, usage)
 }
 
 /// A host certificate and its key (PEM), and whether this call created it.
@@ -320,13 +380,15 @@ impl Pki {
         &self.dir
     }
 
-    /// The certificate of `host_name` with exactly these SANs, valid for TLS server and
-    /// client authentication. Reuses the stored one when it still fits (see module docs).
+    /// The certificate of `host_name` with exactly these SANs and this usage (subject
+    /// `O=pgdeploy, OU=<host>`, no Common Name). Reuses the stored one when it still fits (see
+    /// module docs).
     pub fn issue(
         &self,
         host_name: &str,
         ips: &[IpAddr],
         dns_names: &[String],
+        usage: Usage,
     ) -> Result<IssuedCert, PkiError> {
         if host_name.is_empty()
             || host_name.starts_with('.')
@@ -338,15 +400,50 @@ impl Pki {
                 name: host_name.to_string(),
             });
         }
-        let cert_path = self.dir.join(format!("{host_name}.crt"));
-        let key_path = self.dir.join(format!("{host_name}.key"));
-        let want = wanted_sans(ips, dns_names);
-        let stored_key = io_read(&key_path)?;
-        if let (Some(c), Some(k)) = (io_read(&cert_path)?, stored_key.as_deref()) {
-            if self.still_fits(&c, k, &want) {
-                for p in [&cert_path, &key_path] {
+        let want = Profile {
+            cn: None,
+            ou: host_name.to_string(),
+            sans: wanted_sans(ips, dns_names),
+            usage,
+        };
+        self.issue_files(
+            host_name,
+            &self.dir.join(format!("{host_name}.crt")),
+            &self.dir.join(format!("{host_name}.key")),
+            &want,
+        )
+    }
+
+    /// pgdeploy's etcd administrator certificate: Common Name [`ADMIN_USER`] (etcd maps it to
+    /// its root user over gRPC), client use only, no names. Kept like a host's.
+    pub fn issue_admin(&self) -> Result<IssuedCert, PkiError> {
+        let want = Profile {
+            cn: Some(ADMIN_USER.to_string()),
+            ou: "pgdeploy administrator".into(),
+            sans: BTreeSet::new(),
+            usage: Usage::Client,
+        };
+        self.issue_files(
+            "etcd administrator",
+            &self.dir.join(ADMIN_CERT),
+            &self.dir.join(ADMIN_KEY),
+            &want,
+        )
+    }
+
+    fn issue_files(
+        &self,
+        what: &str,
+        cert_path: &Path,
+        key_path: &Path,
+        want: &Profile,
+    ) -> Result<IssuedCert, PkiError> {
+        let stored_key = io_read(key_path)?;
+        if let (Some(c), Some(k)) = (io_read(cert_path)?, stored_key.as_deref()) {
+            if self.still_fits(&c, k, want) {
+                for p in [cert_path, key_path] {
                     tighten_mode(p).map_err(|source| PkiError::Write {
-                        path: p.clone(),
+                        path: p.to_path_buf(),
                         source,
                     })?;
                 }
@@ -358,7 +455,7 @@ impl Pki {
             }
         }
         let err = |source| PkiError::Issue {
-            host: host_name.to_string(),
+            host: what.to_string(),
             source,
         };
         // A re-issue keeps the host's key: the new certificate then matches every copy of the
@@ -374,9 +471,13 @@ impl Pki {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "pgdeploy");
-        dn.push(DnType::CommonName, host_name);
+        dn.push(DnType::OrganizationalUnitName, want.ou.as_str());
+        if let Some(cn) = &want.cn {
+            dn.push(DnType::CommonName, cn.as_str());
+        }
         p.distinguished_name = dn;
         p.subject_alt_names = want
+            .sans
             .iter()
             .map(|s| match s {
                 San::Ip(ip) => Ok(SanType::IpAddress(*ip)),
@@ -389,10 +490,7 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.extended_key_usages = want.usage.ekus();
         p.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         p.not_before = now - BACKDATE;
@@ -404,11 +502,11 @@ impl Pki {
             Some(k) if !new_key => k,
             _ => {
                 let k = key.serialize_pem();
-                write(&key_path, &k)?;
+                write(key_path, &k)?;
                 k
             }
         };
-        write(&cert_path, &cert_pem)?;
+        write(cert_path, &cert_pem)?;
         Ok(IssuedCert {
             cert_pem,
             key_pem,
@@ -418,7 +516,7 @@ impl Pki {
 
     /// Does the stored certificate match the request, belong to the key, come from this CA and
     /// have enough validity left?
-    fn still_fits(&self, cert_pem: &str, key_pem: &str, want: &BTreeSet<San>) -> bool {
+    fn still_fits(&self, cert_pem: &str, key_pem: &str, want: &Profile) -> bool {
         let Some(der) = pem_to_der(cert_pem) else {
             return false;
         };
@@ -445,8 +543,33 @@ impl Pki {
             Some(left) if left.whole_days() >= RENEW_BEFORE_DAYS => {}
             _ => return false,
         }
-        cert_sans(&x509).as_ref() == Some(want)
+        let cns: Vec<&str> = x509
+            .subject()
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        if cns != want.cn.iter().map(String::as_str).collect::<Vec<_>>() {
+            return false;
+        }
+        let (server, client) = match x509.extended_key_usage() {
+            Ok(Some(e)) => (e.value.server_auth, e.value.client_auth),
+            _ => return false,
+        };
+        if !want.usage.matches(server, client) {
+            return false;
+        }
+        let sans = cert_sans(&x509).unwrap_or_default();
+        sans == want.sans
     }
+}
+
+/// What a certificate must say.
+struct Profile {
+    /// The Common Name (None: the subject has none).
+    cn: Option<String>,
+    ou: String,
+    sans: BTreeSet<San>,
+    usage: Usage,
 }
 
 /// A stored host key that can be kept: it parses and is ECDSA P-256, like the ones issued here.
@@ -506,7 +629,10 @@ groups:
   haproxy: [{ name: lb1, address: 10.9.0.31 }]
 "#;
         let (inv, _) = crate::inventory::load_str(text, "inv.yaml", d.path()).unwrap();
-        let (ips, dns) = cert_request(&inv, &inv.hosts()[0]);
+        let (ips, dns, usage) = cert_request(&inv, &inv.hosts()[0]);
+        assert_eq!(usage, Usage::ServerAndClient);
+        let lb = inv.hosts().into_iter().find(|h| h.name == "lb1").unwrap();
+        assert_eq!(cert_request(&inv, &lb).2, Usage::Server);
         assert_eq!(
             ips,
             vec![
@@ -553,6 +679,7 @@ groups:
                 "pg1",
                 &ips(&["10.0.0.21", "127.0.0.1"]),
                 &["pg1".into(), "localhost".into()],
+                Usage::ServerAndClient,
             )
             .unwrap();
         assert!(c.reissued);
@@ -575,7 +702,9 @@ groups:
                 &["LOCALHOST".into(), "pg1".into()]
             )
         );
-        assert!(x.subject().to_string().contains("CN=pg1"));
+        // No Common Name: etcd's JSON gateway refuses a client certificate that has one.
+        assert_eq!(x.subject().iter_common_name().count(), 0);
+        assert!(x.subject().to_string().contains("OU=pg1"));
         let m = fs::metadata(d.path().join("tls/pg1.key")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
@@ -585,19 +714,34 @@ groups:
         let d = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(d.path()).unwrap();
         let a = pki
-            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.1"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         // Same request (also after reloading the CA): reused, byte for byte.
         let pki2 = Pki::load_or_create(d.path()).unwrap();
         let b = pki2
-            .issue("h1", &ips(&["10.0.0.1"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.1"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         assert!(!b.reissued);
         assert_eq!(a.cert_pem, b.cert_pem);
         assert_eq!(a.key_pem, b.key_pem);
         // SAN change: re-issued.
         let c = pki2
-            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.2"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         assert!(c.reissued);
         assert_ne!(b.cert_pem, c.cert_pem);
@@ -610,7 +754,12 @@ groups:
         // A lost certificate is re-issued under the stored key too.
         fs::remove_file(d.path().join("tls/h1.crt")).unwrap();
         let c2 = pki2
-            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.2"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         assert!(c2.reissued);
         assert_eq!(c2.key_pem, c.key_pem);
@@ -618,19 +767,34 @@ groups:
         let other = tempfile::tempdir().unwrap();
         let foreign = Pki::load_or_create(other.path()).unwrap();
         let f = foreign
-            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.2"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         fs::write(d.path().join("tls/h1.crt"), &f.cert_pem).unwrap();
         fs::write(d.path().join("tls/h1.key"), &f.key_pem).unwrap();
         let g = pki2
-            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.2"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         assert!(g.reissued);
         // Garbage on disk: replaced, a garbage key by a new key.
         fs::write(d.path().join("tls/h1.crt"), "junk").unwrap();
         fs::write(d.path().join("tls/h1.key"), "junk").unwrap();
         let h = pki2
-            .issue("h1", &ips(&["10.0.0.2"]), &["h1".into()])
+            .issue(
+                "h1",
+                &ips(&["10.0.0.2"]),
+                &["h1".into()],
+                Usage::ServerAndClient,
+            )
             .unwrap();
         assert!(h.reissued);
         assert!(h.key_pem.contains("PRIVATE KEY"));
@@ -638,6 +802,82 @@ groups:
             fs::read_to_string(d.path().join("tls/h1.key")).unwrap(),
             h.key_pem
         );
+    }
+
+    /// A load balancer's certificate cannot be used as a TLS client (etcd refuses it at the
+    /// handshake); a change of usage or a Common Name left from an older release re-issues
+    /// the certificate under the same key; the administrator's is `CN=root`, client only.
+    #[test]
+    fn usage_and_common_name() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(d.path()).unwrap();
+        let eku = |pem: &str| {
+            let der = parse(pem);
+            let (_, x) = parse_x509_certificate(&der).unwrap();
+            let e = x.extended_key_usage().unwrap().unwrap().value.clone();
+            let cn: Vec<String> = x
+                .subject()
+                .iter_common_name()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            (e.server_auth, e.client_auth, cn)
+        };
+        let lb = pki
+            .issue("lb1", &ips(&["10.0.0.31"]), &["lb1".into()], Usage::Server)
+            .unwrap();
+        assert_eq!(eku(&lb.cert_pem), (true, false, vec![]));
+        let again = pki
+            .issue("lb1", &ips(&["10.0.0.31"]), &["lb1".into()], Usage::Server)
+            .unwrap();
+        assert!(!again.reissued);
+        let both = pki
+            .issue(
+                "lb1",
+                &ips(&["10.0.0.31"]),
+                &["lb1".into()],
+                Usage::ServerAndClient,
+            )
+            .unwrap();
+        assert!(both.reissued);
+        assert_eq!(both.key_pem, lb.key_pem);
+        assert_eq!(eku(&both.cert_pem), (true, true, vec![]));
+        // A certificate with a Common Name (as older releases issued) is re-issued.
+        let key = KeyPair::from_pem(&both.key_pem).unwrap();
+        let mut p = CertificateParams::new(vec!["lb1".to_string()]).unwrap();
+        p.subject_alt_names = vec![
+            SanType::IpAddress("10.0.0.31".parse().unwrap()),
+            SanType::DnsName("lb1".try_into().unwrap()),
+        ];
+        p.distinguished_name.push(DnType::CommonName, "lb1");
+        p.extended_key_usages = Usage::ServerAndClient.ekus();
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(400);
+        fs::write(
+            d.path().join("tls/lb1.crt"),
+            p.signed_by(&key, &pki.issuer).unwrap().pem(),
+        )
+        .unwrap();
+        let fixed = pki
+            .issue(
+                "lb1",
+                &ips(&["10.0.0.31"]),
+                &["lb1".into()],
+                Usage::ServerAndClient,
+            )
+            .unwrap();
+        assert!(fixed.reissued);
+        assert_eq!(eku(&fixed.cert_pem), (true, true, vec![]));
+        let admin = pki.issue_admin().unwrap();
+        assert_eq!(
+            eku(&admin.cert_pem),
+            (false, true, vec!["root".to_string()])
+        );
+        assert!(!pki.issue_admin().unwrap().reissued);
+        for f in [ADMIN_CERT, ADMIN_KEY] {
+            let m = fs::metadata(d.path().join("tls").join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+        }
     }
 
     #[test]
@@ -653,7 +893,9 @@ groups:
         let cert = p.signed_by(&key, &pki.issuer).unwrap();
         fs::write(d.path().join("tls/h2.crt"), cert.pem()).unwrap();
         fs::write(d.path().join("tls/h2.key"), key.serialize_pem()).unwrap();
-        let r = pki.issue("h2", &[], &["h2".into()]).unwrap();
+        let r = pki
+            .issue("h2", &[], &["h2".into()], Usage::ServerAndClient)
+            .unwrap();
         assert!(r.reissued);
     }
 
@@ -662,7 +904,7 @@ groups:
         let d = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(d.path()).unwrap();
         assert!(matches!(
-            pki.issue("../x", &[], &[]),
+            pki.issue("../x", &[], &[], Usage::Server),
             Err(PkiError::BadHostName { .. })
         ));
         fs::remove_file(d.path().join("tls/ca.key")).unwrap();

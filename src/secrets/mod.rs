@@ -103,6 +103,9 @@ pub struct Secrets {
     pub replication_password: Secret,
     /// Password of the Patroni REST API user (`patroni`) for unsafe endpoints.
     pub rest_password: Secret,
+    /// Password of Patroni's etcd user (`patroni-<cluster>`, read and write on the cluster's
+    /// prefix only): etcd's JSON gateway, which Patroni uses, knows no certificate identity.
+    pub etcd_password: Secret,
 }
 
 /// On-disk form: fields may be missing (older files, or a user removed one to rotate it).
@@ -115,6 +118,8 @@ struct SecretsFile {
     replication_password: Option<Secret>,
     #[serde(default)]
     rest_password: Option<Secret>,
+    #[serde(default)]
+    etcd_password: Option<Secret>,
 }
 
 impl Secrets {
@@ -164,6 +169,7 @@ impl Secrets {
             superuser_password: take(f.superuser_password, "superuser_password")?,
             replication_password: take(f.replication_password, "replication_password")?,
             rest_password: take(f.rest_password, "rest_password")?,
+            etcd_password: take(f.etcd_password, "etcd_password")?,
         };
         if changed {
             let mut text =
@@ -186,11 +192,12 @@ impl Secrets {
     }
 
     /// Every secret value (for redaction).
-    pub fn values(&self) -> [&Secret; 3] {
+    pub fn values(&self) -> [&Secret; 4] {
         [
             &self.superuser_password,
             &self.replication_password,
             &self.rest_password,
+            &self.etcd_password,
         ]
     }
 }

@@ -62,10 +62,11 @@ fn production_cluster_end_to_end() {
     let members = lab.ssh(
         "etcd1",
         "ETCDCTL_API=3 etcdctl --endpoints=https://10.231.0.11:2379,https://10.231.0.12:2379,https://10.231.0.13:2379 \
-         --cacert=/etc/pgdeploy/tls/ca.crt --cert=/etc/pgdeploy/tls/etcd1.crt --key=/etc/pgdeploy/tls/etcd1.key \
+         --cacert=/etc/pgdeploy/tls/ca.crt --cert=/etc/pgdeploy/tls/etcd-root.pem --key=/etc/pgdeploy/tls/etcd-root-key.pem \
          endpoint health 2>&1",
     );
     assert_eq!(members.matches("is healthy").count(), 3, "{members}");
+    etcd_auth_scenario(&lab, "10.231.0.11", Some("haproxy1"));
 
     // Patroni: one leader, two replicas streaming.
     let leader = wait_leader(&lab);
@@ -625,7 +626,125 @@ fn poc_cluster_end_to_end() {
     );
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the PoC apply:\n{}", out.all());
+    etcd_auth_scenario(&lab, "10.231.0.21", None);
     upgrade_scenario(&lab, &inv, &pw, "10.231.0.21", true);
+}
+
+/// Least privilege in etcd, asked of the etcd at `etcd_ip` from pg1: authentication is on;
+/// Patroni's own certificate alone reads nothing; with its etcd user it reads and writes its
+/// cluster's prefix and nothing else, and cannot change the membership; root is pgdeploy's
+/// administrator certificate. A load balancer's certificate (`lb`) is refused at the TLS
+/// handshake.
+fn etcd_auth_scenario(lab: &LabGuard, etcd_ip: &str, lb: Option<&str>) {
+    let state = lab.state_dir();
+    let cluster = state.file_name().unwrap().to_string_lossy().into_owned();
+    let root = "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/pgdeploy/tls/ca.crt \
+                --cert=/etc/pgdeploy/tls/etcd-root.pem --key=/etc/pgdeploy/tls/etcd-root-key.pem";
+    let etcd_host = if lb.is_some() { "etcd1" } else { "pg1" };
+    let users = lab.ssh(etcd_host, &format!("{root} user list"));
+    let mut users: Vec<&str> = users.lines().map(str::trim).collect();
+    users.sort();
+    assert_eq!(
+        users,
+        ["patroni-".to_string() + &cluster, "root".into()],
+        "etcd users"
+    );
+    let role = lab.ssh(etcd_host, &format!("{root} role get patroni-{cluster}"));
+    assert!(
+        role.contains(&format!("[/service/{cluster}/, /service/{cluster}0)")),
+        "the role's permission: {role}"
+    );
+    if let Some(lb) = lb {
+        let tls = state.join("tls");
+        let crt = std::fs::read_to_string(tls.join(format!("{lb}.crt"))).unwrap();
+        let key = std::fs::read_to_string(tls.join(format!("{lb}.key"))).unwrap();
+        lab.ssh(
+            "pg1",
+            &format!(
+                "umask 077; cat > /tmp/lb.crt <<'EOF'\n{crt}EOF\ncat > /tmp/lb.key <<'EOF'\n{key}EOF\n"
+            ),
+        );
+    }
+    let py = format!(
+        r#"import base64, http.client, json, ssl, yaml
+def post(pair, path, body, token=None):
+    try:
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.load_verify_locations('/etc/pgdeploy/tls/ca.crt')
+        c.load_cert_chain(*pair)
+        h = http.client.HTTPSConnection('{etcd_ip}', 2379, context=c, timeout=10)
+        hd = {{'Content-Type': 'application/json'}}
+        if token:
+            hd['Authorization'] = token
+        h.request('POST', path, json.dumps(body), hd)
+        r = h.getresponse()
+        return [r.status, r.read().decode()]
+    except Exception as e:
+        return [0, type(e).__name__ + ': ' + str(e)]
+b64 = lambda s: base64.b64encode(s.encode()).decode()
+me = ('/etc/pgdeploy/tls/patroni.crt', '/etc/pgdeploy/tls/patroni.key')
+e = yaml.safe_load(open('/etc/patroni/config.yml'))['etcd3']
+out = {{}}
+out['no_token'] = post(me, '/v3/kv/range', {{'key': b64('/service/{cluster}/leader')}})
+s, b = post(me, '/v3/auth/authenticate', {{'name': e['username'], 'password': e['password']}})
+tok = json.loads(b).get('token') if s == 200 else None
+out['authenticate'] = [s, 'token' if tok else b]
+out['own_read'] = post(me, '/v3/kv/range', {{'key': b64('/service/{cluster}/leader')}}, tok)
+out['own_write'] = post(me, '/v3/kv/put', {{'key': b64('/service/{cluster}/pgdeploy-test'), 'value': b64('x')}}, tok)
+out['own_delete'] = post(me, '/v3/kv/deleterange', {{'key': b64('/service/{cluster}/pgdeploy-test')}}, tok)
+out['other_read'] = post(me, '/v3/kv/range', {{'key': b64('/service/other/leader')}}, tok)
+out['other_write'] = post(me, '/v3/kv/put', {{'key': b64('/pgdeploy-test'), 'value': b64('x')}}, tok)
+out['member_add'] = post(me, '/v3/cluster/member/add', {{'peerURLs': ['https://10.231.0.99:2380']}}, tok)
+try:
+    out['lb'] = post(('/tmp/lb.crt', '/tmp/lb.key'), '/v3/cluster/member/list', {{}})
+except FileNotFoundError:
+    pass
+print(json.dumps(out))
+"#
+    );
+    let text = lab.ssh(
+        "pg1",
+        &format!("python3 - <<'PY'\n{py}PY\nrm -f /tmp/lb.crt /tmp/lb.key"),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let status = |k: &str| v[k][0].as_u64().unwrap();
+    let body = |k: &str| v[k][1].as_str().unwrap().to_string();
+    assert!(
+        status("no_token") != 200 && body("no_token").contains("user name is empty"),
+        "a read with Patroni's certificate and no etcd user: {}",
+        v["no_token"]
+    );
+    assert_eq!(v["authenticate"], serde_json::json!([200, "token"]));
+    assert_eq!(status("own_read"), 200, "{}", v["own_read"]);
+    assert!(
+        body("own_read").contains("\"kvs\""),
+        "the leader key: {}",
+        v["own_read"]
+    );
+    assert_eq!(status("own_write"), 200, "{}", v["own_write"]);
+    assert_eq!(status("own_delete"), 200, "{}", v["own_delete"]);
+    for k in ["other_read", "other_write", "member_add"] {
+        assert!(
+            status(k) != 200 && body(k).contains("permission denied"),
+            "{k} as Patroni's etcd user: {}",
+            v[k]
+        );
+    }
+    if lb.is_some() {
+        assert_eq!(
+            status("lb"),
+            0,
+            "a load balancer's certificate: {}",
+            v["lb"]
+        );
+        assert!(
+            body("lb").to_lowercase().contains("certificate"),
+            "refused at the handshake: {}",
+            v["lb"]
+        );
+        println!("etcd refuses a load balancer's certificate: {}", body("lb"));
+    }
 }
 
 /// `pgdeploy status`: healthy (exit 0) on the converged lab; a replica powered off shows as a
@@ -709,7 +828,7 @@ fn etcd_members(lab: &LabGuard) -> Vec<String> {
     let out = lab.ssh(
         "etcd1",
         "ETCDCTL_API=3 etcdctl --endpoints=https://10.231.0.11:2379 --cacert=/etc/pgdeploy/tls/ca.crt \
-         --cert=/etc/pgdeploy/tls/etcd1.crt --key=/etc/pgdeploy/tls/etcd1.key member list -w simple",
+         --cert=/etc/pgdeploy/tls/etcd-root.pem --key=/etc/pgdeploy/tls/etcd-root-key.pem member list -w simple",
     );
     let mut v: Vec<String> = out
         .lines()
@@ -723,7 +842,7 @@ fn etcd_healthy_count(lab: &LabGuard) -> usize {
     lab.ssh_out(
         "etcd1",
         "ETCDCTL_API=3 etcdctl --endpoints=https://10.231.0.11:2379 --cacert=/etc/pgdeploy/tls/ca.crt \
-         --cert=/etc/pgdeploy/tls/etcd1.crt --key=/etc/pgdeploy/tls/etcd1.key endpoint health --cluster 2>&1",
+         --cert=/etc/pgdeploy/tls/etcd-root.pem --key=/etc/pgdeploy/tls/etcd-root-key.pem endpoint health --cluster 2>&1",
     )
     .stdout
     .matches("is healthy")
