@@ -57,18 +57,26 @@ pub async fn auth_enabled(ctx: &Ctx) -> Result<Option<bool>> {
     let key = base64::engine::general_purpose::STANDARD
         .encode(patroni_prefix(&ctx.inv.cluster.name).as_bytes());
     let body = format!(r#"{{"key":"{key}","limit":1,"keys_only":true}}"#);
+    ask_gateway(ctx, "/v3/kv/range", &body, |out| {
+        auth_answer(out.status, &out.stdout_str())
+    })
+    .await
+}
+
+/// POST `body` to `path` of etcd's JSON gateway on each etcd host in turn, as that host,
+/// until `judge` makes something of an answer (None: no member gave such an answer).
+async fn ask_gateway<T>(
+    ctx: &Ctx,
+    path: &str,
+    body: &str,
+    judge: impl Fn(&crate::ssh::Output) -> Option<T>,
+) -> Result<Option<T>> {
     for h in ctx.inv.group_hosts(Group::Etcd) {
         let out = ctx
-            .https_post_as_host(
-                &h.name,
-                &h.address,
-                ctx.inv.etcd.client_port,
-                "/v3/kv/range",
-                &body,
-            )
+            .https_post_as_host(&h.name, &h.address, ctx.inv.etcd.client_port, path, body)
             .await?;
-        if let Some(on) = auth_answer(out.status, &out.stdout_str()) {
-            return Ok(Some(on));
+        if let Some(v) = judge(&out) {
+            return Ok(Some(v));
         }
     }
     Ok(None)
@@ -155,24 +163,16 @@ async fn password_accepted(ctx: &Ctx) -> Result<Option<bool>> {
         "password": pw,
     })
     .to_string();
-    for h in ctx.inv.group_hosts(Group::Etcd) {
-        let out = ctx
-            .https_post_as_host(
-                &h.name,
-                &h.address,
-                ctx.inv.etcd.client_port,
-                "/v3/auth/authenticate",
-                &body,
-            )
-            .await?;
+    ask_gateway(ctx, "/v3/auth/authenticate", &body, |out| {
         if out.ok() {
-            return Ok(Some(true));
+            Some(true)
+        } else if out.stdout_str().contains("invalid user ID or password") {
+            Some(false)
+        } else {
+            None
         }
-        if out.stdout_str().contains("invalid user ID or password") {
-            return Ok(Some(false));
-        }
-    }
-    Ok(None)
+    })
+    .await
 }
 
 /// Pure: what a token-less read through the gateway says about authentication (status 0: it

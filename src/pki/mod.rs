@@ -822,22 +822,15 @@ groups:
                 .collect();
             (e.server_auth, e.client_auth, cn)
         };
-        let lb = pki
-            .issue("lb1", &ips(&["10.0.0.31"]), &["lb1".into()], Usage::Server)
-            .unwrap();
+        let lb1 = |u| {
+            pki.issue("lb1", &ips(&["10.0.0.31"]), &["lb1".into()], u)
+                .unwrap()
+        };
+        let lb = lb1(Usage::Server);
         assert_eq!(eku(&lb.cert_pem), (true, false, vec![]));
-        let again = pki
-            .issue("lb1", &ips(&["10.0.0.31"]), &["lb1".into()], Usage::Server)
-            .unwrap();
+        let again = lb1(Usage::Server);
         assert!(!again.reissued);
-        let both = pki
-            .issue(
-                "lb1",
-                &ips(&["10.0.0.31"]),
-                &["lb1".into()],
-                Usage::ServerAndClient,
-            )
-            .unwrap();
+        let both = lb1(Usage::ServerAndClient);
         assert!(both.reissued);
         assert_eq!(both.key_pem, lb.key_pem);
         assert_eq!(eku(&both.cert_pem), (true, true, vec![]));
@@ -858,14 +851,7 @@ groups:
             p.signed_by(&key, &pki.issuer).unwrap().pem(),
         )
         .unwrap();
-        let fixed = pki
-            .issue(
-                "lb1",
-                &ips(&["10.0.0.31"]),
-                &["lb1".into()],
-                Usage::ServerAndClient,
-            )
-            .unwrap();
+        let fixed = lb1(Usage::ServerAndClient);
         assert!(fixed.reissued);
         assert_eq!(eku(&fixed.cert_pem), (true, true, vec![]));
         let admin = pki.issue_admin().unwrap();
