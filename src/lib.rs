@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod clock;
+pub mod connect;
 pub mod crypto;
 pub mod dns;
 pub mod engine;

@@ -187,6 +187,28 @@ enum Cmd {
         #[arg(default_value = "inventory.yaml")]
         inventory: PathBuf,
     },
+    /// Print how applications connect: the libpq keyword form and the URI, for writes (HAProxy's
+    /// primary port) and reads (its replica port), with TLS verified against the cluster CA.
+    ///
+    /// Contacts no host and never prints a password, only where it is. Save the CA with
+    /// `pgdeploy ca INVENTORY > FILE` and give FILE as --sslrootcert.
+    ConnectInfo {
+        /// The inventory file.
+        #[arg(default_value = "inventory.yaml")]
+        inventory: PathBuf,
+        /// The role that connects.
+        #[arg(long, default_value = "postgres")]
+        user: String,
+        /// The database (default: the role's name).
+        #[arg(long)]
+        dbname: Option<String>,
+        /// Where the client keeps the CA certificate from `pgdeploy ca`.
+        #[arg(long, default_value = "pgdeploy-ca.crt")]
+        sslrootcert: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Move the local state (CA, keys, passwords) to another workstation.
     ///
     /// `check` and `apply` refuse to run when the hosts were deployed from another state
@@ -379,6 +401,41 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
         Cmd::State(a) => cli::state::run(a).await,
+        Cmd::ConnectInfo {
+            inventory,
+            user,
+            dbname,
+            sslrootcert,
+            format,
+        } => {
+            let (inv, warnings) = pgdeploy::inventory::load(&inventory)?;
+            print_warnings(&warnings);
+            let dbname = dbname.unwrap_or_else(|| user.clone());
+            let c = pgdeploy::connect::connect_info(&inv, &user, &dbname, &sslrootcert);
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&c).map_err(|e| miette::miette!("{e}"))?
+                ),
+                Format::Text => {
+                    println!(
+                        "# {} through HAProxy, TLS {} against the cluster CA; save the CA with: \
+                         pgdeploy ca {} > {}",
+                        c.hosts.join(", "),
+                        c.sslmode,
+                        inventory.display(),
+                        c.sslrootcert
+                    );
+                    for e in &c.endpoints {
+                        println!("{} (port {}):", e.role, e.port);
+                        println!("  {}", e.keywords);
+                        println!("  {}", e.uri);
+                    }
+                    println!("password: {}", c.password);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ca { inventory } => {
             let (inv, warnings) = pgdeploy::inventory::load(&inventory)?;
             print_warnings(&warnings);

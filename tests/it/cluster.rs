@@ -695,10 +695,26 @@ out['own_delete'] = post(me, '/v3/kv/deleterange', {{'key': b64('/service/{clust
 out['other_read'] = post(me, '/v3/kv/range', {{'key': b64('/service/other/leader')}}, tok)
 out['other_write'] = post(me, '/v3/kv/put', {{'key': b64('/pgdeploy-test'), 'value': b64('x')}}, tok)
 out['member_add'] = post(me, '/v3/cluster/member/add', {{'peerURLs': ['https://10.231.0.99:2380']}}, tok)
-try:
-    out['lb'] = post(('/tmp/lb.crt', '/tmp/lb.key'), '/v3/cluster/member/list', {{}})
-except FileNotFoundError:
-    pass
+def handshake(pair):
+    # Only read after the handshake: etcd's alert then arrives as such (a write could meet
+    # the closed connection first, as a broken pipe).
+    try:
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.load_verify_locations('/etc/pgdeploy/tls/ca.crt')
+        c.load_cert_chain(*pair)
+        s = c.wrap_socket(socket.create_connection(('{etcd_ip}', 2379), timeout=5), server_hostname='{etcd_ip}')
+        s.settimeout(3)
+        try:
+            s.recv(1)
+        except socket.timeout:
+            pass
+        return [1, 'accepted']
+    except Exception as e:
+        return [0, type(e).__name__ + ': ' + str(e)]
+import os, socket
+if os.path.exists('/tmp/lb.crt'):
+    out['lb'] = handshake(('/tmp/lb.crt', '/tmp/lb.key'))
+    out['patroni_handshake'] = handshake(me)
 print(json.dumps(out))
 "#
     );
@@ -734,6 +750,11 @@ print(json.dumps(out))
         );
     }
     if lb.is_some() {
+        assert_eq!(
+            v["patroni_handshake"],
+            serde_json::json!([1, "accepted"]),
+            "the same handshake with Patroni's certificate"
+        );
         assert_eq!(
             status("lb"),
             0,
@@ -1505,6 +1526,40 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
         );
         let e = psql_conn(&plain, pw, "select 1").expect_err("a connection without TLS got in");
         assert!(e.contains("no encryption"), "{lb}: {e}");
+    }
+    // What `connect-info` prints works as printed (plus hostaddr: the lab's name is served by
+    // the lab's BIND, not by this machine's resolver): writes reach the leader, reads a
+    // replica, both verified against the DNS name.
+    let out = pgdeploy(&[
+        "connect-info",
+        inv.to_str().unwrap(),
+        "--dbname",
+        "postgres",
+        "--sslrootcert",
+        ca.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains(pw), "connect-info printed the password");
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for (i, recovery) in [(0, "f"), (1, "t")] {
+        let e = &info["endpoints"][i];
+        let kw = e["keywords"].as_str().unwrap();
+        assert!(
+            kw.contains("host=pg.db.lab.test") && kw.contains("sslmode=verify-full"),
+            "{kw}"
+        );
+        assert_eq!(
+            psql_conn(
+                &format!("{kw} hostaddr=10.231.0.32 connect_timeout=5"),
+                pw,
+                "select pg_is_in_recovery()"
+            ),
+            Ok(recovery.to_string()),
+            "{}: {kw}",
+            e["role"]
+        );
     }
     let tls_streams = lab.ssh(
         leader,
