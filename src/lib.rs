@@ -3,6 +3,7 @@
 //! probe (read-only, per host) -> plan (pure) -> apply (the only mutator); `check` prints the plan.
 
 pub mod bundle;
+pub mod catalog;
 pub mod clock;
 pub mod connect;
 pub mod crypto;

@@ -136,10 +136,13 @@ async fn prepare_loaded(
     for name in roles.role_names() {
         roles.role(&name)?;
     }
+    // Every declared password must be readable before any host is contacted.
+    let role_passwords = crate::catalog::load_passwords(&inv)?;
     let hosts = inv.hosts_to_connect();
     observer.message(&format!("connecting to {} hosts", hosts.len()));
     let sessions = engine::connect_all(&hosts, &opts.connect, opts.forks.max(1)).await?;
-    let (vars, host_vars, secret_values) = crate::phases::run_vars(&inv)?;
+    let (vars, host_vars, mut secret_values) = crate::phases::run_vars(&inv)?;
+    secret_values.extend(role_passwords.values().map(|p| p.expose().to_string()));
     let mut vars = vars;
     if let Value::Object(m) = &mut vars {
         m.insert(
@@ -159,6 +162,7 @@ async fn prepare_loaded(
         vars: RwLock::new(vars),
         host_vars: RwLock::new(host_vars),
         secret_values,
+        role_passwords,
         forks: opts.forks.max(1),
         observer,
         connect: opts.connect.clone(),

@@ -17,6 +17,12 @@ pub fn totals(plans: &[PhasePlan]) -> (usize, usize) {
                 n += c;
             }
         }
+        // Orchestration steps that change something count too (a plan of steps alone, such
+        // as a role's new connection limit, is a plan with changes).
+        for st in p.steps.iter().filter(|s| s.step.is_change()) {
+            hosts.insert(st.host.clone());
+            n += 1;
+        }
     }
     (n, hosts.len())
 }
@@ -74,7 +80,7 @@ pub fn summary_line(plans: &[PhasePlan]) -> String {
         + plans
             .iter()
             .flat_map(|p| p.steps.iter())
-            .filter(|s| matches!(s.step, Step::Deferred { .. }))
+            .filter(|s| matches!(s.step, Step::Deferred { .. } | Step::Note { .. }))
             .count();
     let mut s = if n == 0 {
         "No changes: the hosts match the inventory.".to_string()
@@ -87,7 +93,7 @@ pub fn summary_line(plans: &[PhasePlan]) -> String {
     };
     if deferred > 0 {
         s.push_str(&format!(
-            " {deferred} note{} (marked ?: deferred or not applicable on these hosts).",
+             " {deferred} note{} (marked ? or =: deferred, not applicable on these hosts, or kept as found).",
             if deferred == 1 { "" } else { "s" }
         ));
     }

@@ -52,6 +52,8 @@ pub struct Ctx {
     pub host_vars: RwLock<BTreeMap<String, Value>>,
     /// Secret values to redact from any output.
     pub secret_values: Vec<String>,
+    /// The declared login roles' passwords (from their files or variables), by role.
+    pub role_passwords: BTreeMap<String, crate::secrets::Secret>,
     pub forks: usize,
     pub observer: Arc<dyn Observer>,
     /// How hosts are reached (also hosts found in the cluster but no longer in the inventory).

@@ -69,6 +69,9 @@ pub enum Expand {
     PendingRestarts,
     /// Compare the cluster-wide settings with the DCS once a new cluster leads, and patch it.
     DcsAfterBootstrap,
+    /// Compare the declared roles and databases with the leader's catalog once a leader
+    /// runs, and change what differs.
+    Catalog,
 }
 
 /// One orchestration step, run on `PlannedStep::host`.
@@ -157,6 +160,22 @@ pub enum Step {
         #[serde(skip_serializing_if = "Option::is_none")]
         ttl_from: Option<u32>,
     },
+    /// Change the leader's catalog (roles, databases, extensions, privileges): `sql` runs as
+    /// the superuser over the member's local socket, in `database`, refused if the member no
+    /// longer leads. `password_of`: the SQL's `:'pw'` is a new SCRAM verifier of that role's
+    /// password, made at run time (never in the plan). `drop_role`: refused while the role
+    /// owns anything; its privileges are revoked in every database first.
+    Catalog {
+        change: String,
+        database: String,
+        sql: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_of: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        drop_role: Option<String>,
+    },
+    /// Something found that the run keeps as it is, and why (not a change).
+    Note { text: String },
     /// Wait until a condition holds (within a generous deadline).
     Wait { gate: Gate },
     /// Known only once earlier steps ran.
@@ -333,6 +352,8 @@ impl Step {
                 }
                 format!("~ dns {name}: {}", parts.join(", "))
             }
+            Step::Catalog { change, .. } => change.clone(),
+            Step::Note { text } => format!("= {text}"),
             Step::Wait { gate } => format!("? wait: {}", gate.summary()),
             Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),
         }
@@ -342,7 +363,10 @@ impl Step {
     pub fn is_change(&self) -> bool {
         !matches!(
             self,
-            Step::Wait { .. } | Step::Deferred { .. } | Step::UpgradePrechecks { .. }
+            Step::Wait { .. }
+                | Step::Deferred { .. }
+                | Step::UpgradePrechecks { .. }
+                | Step::Note { .. }
         )
     }
 }

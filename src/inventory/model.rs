@@ -31,6 +31,12 @@ pub struct Inventory {
     #[serde(default)]
     pub ssh: Ssh,
     pub groups: Groups,
+    /// The applications' PostgreSQL roles, created and kept as declared on the leader.
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    /// The applications' databases.
+    #[serde(default)]
+    pub databases: Vec<DatabaseSpec>,
     /// Directory that holds the inventory file (filled in by the loader; relative paths resolve here).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -218,6 +224,84 @@ pub struct Dns {
     pub ttl: u32,
     #[serde(default)]
     pub tsig: Option<Tsig>,
+}
+
+/// Whether a declared role or database should exist. A role or database that is only left out
+/// of the inventory is kept (and `check` says so); dropping needs `state: absent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    #[default]
+    Present,
+    Absent,
+}
+
+/// An application role (`users:`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    /// May log in (a role without login groups privileges, e.g. a read-only role).
+    #[serde(default = "yes")]
+    pub login: bool,
+    /// File that holds the password (one line; mode 0600 or stricter); relative to the
+    /// inventory. The password is stored as a SCRAM-SHA-256 verifier, never in clear.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Roles whose privileges it has (`GRANT <role> TO <name>`).
+    #[serde(default)]
+    pub member_of: Vec<String>,
+    /// Concurrent connections it may hold (-1: no limit).
+    #[serde(default = "no_limit")]
+    pub connection_limit: i32,
+    #[serde(default)]
+    pub createdb: bool,
+    #[serde(default)]
+    pub createrole: bool,
+    #[serde(default)]
+    pub state: Presence,
+}
+
+/// An application database (`databases:`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    pub name: String,
+    /// Owns the database and its `public` schema (a declared role).
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    #[serde(default = "default_locale")]
+    pub locale: String,
+    /// Extensions from what the release ships (contrib), created in the database.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Roles that may connect and read every table of its `public` schema, also the tables
+    /// the owner creates later.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    #[serde(default)]
+    pub state: Presence,
+    /// With `state: absent`: drop it even though it holds tables (the second confirmation).
+    #[serde(default)]
+    pub drop_data: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn no_limit() -> i32 {
+    -1
+}
+fn default_encoding() -> String {
+    "UTF8".into()
+}
+fn default_locale() -> String {
+    "C.UTF-8".into()
 }
 
 fn default_dns_provider() -> String {

@@ -1,7 +1,8 @@
-//! The cluster phases, in order, after `common`: preflight, packages, etcd, patroni, haproxy,
-//! verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
+//! The cluster phases, in order, after `common`: preflight, packages, etcd, patroni, catalog,
+//! haproxy, retire, verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
 //! what files, packages and units a role has is data under `roles/`.
 
+pub mod catalog;
 pub mod dns;
 pub mod etcd;
 pub mod haproxy;
@@ -38,6 +39,7 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
         }),
         Box::new(etcd::Etcd),
         Box::new(patroni::Patroni),
+        Box::new(catalog::Catalog),
         Box::new(haproxy::Haproxy),
         Box::new(retire::Retire),
         Box::new(verify::Verify),
@@ -257,6 +259,7 @@ groups:
         assert_eq!(
             keys(&c["secrets"]),
             [
+                "check_password",
                 "etcd_password",
                 "replication_password",
                 "rest_password",

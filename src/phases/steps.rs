@@ -224,8 +224,15 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
             ttl_from,
             ..
         } => super::dns::record_set_step(ctx, before, add, remove, *ttl, *ttl_from).await,
+        Step::Catalog {
+            database,
+            sql,
+            password_of,
+            drop_role,
+            ..
+        } => super::catalog::run_step(ctx, host, database, sql, password_of, drop_role).await,
         Step::Wait { gate } => wait(ctx, host, gate).await,
-        Step::Deferred { .. } => Ok(()),
+        Step::Deferred { .. } | Step::Note { .. } => Ok(()),
     }
 }
 
@@ -396,6 +403,7 @@ async fn expansion(ctx: &Ctx, e: Expand) -> Result<Vec<PlannedStep>> {
             let current: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             Ok(dcs_steps(&leader.name, &current, &desired_dcs(ctx)))
         }
+        Expand::Catalog => super::catalog::expand(ctx, &ms).await,
     }
 }
 
@@ -594,6 +602,7 @@ mod tests {
             vars: RwLock::new(vars),
             host_vars: RwLock::new(host_vars),
             secret_values,
+            role_passwords: Default::default(),
             forks: 8,
             observer: Arc::new(Quiet),
             connect: ConnectOptions::default(),

@@ -106,6 +106,9 @@ pub struct Secrets {
     /// Password of Patroni's etcd user (`patroni-<cluster>`, read and write on the cluster's
     /// prefix only): etcd's JSON gateway, which Patroni uses, knows no certificate identity.
     pub etcd_password: Secret,
+    /// Password of `pgdeploy_check`, the least-privilege role pgdeploy's own checks (verify)
+    /// log in as through HAProxy: it may log in and nothing more.
+    pub check_password: Secret,
 }
 
 /// On-disk form: fields may be missing (older files, or a user removed one to rotate it).
@@ -120,6 +123,8 @@ struct SecretsFile {
     rest_password: Option<Secret>,
     #[serde(default)]
     etcd_password: Option<Secret>,
+    #[serde(default)]
+    check_password: Option<Secret>,
 }
 
 impl Secrets {
@@ -170,6 +175,7 @@ impl Secrets {
             replication_password: take(f.replication_password, "replication_password")?,
             rest_password: take(f.rest_password, "rest_password")?,
             etcd_password: take(f.etcd_password, "etcd_password")?,
+            check_password: take(f.check_password, "check_password")?,
         };
         if changed {
             let mut text =
@@ -192,12 +198,13 @@ impl Secrets {
     }
 
     /// Every secret value (for redaction).
-    pub fn values(&self) -> [&Secret; 4] {
+    pub fn values(&self) -> [&Secret; 5] {
         [
             &self.superuser_password,
             &self.replication_password,
             &self.rest_password,
             &self.etcd_password,
+            &self.check_password,
         ]
     }
 }

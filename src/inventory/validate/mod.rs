@@ -7,10 +7,11 @@
 //!
 //! [`validate`] runs one check per inventory section, each in its own file as methods on the
 //! shared [`Checker`]: [`cluster`], [`postgres`] (and per-host parameters), [`patroni`], [`ssh`],
-//! [`packages`], [`hosts`] (`groups`), [`ports`] and [`dns`]; [`address`] holds the address
+//! [`packages`], [`hosts`] (`groups`), [`ports`], [`dns`] and [`catalog`] (`users`, `databases`); [`address`] holds the address
 //! syntax they share.
 
 mod address;
+pub mod catalog;
 mod cluster;
 mod dns;
 mod hosts;
@@ -76,6 +77,7 @@ pub(crate) fn validate(
     c.groups(inv);
     c.ports(inv);
     c.dns(inv);
+    c.catalog(inv);
     (c.problems, c.warnings)
 }
 

@@ -176,7 +176,11 @@ mod tests {
     #[test]
     fn colocation_is_allowed_and_checked_for_ports() {
         let base = format!("cluster: {{name: c}}\n{GROUPS_COLOCATED}");
-        assert_eq!(check(&base), (vec![], vec![]));
+        // The only warning: the load balancer on a member's address (the superuser's path).
+        let (errors, warnings) = check(&base);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("shares its address with Patroni member a"));
         // etcd's client port equal to HAProxy's stats port clashes only because `a` runs both.
         let clash =
             format!("cluster: {{name: c}}\nhaproxy: {{stats_port: 2379}}\n{GROUPS_COLOCATED}");
