@@ -7,7 +7,7 @@
 //! through). Without one, they connect to the HAProxy addresses, which no member certificate
 //! names: the CA is verified (`verify-ca`), not the name.
 
-use crate::inventory::{Group, Inventory};
+use crate::inventory::{Group, Inventory, Presence};
 use serde::Serialize;
 
 /// One way in: writes or reads.
@@ -34,9 +34,45 @@ pub struct ConnectInfo {
     pub password: String,
 }
 
-/// The connection details of `user` on `dbname`, with the CA certificate at `sslrootcert` on
-/// the client (as saved from `pgdeploy ca`).
-pub fn connect_info(inv: &Inventory, user: &str, dbname: &str, sslrootcert: &str) -> ConnectInfo {
+/// The connection details of `user` (default: the first declared login role) on `dbname`
+/// (default: the database it owns, else one it reads, else its own name), with the CA
+/// certificate at `sslrootcert` on the client (as saved from `pgdeploy ca`). The superuser,
+/// replicator and pgdeploy's check role are refused: none of them may connect through HAProxy.
+pub fn connect_info(
+    inv: &Inventory,
+    user: Option<&str>,
+    dbname: Option<&str>,
+    sslrootcert: &str,
+) -> Result<ConnectInfo, String> {
+    let present = || inv.users.iter().filter(|u| u.state == Presence::Present);
+    let user = match user {
+        Some(u) => u.to_string(),
+        None => present().find(|u| u.login).map(|u| u.name.clone()).ok_or(
+            "the inventory declares no login role: add one under `users:`, or give --user",
+        )?,
+    };
+    if ["postgres", "replicator", crate::catalog::CHECK_ROLE].contains(&user.as_str()) {
+        return Err(format!(
+            "role {user} may not connect through HAProxy (the superuser, replicator and \
+             pgdeploy's check role stay on the members): connect as an application role"
+        ));
+    }
+    let dbname = match dbname {
+        Some(d) => d.to_string(),
+        None => {
+            let dbs = || {
+                inv.databases
+                    .iter()
+                    .filter(|d| d.state == Presence::Present)
+            };
+            dbs()
+                .find(|d| d.owner.as_deref() == Some(user.as_str()))
+                .or_else(|| dbs().find(|d| d.readers.contains(&user)))
+                .map(|d| d.name.clone())
+                .unwrap_or_else(|| user.clone())
+        }
+    };
+    let (user, dbname) = (user.as_str(), dbname.as_str());
     let (hosts, sslmode) = match &inv.dns {
         Some(d) => (
             vec![d.name.trim_end_matches('.').to_string()],
@@ -88,19 +124,24 @@ pub fn connect_info(inv: &Inventory, user: &str, dbname: &str, sslrootcert: &str
         }
     })
     .collect();
-    let password = if user == "postgres" {
-        format!(
-            "the superuser's: `superuser_password` in {}/secrets.json (give it to psql as \
-             PGPASSWORD or in ~/.pgpass)",
-            inv.state_dir().display()
-        )
-    } else {
-        format!(
-            "role {user} is not managed by pgdeploy: give its password as PGPASSWORD or in \
-             ~/.pgpass"
-        )
+    let declared = present().find(|u| u.name == user);
+    let password = match declared {
+        Some(u) if u.password_file.is_some() => format!(
+            "in {} (the file the inventory names; give it to libpq as PGPASSWORD or in ~/.pgpass)",
+            inv.resolve_path(u.password_file.as_deref().unwrap_or_default())
+                .display()
+        ),
+        Some(u) if u.password_env.is_some() => format!(
+            "in the environment variable {} (as the inventory says; give it to libpq as PGPASSWORD)",
+            u.password_env.as_deref().unwrap_or_default()
+        ),
+        Some(_) => format!("role {user} may not log in (`login: false`)"),
+        None => format!(
+            "role {user} is not declared in the inventory: give its password as PGPASSWORD or \
+             in ~/.pgpass"
+        ),
     };
-    ConnectInfo {
+    Ok(ConnectInfo {
         user: user.to_string(),
         dbname: dbname.to_string(),
         hosts,
@@ -108,7 +149,7 @@ pub fn connect_info(inv: &Inventory, user: &str, dbname: &str, sslrootcert: &str
         sslrootcert: sslrootcert.to_string(),
         endpoints,
         password,
-    }
+    })
 }
 
 /// A libpq keyword value, quoted when it needs it.
@@ -165,7 +206,7 @@ groups:
   tsig: { key_name: k, algorithm: hmac-sha256, secret_file: tsig.key }
 "#,
         );
-        let c = connect_info(&inv, "app", "app", "pgdeploy-ca.crt");
+        let c = connect_info(&inv, Some("app"), None, "pgdeploy-ca.crt").unwrap();
         assert_eq!(c.hosts, ["pg.db.example.com"]);
         assert_eq!(
             c.endpoints[0].keywords,
@@ -175,22 +216,45 @@ groups:
             c.endpoints[1].uri,
             "postgresql://app@pg.db.example.com:5001/app?sslmode=verify-full&sslrootcert=pgdeploy-ca.crt"
         );
-        assert!(c.password.contains("not managed by pgdeploy"));
+        assert!(c.password.contains("not declared in the inventory"));
     }
 
     #[test]
     fn by_addresses_with_verify_ca_and_quoting() {
         let inv = load("");
-        let c = connect_info(&inv, "postgres", "my db", "/etc/ssl/ca it.crt");
+        let c = connect_info(&inv, Some("web"), Some("my db"), "/etc/ssl/ca it.crt").unwrap();
         assert_eq!(c.sslmode, "verify-ca");
         assert_eq!(
             c.endpoints[0].keywords,
-            "host=10.0.0.31,10.0.0.32 port=5000 user=postgres dbname='my db' sslmode=verify-ca sslrootcert='/etc/ssl/ca it.crt'"
+            "host=10.0.0.31,10.0.0.32 port=5000 user=web dbname='my db' sslmode=verify-ca sslrootcert='/etc/ssl/ca it.crt'"
         );
         assert_eq!(
             c.endpoints[0].uri,
-            "postgresql://postgres@10.0.0.31:5000,10.0.0.32:5000/my%20db?sslmode=verify-ca&sslrootcert=/etc/ssl/ca%20it.crt"
+            "postgresql://web@10.0.0.31:5000,10.0.0.32:5000/my%20db?sslmode=verify-ca&sslrootcert=/etc/ssl/ca%20it.crt"
         );
-        assert!(c.password.contains("superuser_password"));
+        for u in ["postgres", "replicator", "pgdeploy_check"] {
+            let e = connect_info(&inv, Some(u), None, "ca.crt").unwrap_err();
+            assert!(e.contains("may not connect through HAProxy"), "{e}");
+        }
+        assert!(connect_info(&inv, None, None, "ca.crt")
+            .unwrap_err()
+            .contains("declares no login role"));
+    }
+
+    #[test]
+    fn defaults_to_the_declared_role_and_its_database() {
+        let inv = load(
+            "users:\n  - {name: ro, login: false}\n  - {name: app, password_env: APP_PW}\n\
+             databases:\n  - {name: appdb, owner: app, readers: [ro]}\n",
+        );
+        let c = connect_info(&inv, None, None, "ca.crt").unwrap();
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("app", "appdb"));
+        assert!(
+            c.password.contains("environment variable APP_PW"),
+            "{}",
+            c.password
+        );
+        let c = connect_info(&inv, Some("ro"), None, "ca.crt").unwrap();
+        assert_eq!(c.dbname, "appdb");
     }
 }

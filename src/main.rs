@@ -196,10 +196,10 @@ enum Cmd {
         /// The inventory file.
         #[arg(default_value = "inventory.yaml")]
         inventory: PathBuf,
-        /// The role that connects.
-        #[arg(long, default_value = "postgres")]
-        user: String,
-        /// The database (default: the role's name).
+        /// The role that connects (default: the first declared login role).
+        #[arg(long)]
+        user: Option<String>,
+        /// The database (default: the one the role owns, else one it reads, else its name).
         #[arg(long)]
         dbname: Option<String>,
         /// Where the client keeps the CA certificate from `pgdeploy ca`.
@@ -410,8 +410,18 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         } => {
             let (inv, warnings) = pgdeploy::inventory::load(&inventory)?;
             print_warnings(&warnings);
-            let dbname = dbname.unwrap_or_else(|| user.clone());
-            let c = pgdeploy::connect::connect_info(&inv, &user, &dbname, &sslrootcert);
+            let c = pgdeploy::connect::connect_info(
+                &inv,
+                user.as_deref(),
+                dbname.as_deref(),
+                &sslrootcert,
+            )
+            .map_err(|e| {
+                miette::miette!(
+                    help = "declare the application's roles under `users:` in the inventory",
+                    "{e}"
+                )
+            })?;
             match format {
                 Format::Json => println!(
                     "{}",

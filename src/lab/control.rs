@@ -233,7 +233,11 @@ const OUTPUT_FILES: &[&str] = &[
     "id_ed25519.pub",
     "known_hosts",
     "tsig.key",
+    APP_PASSWORD_FILE,
 ];
+
+/// The lab application role's password file (generated, mode 0600), next to the inventory.
+pub const APP_PASSWORD_FILE: &str = "app.password";
 
 /// Output of [`Lab::ssh`].
 #[derive(Debug, Clone)]
@@ -385,6 +389,7 @@ impl Lab {
             dir.join("id_ed25519.pub"),
             dir.join("known_hosts"),
             dir.join("tsig.key"),
+            dir.join(APP_PASSWORD_FILE),
         ]);
         if !matches!(opts.topology, Topology::Hosts(_)) {
             self.state.files.push(dir.join("inventory.yaml"));
@@ -410,6 +415,12 @@ impl Lab {
             .map_err(io("cannot read the generated public key"))?;
         let tsig = named::generate_key()?;
         sys::write_file(&dir.join("tsig.key"), tsig.as_bytes(), 0o600)?;
+        let app = crate::secrets::Secret::generate();
+        sys::write_file(
+            &dir.join(APP_PASSWORD_FILE),
+            format!("{}\n", app.expose()).as_bytes(),
+            0o600,
+        )?;
 
         // network
         net::create_bridge()?;
@@ -511,6 +522,14 @@ impl Lab {
     }
     pub fn tsig_key_path(&self) -> PathBuf {
         self.state.dir.join("tsig.key")
+    }
+    /// The lab application role's password.
+    pub fn app_password(&self) -> Result<String> {
+        let p = self.state.dir.join(APP_PASSWORD_FILE);
+        Ok(std::fs::read_to_string(&p)
+            .map_err(io("cannot read the application role's password file"))?
+            .trim()
+            .to_string())
     }
     /// DNS server address (the bridge address, port 53).
     pub fn dns_server(&self) -> std::net::SocketAddr {
@@ -691,6 +710,13 @@ impl Lab {
             named::KEY_NAME,
             named::KEY_ALG
         ));
+        // The application's roles and database (the password in a generated file).
+        y.push_str(&format!(
+            "users:\n  - {{ name: app, password_file: {APP_PASSWORD_FILE}, connection_limit: 20 }}\n  - {{ name: app_ro, login: false }}\n"
+        ));
+        y.push_str(
+            "databases:\n  - { name: app, owner: app, extensions: [pg_trgm], readers: [app_ro] }\n",
+        );
         for h in self.state.hosts.iter().filter(|h| h.groups.is_empty()) {
             y.push_str(&format!(
                 "# spare host, in no group yet: {{ name: {}, address: \"{}\" }}\n",

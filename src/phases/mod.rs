@@ -352,6 +352,21 @@ groups:
         assert!(hba.contains(&"hostssl replication replicator 10.9.0.12/32 scram-sha-256"));
         assert!(hba.contains(&"host replication replicator 127.0.0.1/32 scram-sha-256"));
         assert!(hba.contains(&"hostssl all all 10.9.0.31/32 scram-sha-256"));
+        // The superuser and replicator stay home: only from the members, before any client
+        // line can admit them.
+        let pos = |l: &str| {
+            hba.iter()
+                .position(|x| *x == l)
+                .unwrap_or_else(|| panic!("{l}"))
+        };
+        assert!(
+            pos("hostssl postgres postgres 10.9.0.12/32 scram-sha-256")
+                < pos("hostssl all postgres all reject")
+        );
+        assert!(
+            pos("hostssl all replicator all reject")
+                < pos("hostssl all all 10.9.0.31/32 scram-sha-256")
+        );
         assert!(!hba.iter().any(|l| l.contains("0.0.0.0")));
         // Remote connections only with TLS, which the member's own certificate serves.
         assert!(hba

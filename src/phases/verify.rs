@@ -16,19 +16,20 @@ use std::time::Duration;
 
 pub struct Verify;
 
-pub const SUPERUSER: &str = "postgres";
-
-/// Run SQL with psql on `s` against host:port as the superuser; the password goes over stdin.
+/// Run SQL with psql on `s` against host:port as pgdeploy's check role (it may log in and
+/// nothing more: the superuser is refused through the load balancers); the password goes over
+/// stdin.
 pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> Result<String> {
-    let password = ctx.vars()["secrets"]["superuser_password"]
+    let password = ctx.vars()["secrets"]["check_password"]
         .as_str()
         .unwrap_or("")
         .to_string();
     let cmd = format!(
         "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtXq -v ON_ERROR_STOP=1 -c {}",
         sh_quote(&format!(
-            "{} port={port} user={SUPERUSER} dbname=postgres connect_timeout=5",
-            tls_target(ctx, host)
+            "{} port={port} user={} dbname=postgres connect_timeout=5",
+            tls_target(ctx, host),
+            crate::catalog::CHECK_ROLE
         )),
         sh_quote(sql)
     );

@@ -55,8 +55,14 @@ fn production_cluster_end_to_end() {
         "peak RSS of any child so far, i.e. pgdeploy apply (MB)",
         peak_child_rss_mb(),
     );
-    let pw = lab.secret("superuser_password");
-    assert!(!out.all().contains(&pw), "a secret was printed by apply");
+    let su = lab.secret("superuser_password");
+    assert!(!out.all().contains(&su), "a secret was printed by apply");
+    // Applications connect as the declared role `app`, whose password apply never prints.
+    let pw = lab.app_password();
+    assert!(
+        !out.all().contains(&pw),
+        "the application's password was printed"
+    );
 
     // etcd: three healthy members (asked with etcdctl on the host).
     let members = lab.ssh(
@@ -88,6 +94,7 @@ fn production_cluster_end_to_end() {
     }
 
     tls_scenario(&lab, &inv, &pw, &leader);
+    catalog_scenario(&lab, &inv, &pw, &leader);
 
     // Converged: check is empty (exit 0) and a second apply changes and restarts nothing.
     let t = Instant::now();
@@ -177,6 +184,20 @@ fn production_cluster_end_to_end() {
         lab.start(&leader);
         wait_members_running(&lab, 3);
     }
+    // After the failovers, TLS against the DNS name still verifies, for writes and reads.
+    let ca = inv.parent().unwrap().join("client-ca.crt");
+    for (port, recovery) in [(5000, "f"), (5001, "t")] {
+        let kw = format!(
+            "host=pg.db.lab.test hostaddr=10.231.0.33 port={port} user=app dbname=app \
+             connect_timeout=5 sslmode=verify-full sslrootcert={}",
+            ca.display()
+        );
+        assert_eq!(
+            psql_conn(&kw, &pw, "select pg_is_in_recovery()"),
+            Ok(recovery.to_string()),
+            "after the failovers: {kw}"
+        );
+    }
     failovers.sort_by(|a, b| a.total_cmp(b));
     figure("failover (Debian 13): min (s)", failovers[0]);
     figure("failover (Debian 13): median (s)", failovers[1]);
@@ -184,7 +205,7 @@ fn production_cluster_end_to_end() {
 
     store_outage_scenario(&lab, &pw);
     cert_reissue_scenario(&lab, &inv, &pw);
-    other_state_scenario(&lab, &inv, &pw);
+    other_state_scenario(&lab, &inv, &su);
     second_dcs_scenario(&lab, &inv);
 
     // An apply killed in the middle, then run again, converges.
@@ -512,7 +533,7 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, lb: &str, s
         let t = Instant::now();
         let lost = loop {
             let have: std::collections::BTreeSet<i64> = lab
-                .ssh(pg, "runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = 'upgrade'\"")
+                .ssh(pg, "runuser -u postgres -- psql -d app -AtXc \"select id from pgdeploy_writer where tag = 'upgrade'\"")
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect();
@@ -582,6 +603,10 @@ fn poc_cluster_end_to_end() {
         .replace(
             "secret_file: tsig.key",
             &format!("secret_file: {}", abs("tsig.key")),
+        )
+        .replace(
+            "password_file: app.password",
+            &format!("password_file: {}", abs("app.password")),
         );
     std::fs::write(&old_inv, &text).unwrap();
     let out = pgdeploy(&["check", old_inv.to_str().unwrap()]);
@@ -615,7 +640,7 @@ fn poc_cluster_end_to_end() {
         "PoC apply on three bare hosts (s)",
         t.elapsed().as_secs_f64(),
     );
-    let pw = lab.secret("superuser_password");
+    let pw = lab.app_password();
     assert_eq!(
         psql("10.231.0.21", 5000, &pw, "select pg_is_in_recovery()").unwrap(),
         "f"
@@ -1068,7 +1093,7 @@ fn scaling_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     // Every acknowledged insert is on the leader.
     let leader = wait_leader(lab);
     let have: std::collections::BTreeSet<i64> = lab
-        .ssh(&leader, "runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = 'scaling'\"")
+        .ssh(&leader, "runuser -u postgres -- psql -d app -AtXc \"select id from pgdeploy_writer where tag = 'scaling'\"")
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
@@ -1130,7 +1155,7 @@ fn lost_writes(lab: &LabGuard, tag: &str, w: &WriterReport) -> usize {
     let leader = wait_leader(lab);
     let rows = lab.ssh(
         &leader,
-        &format!("runuser -u postgres -- psql -AtXc \"select id from pgdeploy_writer where tag = '{tag}'\""),
+        &format!("runuser -u postgres -- psql -d app -AtXc \"select id from pgdeploy_writer where tag = '{tag}'\""),
     );
     let have: std::collections::BTreeSet<i64> =
         rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -1506,9 +1531,10 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
     );
     let ca = inv.parent().unwrap().join("client-ca.crt");
     std::fs::write(&ca, &out.stdout).unwrap();
+    let su = lab.secret("superuser_password");
     for lb in ["10.231.0.31", "10.231.0.32", "10.231.0.33"] {
         let verified = format!(
-            "host=pg.db.lab.test hostaddr={lb} port=5000 user=postgres dbname=postgres \
+            "host=pg.db.lab.test hostaddr={lb} port=5000 user=app dbname=app \
              connect_timeout=5 sslmode=verify-full sslrootcert={}",
             ca.display()
         );
@@ -1521,11 +1547,24 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
             Ok("t".to_string()),
             "{lb}: verify-full against the DNS name"
         );
-        let plain = format!(
-            "host={lb} port=5000 user=postgres dbname=postgres connect_timeout=5 sslmode=disable"
-        );
+        let plain =
+            format!("host={lb} port=5000 user=app dbname=app connect_timeout=5 sslmode=disable");
         let e = psql_conn(&plain, pw, "select 1").expect_err("a connection without TLS got in");
         assert!(e.contains("no encryption"), "{lb}: {e}");
+        // The superuser stays home: refused through HAProxy even with TLS and its password.
+        let superuser = format!(
+            "host={lb} port=5000 user=postgres dbname=postgres connect_timeout=5 sslmode=require"
+        );
+        let e = psql_conn(&superuser, &su, "select 1")
+            .expect_err("the superuser got in through HAProxy");
+        assert!(e.contains("rejects connection"), "{lb}: {e}");
+        // A CA that did not sign the member's certificate fails verification.
+        let wrong_ca = verified.replace(
+            &format!("sslrootcert={}", ca.display()),
+            "sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        );
+        let e = psql_conn(&wrong_ca, pw, "select 1").expect_err("a wrong CA verified");
+        assert!(e.contains("certificate verify failed"), "{lb}: {e}");
     }
     // What `connect-info` prints works as printed (plus hostaddr: the lab's name is served by
     // the lab's BIND, not by this machine's resolver): writes reach the leader, reads a
@@ -1533,8 +1572,6 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
     let out = pgdeploy(&[
         "connect-info",
         inv.to_str().unwrap(),
-        "--dbname",
-        "postgres",
         "--sslrootcert",
         ca.to_str().unwrap(),
         "--format",
@@ -1543,6 +1580,18 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(!out.all().contains(pw), "connect-info printed the password");
     let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (info["user"].as_str(), info["dbname"].as_str()),
+        (Some("app"), Some("app"))
+    );
+    assert!(
+        info["password"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("app.password"),
+        "{}",
+        out.stdout
+    );
     for (i, recovery) in [(0, "f"), (1, "t")] {
         let e = &info["endpoints"][i];
         let kw = e["keywords"].as_str().unwrap();
@@ -1566,4 +1615,208 @@ fn tls_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
         "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication r join pg_stat_ssl s using (pid) where s.ssl and r.state = 'streaming'\"",
     );
     assert_eq!(tls_streams.trim(), "2", "replication over TLS");
+}
+
+/// SQL as the superuser on `host` over its local socket, in `db`.
+fn local_sql(lab: &LabGuard, host: &str, db: &str, sql: &str) -> String {
+    lab.ssh(
+        host,
+        &format!(
+            "runuser -u postgres -- psql -d {db} -AtX -v ON_ERROR_STOP=1 -c {}",
+            shell_quote(sql)
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Roles and databases as code: the lab's declared `app` (owner of database `app`, with
+/// pg_trgm) and `app_ro` (its reader) are there; a changed connection limit and a new
+/// extension show in `check` and `apply` applies them; a role left out of the inventory is
+/// kept and `check` says so; a role marked absent that owns a table is refused until the table
+/// is gone; a password changed by hand is put back, one set to the same value is left alone; a
+/// password file readable by others is refused before any host is contacted.
+fn catalog_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, leader: &str) {
+    let inv_s = inv.to_str().unwrap();
+    // The reader reads what the owner creates later, and writes nothing.
+    psql(
+        "10.231.0.31",
+        5000,
+        pw,
+        "create table catalog_probe (x int); insert into catalog_probe values (1)",
+    )
+    .unwrap();
+    let leader = {
+        let l = wait_leader(lab);
+        if l != leader {
+            println!("leader moved from {leader} to {l}");
+        }
+        l
+    };
+    assert_eq!(
+        local_sql(
+            lab,
+            &leader,
+            "app",
+            "select has_table_privilege('app_ro', 'catalog_probe', 'SELECT'), \
+             has_table_privilege('app_ro', 'catalog_probe', 'INSERT'), \
+             has_database_privilege('pgdeploy_check', 'app', 'CONNECT'), \
+             shobj_description((select oid from pg_roles where rolname = 'app'), 'pg_authid'), \
+             (select count(*) from pg_extension where extname = 'pg_trgm')"
+        ),
+        "t|f|f|managed by pgdeploy|1"
+    );
+    local_sql(lab, &leader, "app", "drop table catalog_probe");
+
+    // A new connection limit and a new extension: check shows both, apply applies them.
+    edit_inventory(inv, "connection_limit: 20", "connection_limit: 50");
+    edit_inventory(
+        inv,
+        "extensions: [pg_trgm]",
+        "extensions: [pg_trgm, citext]",
+    );
+    let t = Instant::now();
+    let out = pgdeploy(&["check", inv_s]);
+    figure(
+        "check with a changed role and extension (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    assert_eq!(out.code, 2, "{}", out.all());
+    for want in [
+        "~ role app connection limit 20 -> 50",
+        "+ extension citext in database app",
+    ] {
+        assert!(out.stdout.contains(want), "{want}:\n{}", out.stdout);
+    }
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(pgdeploy(&["check", inv_s]).code, 0);
+    assert_eq!(
+        local_sql(
+            lab,
+            &leader,
+            "app",
+            "select (select rolconnlimit from pg_roles where rolname = 'app'), \
+             (select count(*) from pg_extension where extname = 'citext')"
+        ),
+        "50|1"
+    );
+
+    // A role left out of the inventory is kept, and check says so.
+    let ro = "  - { name: app_ro, login: false }\n";
+    edit_inventory(
+        inv,
+        ro,
+        &format!("{ro}  - {{ name: report, login: false }}\n"),
+    );
+    assert_eq!(pgdeploy(&["apply", inv_s]).code, 0);
+    edit_inventory(inv, "  - { name: report, login: false }\n", "");
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("= role report is not in the inventory: kept"),
+        "{}",
+        out.stdout
+    );
+    // Marked absent while it owns a table: refused, saying what it owns; dropped once the
+    // table is gone.
+    local_sql(
+        lab,
+        &leader,
+        "app",
+        "create table report_t (x int); alter table report_t owner to report",
+    );
+    edit_inventory(
+        inv,
+        ro,
+        &format!("{ro}  - {{ name: report, state: absent }}\n"),
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("- role report (refused while it owns 1 object(s) in database app"),
+        "{}",
+        out.stdout
+    );
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("role report still owns 1 object(s): table report_t in database app"),
+        "{}",
+        out.all()
+    );
+    let exists = "select count(*) from pg_roles where rolname = 'report'";
+    assert_eq!(local_sql(lab, &leader, "postgres", exists), "1");
+    local_sql(lab, &leader, "app", "drop table report_t");
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(local_sql(lab, &leader, "postgres", exists), "0");
+    assert_eq!(pgdeploy(&["check", inv_s]).code, 0);
+    edit_inventory(inv, "  - { name: report, state: absent }\n", "");
+
+    // A password set by hand: to the same value, nothing to do; to another, put back.
+    local_sql(
+        lab,
+        &leader,
+        "postgres",
+        &format!("alter role app password '{pw}'"),
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    local_sql(
+        lab,
+        &leader,
+        "postgres",
+        "alter role app password 'changed-by-hand'",
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stdout.contains("~ role app password"), "{}", out.stdout);
+    assert!(!out.all().contains(pw) && !out.all().contains("SCRAM-SHA-256$"));
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains(pw), "apply printed the password");
+    assert_eq!(
+        psql("10.231.0.33", 5000, pw, "select current_user").unwrap(),
+        "app"
+    );
+
+    // A password file others can read: refused before any host is contacted.
+    let file = inv.parent().unwrap().join("app.password");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = pgdeploy(&["check", inv_s]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains("is readable by others") && !out.all().contains("connecting to"),
+        "{}",
+        out.all()
+    );
+
+    // Back to the lab's inventory: the limit goes back; citext stays (never dropped), noted.
+    edit_inventory(inv, "connection_limit: 50", "connection_limit: 20");
+    edit_inventory(
+        inv,
+        "extensions: [pg_trgm, citext]",
+        "extensions: [pg_trgm]",
+    );
+    let out = pgdeploy(&["apply", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("= extension citext in database app is not in the inventory: kept"),
+        "{}",
+        out.stdout
+    );
+    local_sql(lab, &leader, "app", "drop extension citext");
 }

@@ -155,6 +155,13 @@ impl LabGuard {
             .find(|p| p.join("tls").is_dir())
             .unwrap_or_else(|| panic!("no cluster state under {}", state.display()))
     }
+    /// The lab application role's password (`app`, from the file `lab up` wrote).
+    pub fn app_password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("app.password"))
+            .expect("app.password")
+            .trim()
+            .to_string()
+    }
     /// A generated secret, read from pgdeploy's state next to the inventory.
     pub fn secret(&self, name: &str) -> String {
         let state = self.dir.join(".pgdeploy");
@@ -265,10 +272,11 @@ pub fn edit_inventory(inv: &Path, from: &str, to: &str) {
     std::fs::write(inv, text.replacen(from, to, 1)).expect("write inventory");
 }
 
-/// psql from this machine (through HAProxy) as the superuser.
+/// psql from this machine (through HAProxy) as the lab's application role `app`, in its
+/// database `app` (the superuser may not connect through HAProxy).
 pub fn psql(host: &str, port: u16, password: &str, sql: &str) -> Result<String, String> {
     psql_conn(
-        &format!("host={host} port={port} user=postgres dbname=postgres connect_timeout=3 sslmode=require"),
+        &format!("host={host} port={port} user=app dbname=app connect_timeout=3 sslmode=require"),
         password,
         sql,
     )
