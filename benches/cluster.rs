@@ -3,7 +3,10 @@
 //!   cargo bench --bench cluster            (root; takes several minutes)
 //!
 //! Prints: full `apply` total and per phase, peak memory of pgdeploy during it, `check` on the
-//! converged cluster, a no-op `apply`, and failover time after powering off the leader.
+//! converged cluster, a no-op `apply`, the cost of TLS (pgbench: connection setup, and insert
+//! latency p50/p99 on a kept connection, through HAProxy with TLS and, as the baseline, on the
+//! leader's loopback with and without TLS), `check` with a dozen more declared roles and
+//! databases, and failover time after powering off the leader.
 
 #[path = "../tests/it/e2e.rs"]
 #[allow(dead_code)]
@@ -89,7 +92,7 @@ fn main() {
         .collect();
     figure("no-op apply on it, median of 11 (s)", median(noops));
 
-    let pw = lab.secret("superuser_password");
+    let pw = lab.app_password();
     psql(
         "10.231.0.31",
         5000,
@@ -97,6 +100,8 @@ fn main() {
         "create table if not exists pgdeploy_bench (id bigserial primary key)",
     )
     .expect("create the benchmark's table");
+    tls_cost(&lab, &pw);
+    catalog_check_cost(inv_s);
     let leader = wait_leader(&lab);
     let t = Instant::now();
     lab.kill(&leader);
@@ -117,5 +122,142 @@ fn main() {
     figure(
         "failover after power-off of the leader (s)",
         t.elapsed().as_secs_f64(),
+    );
+}
+
+/// The p-th percentile of `v` (0..=100).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p / 100.0).round() as usize]
+}
+
+/// pgbench on `host` against `conninfo`: the average connection setup (ms, a new connection
+/// per transaction of `SELECT 1`), then insert latency p50 and p99 (ms) on one kept connection.
+fn pgbench(lab: &LabGuard, host: &str, pw: &str, conninfo: &str) -> (f64, f64, f64) {
+    lab.ssh(
+        host,
+        "printf 'SELECT 1;\\n' > /tmp/pgb-select.sql; \
+         printf 'INSERT INTO pgdeploy_bench DEFAULT VALUES;\\n' > /tmp/pgb-insert.sql; rm -f /tmp/pgb-log*",
+    );
+    let setup = lab.ssh(
+        host,
+        &format!("PGPASSWORD={pw} pgbench -n -C -T 10 -f /tmp/pgb-select.sql '{conninfo}' 2>&1"),
+    );
+    let ms = |out: &str, key: &str| -> f64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.trim().split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{out}"))
+    };
+    let connect = ms(&setup, "average connection time =");
+    lab.ssh(
+        host,
+        &format!(
+            "PGPASSWORD={pw} pgbench -n -T 10 -f /tmp/pgb-insert.sql -l --log-prefix=/tmp/pgb-log '{conninfo}' >/dev/null 2>&1"
+        ),
+    );
+    let log = lab.ssh(host, "cat /tmp/pgb-log*");
+    let mut lat: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    assert!(lat.len() > 100, "too few inserts: {}", lat.len());
+    let p50 = percentile(&mut lat, 50.0);
+    let p99 = percentile(&mut lat, 99.0);
+    (connect, p50, p99)
+}
+
+/// What TLS costs applications: through HAProxy with TLS (verify-full by the DNS name, from a
+/// replica host), and on the leader's loopback without and with TLS (the baseline: the same
+/// server, only TLS differs).
+fn tls_cost(lab: &LabGuard, pw: &str) {
+    let leader = wait_leader(lab);
+    let client = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .unwrap();
+    let cases = [
+        (
+            leader.as_str(),
+            "loopback, no TLS",
+            "host=127.0.0.1 port=5432 user=app dbname=app sslmode=disable".to_string(),
+        ),
+        (
+            leader.as_str(),
+            "loopback, TLS",
+            "host=127.0.0.1 port=5432 user=app dbname=app sslmode=require".to_string(),
+        ),
+        (
+            client,
+            "through HAProxy, TLS verify-full",
+            "host=pg.db.lab.test hostaddr=10.231.0.31 port=5000 user=app dbname=app \
+             sslmode=verify-full sslrootcert=/etc/pgdeploy/tls/ca.crt"
+                .to_string(),
+        ),
+    ];
+    for (host, what, conninfo) in cases {
+        let (connect, p50, p99) = pgbench(lab, host, pw, &conninfo);
+        figure(&format!("{what}: connection setup (ms)"), connect);
+        figure(&format!("{what}: insert latency p50 (ms)"), p50);
+        figure(&format!("{what}: insert latency p99 (ms)"), p99);
+    }
+}
+
+/// `check` with a dozen more declared roles and databases than the lab's (each database owned
+/// by its role, with a reader), against the check before (both medians of 11).
+fn catalog_check_cost(inv_s: &str) {
+    let median_check = |args: &[&str]| {
+        median(
+            (0..11)
+                .map(|_| {
+                    let t = Instant::now();
+                    let o = pgdeploy(args);
+                    assert_eq!(o.code, 0, "{}", o.all());
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let before = median_check(&["check", inv_s]);
+    let others = "preflight,common,packages,etcd,patroni,haproxy,retire,verify,dns";
+    let without = median_check(&["check", inv_s, "--only", others]);
+    let ro = "  - { name: app_ro, login: false }\n";
+    let mut users = String::from(ro);
+    let mut dbs = String::new();
+    for i in 1..=12 {
+        users.push_str(&format!(
+            "  - {{ name: svc{i}, password_file: app.password, connection_limit: 5 }}\n"
+        ));
+        dbs.push_str(&format!(
+            "  - {{ name: svc{i}, owner: svc{i}, readers: [app_ro] }}\n"
+        ));
+    }
+    let inv = std::path::Path::new(inv_s);
+    edit_inventory(inv, ro, &users);
+    edit_inventory(inv, "databases:\n", &format!("databases:\n{dbs}"));
+    let t = Instant::now();
+    pgdeploy_ok(&["apply", inv_s]);
+    figure(
+        "apply of 12 more roles and databases (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    let after = median_check(&["check", inv_s]);
+    figure(
+        "check without the catalog phase (--only the others), median of 11 (s)",
+        without,
+    );
+    figure(
+        "check, the lab's 2 roles and 1 database, median of 11 (s)",
+        before,
+    );
+    figure(
+        "check with 12 more roles and databases, median of 11 (s)",
+        after,
+    );
+    figure(
+        "check: cost of the 12 roles and databases (s)",
+        after - before,
     );
 }

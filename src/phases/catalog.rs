@@ -63,6 +63,12 @@ async fn plan_on(ctx: &Ctx, leader: &str) -> Result<Vec<PlannedStep>> {
 pub async fn expand(ctx: &Ctx, ms: &[Member]) -> Result<Vec<PlannedStep>> {
     let leader =
         leader_of(ms).ok_or_else(|| miette!("no PostgreSQL leader runs: cannot set up roles"))?;
+    if !ctx.sessions.contains_key(&leader) {
+        return Err(miette!(
+            help = "switch over to a member the inventory lists first (patronictl switchover)",
+            "the leader {leader} is not in the inventory: its roles and databases cannot be managed"
+        ));
+    }
     plan_on(ctx, &leader).await
 }
 
@@ -73,8 +79,19 @@ impl Phase for Catalog {
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
-        let steps = match leader(ctx).await? {
-            Some(l) => plan_on(ctx, &l).await?,
+        let leader = leader(ctx).await?;
+        let steps = match leader {
+            Some(l) if ctx.sessions.contains_key(&l) => plan_on(ctx, &l).await?,
+            // A leader the inventory no longer lists: the retire phase refuses that plan (with
+            // the switchover to run first), so nothing here is known yet.
+            Some(l) => vec![PlannedStep::new(
+                "leader",
+                Step::Deferred {
+                    expand: Expand::Catalog,
+                    what: "roles and databases".into(),
+                    why: format!("the leader {l} is not in the inventory"),
+                },
+            )],
             None => vec![PlannedStep::new(
                 "leader",
                 Step::Deferred {

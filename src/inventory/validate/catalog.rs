@@ -267,19 +267,34 @@ impl Checker<'_> {
 
         // A load balancer on a member's address: PostgreSQL sees connections through it as the
         // member's own, so the superuser's administrative path is open through its port.
-        for lb in &inv.groups.haproxy {
-            if let Some(m) = inv.groups.patroni.iter().find(|m| m.address == lb.address) {
-                self.warn(
-                    self.key(&[Seg::Key("groups"), Seg::Key("haproxy")]),
-                    format!(
-                        "HAProxy host {} shares its address with Patroni member {}: PostgreSQL \
-                         cannot tell connections through the load balancer from the member's \
-                         own, so there the superuser is refused only for databases other than \
-                         postgres; give load balancers hosts of their own in production",
-                        lb.name, m.name
-                    ),
-                );
-            }
+        let shared: Vec<String> = inv
+            .groups
+            .haproxy
+            .iter()
+            .filter_map(|lb| {
+                let m = inv
+                    .groups
+                    .patroni
+                    .iter()
+                    .find(|m| m.address == lb.address)?;
+                Some(if m.name == lb.name {
+                    lb.name.clone()
+                } else {
+                    format!("{} (on {})", lb.name, m.name)
+                })
+            })
+            .collect();
+        if !shared.is_empty() {
+            self.warn(
+                self.key(&[Seg::Key("groups"), Seg::Key("haproxy")]),
+                format!(
+                    "HAProxy on a Patroni member's address ({}): PostgreSQL cannot tell \
+                     connections through that load balancer from the member's own, so there the \
+                     superuser's database postgres is reachable through it; give load balancers \
+                     hosts of their own in production",
+                    shared.join(", ")
+                ),
+            );
         }
     }
 }
@@ -300,7 +315,11 @@ mod tests {
              databases:\n  - {name: app, owner: app, extensions: [pg_trgm], readers: [app_ro]}\n",
         ));
         assert!(e.is_empty(), "{e:?}");
-        assert!(w.iter().any(|w| w.contains("shares its address")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("HAProxy on a Patroni member's address (a)")),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -180,7 +180,7 @@ mod tests {
         let (errors, warnings) = check(&base);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("shares its address with Patroni member a"));
+        assert!(warnings[0].contains("HAProxy on a Patroni member's address (a)"));
         // etcd's client port equal to HAProxy's stats port clashes only because `a` runs both.
         let clash =
             format!("cluster: {{name: c}}\nhaproxy: {{stats_port: 2379}}\n{GROUPS_COLOCATED}");
