@@ -359,7 +359,7 @@ fn dns_scenarios(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     lab.ssh("pg1", "cp /etc/resolv.conf /etc/resolv.conf.pgdeploy-test 2>/dev/null; echo 'nameserver 10.231.0.1' > /etc/resolv.conf");
     let o = lab.ssh_out(
         "pg1",
-        &format!("PGPASSWORD='{pw}' psql 'host=pg.db.lab.test port=5000 user=postgres dbname=postgres' -AtXc 'select not pg_is_in_recovery()'"),
+        &format!("PGPASSWORD='{pw}' psql 'host=pg.db.lab.test port=5000 user=app dbname=app sslmode=verify-full sslrootcert=/etc/pgdeploy/tls/ca.crt' -AtXc 'select not pg_is_in_recovery()'"),
     );
     lab.ssh(
         "pg1",
