@@ -146,7 +146,7 @@ fn pgbench(lab: &LabGuard, host: &str, pw: &str, conninfo: &str) -> (f64, f64, f
     let ms = |out: &str, key: &str| -> f64 {
         out.lines()
             .find_map(|l| l.strip_prefix(key))
-            .and_then(|r| r.trim().split_whitespace().next())
+            .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no {key:?} in:\n{out}"))
     };

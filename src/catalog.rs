@@ -345,7 +345,7 @@ impl Plan<'_> {
     }
 }
 
-/// A role as the inventory wants it: (spec, whether pgdeploy's own).
+/// A role's attributes as the inventory (or pgdeploy, for its check role) wants them.
 struct Want<'a> {
     name: &'a str,
     login: bool,
@@ -604,25 +604,22 @@ fn plan_database(p: &mut Plan, d: &DatabaseSpec, facts: &Facts) -> Result<()> {
     for r in &d.readers {
         let f = inside.and_then(|i| i.readers.iter().find(|x| &x.role == r));
         let change = match f {
-            None => Some(format!(
+            Some(f) if f.connect => (!f.usage || f.missing > 0 || !f.default).then(|| {
+                format!(
+                    "~ reader {r} of database {}: SELECT on {} table(s) it cannot read{}",
+                    d.name,
+                    f.missing,
+                    if f.default {
+                        ""
+                    } else {
+                        ", and on future ones"
+                    }
+                )
+            }),
+            _ => Some(format!(
                 "+ reader {r} of database {} (SELECT on the tables of public, also future ones)",
                 d.name
             )),
-            Some(f) if !f.connect => Some(format!(
-                "+ reader {r} of database {} (SELECT on the tables of public, also future ones)",
-                d.name
-            )),
-            Some(f) if !f.usage || f.missing > 0 || !f.default => Some(format!(
-                "~ reader {r} of database {}: SELECT on {} table(s) it cannot read{}",
-                d.name,
-                f.missing,
-                if f.default {
-                    ""
-                } else {
-                    ", and on future ones"
-                }
-            )),
-            _ => None,
         };
         if let Some(change) = change {
             p.sql(change, &d.name, reader_sql(&d.name, owner, r, true), None);

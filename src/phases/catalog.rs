@@ -22,6 +22,32 @@ fn psql_command(ctx: &Ctx, database: &str) -> String {
     )
 }
 
+/// The password of pgdeploy's check role (from the generated secrets).
+pub fn check_password(ctx: &Ctx) -> String {
+    ctx.vars()["secrets"]["check_password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Rows of one query as the superuser in `database` (unaligned, `|` between columns).
+async fn query(ctx: &Ctx, host: &str, database: &str, sql: &str) -> Result<String> {
+    let out = ctx
+        .session(host)?
+        .exec(
+            &psql_command(ctx, database),
+            Some(format!("\\pset tuples_only on\n\\pset format unaligned\n{sql}\n").as_bytes()),
+        )
+        .await?;
+    if !out.ok() {
+        return Err(miette!(
+            "{host}: in database {database}: {}",
+            ctx.redact(out.stderr_str().trim())
+        ));
+    }
+    Ok(out.stdout_str())
+}
+
 async fn leader(ctx: &Ctx) -> Result<Option<String>> {
     Ok(super::patroni::members(ctx)
         .await?
@@ -48,10 +74,7 @@ async fn plan_on(ctx: &Ctx, leader: &str) -> Result<Vec<PlannedStep>> {
         ));
     }
     let facts = catalog::parse_probe(&out.stdout_str()).map_err(|e| miette!("{leader}: {e}"))?;
-    let check = ctx.vars()["secrets"]["check_password"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let check = check_password(ctx);
     let pw = Passwords {
         roles: &ctx.role_passwords,
         check: &check,
@@ -137,10 +160,7 @@ pub async fn run_step(
     let mut script = guard.clone();
     if let Some(role) = password_of {
         let password = if role == catalog::CHECK_ROLE {
-            ctx.vars()["secrets"]["check_password"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
+            check_password(ctx)
         } else {
             ctx.role_passwords
                 .get(role)
@@ -184,28 +204,16 @@ async fn run_sql(ctx: &Ctx, host: &str, database: &str, script: &str) -> Result<
 /// Refuse to drop `role` while it owns anything (saying what, database by database); else the
 /// databases where it still holds privileges (which `DROP OWNED` revokes there).
 async fn prepare_drop(ctx: &Ctx, host: &str, role: &str) -> Result<Vec<String>> {
-    let s = ctx.session(host)?;
     let q = format!(
         "SELECT coalesce(d.datname, ''), x.deptype, x.classid::regclass, x.objid, x.dbid \
          FROM pg_shdepend x LEFT JOIN pg_database d ON d.oid = x.dbid \
          WHERE x.refobjid = (SELECT oid FROM pg_roles WHERE rolname = '{role}') \
          AND x.refclassid = 'pg_authid'::regclass;"
     );
-    let out = s
-        .exec(
-            &psql_command(ctx, "postgres"),
-            Some(format!("\\pset tuples_only on\n\\pset format unaligned\n{q}\n").as_bytes()),
-        )
-        .await?;
-    if !out.ok() {
-        return Err(miette!(
-            "{host}: cannot read what role {role} owns: {}",
-            out.stderr_str().trim()
-        ));
-    }
+    let rows = query(ctx, host, "postgres", &q).await?;
     let mut owned: Vec<(String, String, String)> = Vec::new();
     let mut privileged: Vec<String> = Vec::new();
-    for l in out.stdout_str().lines() {
+    for l in rows.lines() {
         let f: Vec<&str> = l.split('|').collect();
         if f.len() < 5 {
             continue;
@@ -229,13 +237,11 @@ async fn prepare_drop(ctx: &Ctx, host: &str, role: &str) -> Result<Vec<String>> 
         } else {
             db.as_str()
         };
-        let sql = format!(
-            "\\pset tuples_only on\n\\pset format unaligned\nSELECT pg_describe_object('{class}'::regclass, {objid}, 0);\n"
-        );
-        let out = s
-            .exec(&psql_command(ctx, in_db), Some(sql.as_bytes()))
-            .await?;
-        let mut name = out.stdout_str().trim().to_string();
+        let sql = format!("SELECT pg_describe_object('{class}'::regclass, {objid}, 0);");
+        let mut name = query(ctx, host, in_db, &sql)
+            .await
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
         if name.is_empty() {
             name = format!("{class} {objid}");
         }

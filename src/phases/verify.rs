@@ -20,10 +20,7 @@ pub struct Verify;
 /// nothing more: the superuser is refused through the load balancers); the password goes over
 /// stdin.
 pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> Result<String> {
-    let password = ctx.vars()["secrets"]["check_password"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let password = super::catalog::check_password(ctx);
     let cmd = format!(
         "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtXq -v ON_ERROR_STOP=1 -c {}",
         sh_quote(&format!(

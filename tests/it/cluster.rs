@@ -1623,15 +1623,11 @@ fn local_sql(lab: &LabGuard, host: &str, db: &str, sql: &str) -> String {
         host,
         &format!(
             "runuser -u postgres -- psql -d {db} -AtX -v ON_ERROR_STOP=1 -c {}",
-            shell_quote(sql)
+            pgdeploy::shell::sh_quote(sql)
         ),
     )
     .trim()
     .to_string()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Roles and databases as code: the lab's declared `app` (owner of database `app`, with
