@@ -134,8 +134,9 @@ pub fn probe_command(req: &ProbeRequest) -> String {
             p = sh_quote(&k.replace('.', "/"))
         ));
     }
+    // A glob, not `ls`: one process less on every host.
     s.push_str(&format!(
-        "echo '@PENDING'; ls -1 {PENDING_DIR} 2>/dev/null || true\n"
+        "echo '@PENDING'; for f in {PENDING_DIR}/*; do [ -e \"$f\" ] && echo \"${{f##*/}}\"; done; true\n"
     ));
     s.push_str("echo '@END'\n");
     s

@@ -75,6 +75,8 @@ pub struct PlanningCache {
     reads: HashMap<(String, String), Shared<Output>>,
     /// Every phase's read-only commands per host, run inside the shared probe.
     extras: HashMap<String, Vec<(String, String)>>,
+    /// Every phase's paths beyond its roles' per host, probed in the shared probe too.
+    paths: HashMap<String, Vec<String>>,
 }
 
 impl Ctx {
@@ -291,6 +293,16 @@ impl Ctx {
             .unwrap_or_default()
     }
 
+    /// The phases' paths beyond their roles' for `host`'s shared probe (see
+    /// [`Phase::probe_paths`]).
+    pub fn planned_paths(&self, host: &str) -> Vec<String> {
+        self.planning
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().and_then(|p| p.paths.get(host).cloned()))
+            .unwrap_or_default()
+    }
+
     /// While phases are planned together: the output of the extra command `tag` that ran in
     /// `host`'s shared probe, with the control machine's clock before and after that round
     /// trip. None otherwise (the phase then runs its command itself).
@@ -408,20 +420,25 @@ fn help_of(e: &dyn miette::Diagnostic) -> String {
 /// are planned concurrently; the result keeps their order.
 pub async fn check(ctx: &Ctx, phases: &[Box<dyn Phase>]) -> Result<Vec<PhasePlan>> {
     ctx.set_planning(true);
-    let extras: HashMap<String, Vec<(String, String)>> = ctx
-        .hosts
-        .iter()
-        .map(|h| {
-            let all = phases
-                .iter()
-                .flat_map(|p| p.probe_extras(ctx, &h.name))
-                .collect();
-            (h.name.clone(), all)
-        })
-        .collect();
+    // What every phase adds to each host's shared probe: commands, and paths beyond its roles'.
+    let mut extras: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut paths: HashMap<String, Vec<String>> = HashMap::new();
+    for h in &ctx.hosts {
+        for p in phases {
+            extras
+                .entry(h.name.clone())
+                .or_default()
+                .extend(p.probe_extras(ctx, &h.name));
+            paths
+                .entry(h.name.clone())
+                .or_default()
+                .extend(p.probe_paths(ctx, &h.name));
+        }
+    }
     if let Ok(mut p) = ctx.planning.lock() {
         if let Some(p) = p.as_mut() {
             p.extras = extras;
+            p.paths = paths;
         }
     }
     let plans = plan_all(ctx, phases).await;

@@ -4,7 +4,7 @@ use super::change::{Change, UnitAction};
 use super::exec::apply_changes;
 use super::facts::{
     content_command, parse_contents, parse_probe, probe_command, split_extras, with_extras,
-    HostFacts,
+    HostFacts, ProbeRequest,
 };
 use super::plan::{plan_packages, plan_resources, Desired};
 use super::render::{context, desired_for, role_applies};
@@ -65,6 +65,12 @@ pub trait Phase: Send + Sync {
     /// phases are planned together they ride along in the host's one shared probe, and the
     /// phase reads their output with [`Ctx::probed_extra`] instead of a round trip of its own.
     fn probe_extras(&self, _ctx: &Ctx, _host: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Paths beyond its roles' that this phase's plan reads on `host` (files it writes itself,
+    /// such as the bundle's index): while phases are planned together the shared probe stats
+    /// and hashes them too, so that [`probe`] answers the phase from it.
+    fn probe_paths(&self, _ctx: &Ctx, _host: &str) -> Vec<String> {
         Vec::new()
     }
     /// Run by `apply` after the phase converged, even when it had nothing to change
@@ -133,8 +139,10 @@ pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts
                     }
                 }
                 let extras = ctx.planned_extras(host);
-                let facts = probe_host(ctx, host, &all, &extras).await?;
-                Ok::<_, miette::Report>((all.probe_request(), facts))
+                let mut req = all.probe_request();
+                req.paths.extend(ctx.planned_paths(host));
+                let facts = probe_host(ctx, host, &all, &req, &extras).await?;
+                Ok::<_, miette::Report>((req, facts))
             })
             .await?;
         let (req, facts) = got;
@@ -146,24 +154,25 @@ pub async fn probe(ctx: &Ctx, host: &str, desired: &Desired) -> Result<HostFacts
             return Ok(facts.clone());
         }
     }
-    probe_host(ctx, host, desired, &[]).await
+    probe_host(ctx, host, desired, &desired.probe_request(), &[]).await
 }
 
+/// Probe `req` (at least what `desired` needs) and run `extras` in the same round trip.
 async fn probe_host(
     ctx: &Ctx,
     host: &str,
     desired: &Desired,
+    req: &ProbeRequest,
     extras: &[(String, String)],
 ) -> Result<HostFacts> {
     let s = ctx.session(host)?;
-    let req = desired.probe_request();
     let t0 = unix_now();
     let out = s
-        .exec(&with_extras(&probe_command(&req), extras), None)
+        .exec(&with_extras(&probe_command(req), extras), None)
         .await?;
     let t1 = unix_now();
     let (main, extra) = split_extras(&out.stdout_str());
-    let mut facts = parse_probe(&req, &main)
+    let mut facts = parse_probe(req, &main)
         .map_err(|e| miette!("{host}: cannot read the host's state: {e}"))?;
     facts.extra = extra;
     facts.probed_at = Some((t0, t1));

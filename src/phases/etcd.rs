@@ -405,11 +405,18 @@ impl Phase for Etcd {
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
-        let mut hosts = plan_roles(ctx, &["etcd".to_string()], false).await?;
         // A running cluster (its member list answers) grows by `member add`, one host at a
-        // time; members that left the inventory are removed later, by the retire phase.
-        let (facts, used) = tokio::join!(probe_membership(ctx), patroni_dcs(ctx));
-        let (facts, used) = (facts?, used?);
+        // time; members that left the inventory are removed later, by the retire phase. The
+        // reads do not depend on each other, so they run together (etcd's password check is
+        // a bcrypt on its side, the slowest read of a check).
+        let roles = ["etcd".to_string()];
+        let (hosts, facts, used, access) = tokio::join!(
+            plan_roles(ctx, &roles, false),
+            probe_membership(ctx),
+            patroni_dcs(ctx),
+            access_needed(ctx)
+        );
+        let (mut hosts, facts, used, access) = (hosts?, facts?, used?, access?);
         if !facts.foreign_data.is_empty() {
             let lines: Vec<String> = facts
                 .foreign_data
@@ -458,29 +465,8 @@ impl Phase for Etcd {
             patroni_user(&ctx.inv.cluster.name),
             patroni_prefix(&ctx.inv.cluster.name),
         );
-        match auth_enabled(ctx).await? {
-            // Authentication on: Patroni's user must still take the password of the state
-            // (else Patroni cannot log in; root sets it again).
-            Some(true) => {
-                if password_accepted(ctx).await? == Some(false) {
-                    steps.extend(access_steps(&hosts, &steps, &user, &prefix, true, false));
-                }
-            }
-            // Patroni answering means a cluster deployed before etcd authentication: the
-            // patroni phase turns it on once the members have their etcd user.
-            _ => {
-                let (access, patroni) =
-                    tokio::join!(access_in_place(ctx), super::patroni::members(ctx));
-                let patroni_runs = patroni?.is_some_and(|ms| !ms.is_empty());
-                steps.extend(access_steps(
-                    &hosts,
-                    &steps,
-                    &user,
-                    &prefix,
-                    !access?,
-                    !patroni_runs,
-                ));
-            }
+        if let Some((set_up, enable)) = access {
+            steps.extend(access_steps(&hosts, &steps, &user, &prefix, set_up, enable));
         }
         Ok(PhasePlan {
             phase: "etcd".into(),
@@ -491,6 +477,25 @@ impl Phase for Etcd {
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
         super::steps::apply_plan(ctx, plan).await
     }
+}
+
+/// What Patroni's etcd access needs, as the two flags of [`access_steps`] (set up the user and
+/// role; turn authentication on, as nothing runs on etcd yet); None with authentication on and
+/// the password taken.
+async fn access_needed(ctx: &Ctx) -> Result<Option<(bool, bool)>> {
+    Ok(match auth_enabled(ctx).await? {
+        // Authentication on: Patroni's user must still take the password of the state (else
+        // Patroni cannot log in; root sets it again).
+        Some(true) => (password_accepted(ctx).await? == Some(false)).then_some((true, false)),
+        // Patroni answering means a cluster deployed before etcd authentication: the patroni
+        // phase turns it on once the members have their etcd user.
+        _ => {
+            let (access, patroni) =
+                tokio::join!(access_in_place(ctx), super::patroni::members(ctx));
+            let patroni_runs = patroni?.is_some_and(|ms| !ms.is_empty());
+            Some((!access?, !patroni_runs))
+        }
+    })
 }
 
 /// Pure: the ordered steps of the etcd phase; the members' unit actions move out of `hosts`.
@@ -783,10 +788,9 @@ fn foreign_data_dirs(out: &str, own: &str) -> Vec<String> {
 }
 
 /// Prints the etcd endpoints (`host:port`) that Patroni's configuration on this host names
-/// (nothing when Patroni is not configured here).
+/// (nothing when Patroni is not configured here). One sed: the list items of the `etcd3:` block.
 const PATRONI_DCS_COMMAND: &str =
-    "sed -n '/^etcd3:/,/^[^ ]/p' /etc/patroni/config.yml 2>/dev/null \
-| sed -n 's/^ *- *\"\\{0,1\\}\\([^\" ]*\\)\"\\{0,1\\} *$/\\1/p'; true";
+    "sed -n '/^etcd3:/,/^[^ ]/{s/^ *- *\"\\{0,1\\}\\([^\" ]*\\)\"\\{0,1\\} *$/\\1/p;}' /etc/patroni/config.yml 2>/dev/null; true";
 
 /// The etcd endpoints each Patroni host of the inventory is configured with now.
 async fn patroni_dcs(ctx: &Ctx) -> Result<Vec<(String, Vec<String>)>> {

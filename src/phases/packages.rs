@@ -8,7 +8,7 @@ use crate::bundle::Manifest;
 use crate::engine::change::Change;
 use crate::engine::exec::{apply_changes, install_packages};
 use crate::engine::facts::{parse_probe, probe_command};
-use crate::engine::phase::{desired_for_host, hosts_for_roles, HostPlan, Phase, PhasePlan};
+use crate::engine::phase::{desired_for_host, hosts_for_roles, probe, HostPlan, Phase, PhasePlan};
 use crate::engine::plan::{plan_packages, plan_resources, Desired, DesiredFile};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::PackageSource;
@@ -116,6 +116,11 @@ pub fn missing_files(manifest: &Manifest, have: &str) -> Vec<(String, u64)> {
 }
 
 impl Packages {
+    /// Whether the phase's roles apply to `host`.
+    fn applies(&self, ctx: &Ctx, host: &str) -> bool {
+        hosts_for_roles(ctx, &self.roles).is_ok_and(|hs| hs.iter().any(|h| h == host))
+    }
+
     fn bundle_dir(ctx: &Ctx) -> PathBuf {
         ctx.inv.resolve_path(&ctx.inv.packages.bundle_dir)
     }
@@ -188,15 +193,18 @@ pub async fn resolve_postgres_version(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The host's one packages probe: the files and directories that come before packages, the
-/// packages, the bundle's files already on the host, and what dpkg has installed.
-fn probe_cmd(req: &crate::engine::facts::ProbeRequest) -> String {
-    let mut cmd = probe_command(req);
-    cmd.push_str(&format!(
+/// The bundle's files already on the host, and what dpkg has installed.
+fn dpkg_command() -> String {
+    format!(
         "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n\
          echo '@INSTALLED'; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' 2>/dev/null || true\n"
-    ));
-    cmd
+    )
+}
+
+/// The host's one packages probe of its own: the files and directories that come before
+/// packages, the packages, then [`dpkg_command`].
+fn probe_cmd(req: &crate::engine::facts::ProbeRequest) -> String {
+    probe_command(req) + &dpkg_command()
 }
 
 impl Packages {
@@ -275,14 +283,23 @@ impl Phase for Packages {
         "packages"
     }
 
+    // Planned with the other phases, the files and packages come from the host's shared probe
+    // (with the bundle's index added to it), and only dpkg's view rides along.
     fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
-        let applies =
-            hosts_for_roles(ctx, &self.roles).is_ok_and(|hs| hs.iter().any(|h| h == host));
-        let Ok(manifest) = Self::manifest(ctx) else {
-            return Vec::new();
-        };
-        match self.desired_before(ctx, host, &manifest, &Self::bundle_dir(ctx), false) {
-            Ok(d) if applies => vec![("packages".into(), probe_cmd(&d.probe_request()))],
+        if self.applies(ctx, host) {
+            vec![("packages".into(), dpkg_command())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn probe_paths(&self, ctx: &Ctx, host: &str) -> Vec<String> {
+        match Self::manifest(ctx) {
+            Ok(Some(m)) if self.applies(ctx, host) => {
+                extra_files(&m, &Self::bundle_dir(ctx), false)
+                    .map(|fs| fs.into_iter().map(|f| f.path).collect())
+                    .unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -315,12 +332,19 @@ impl Phase for Packages {
                 let desired = self.desired_before(ctx, &h, manifest, bundle_dir, true)?;
                 let s = ctx.session(&h)?;
                 let req = desired.probe_request();
-                let cmd = probe_cmd(&req);
-                let text = match ctx.probed_extra(&h, "packages", &cmd).await {
-                    Some((out, _)) => out,
-                    None => s.exec(&cmd, None).await?.stdout_str(),
-                };
-                let (main, rest) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let (mut facts, text) =
+                    match ctx.probed_extra(&h, "packages", &dpkg_command()).await {
+                        Some((out, _)) => (probe(ctx, &h, &desired).await?, out),
+                        None => {
+                            let text = s.exec(&probe_cmd(&req), None).await?.stdout_str();
+                            let main = text.split_once("@REPO\n").map_or(text.as_str(), |m| m.0);
+                            let facts = parse_probe(&req, main).map_err(|e| {
+                                miette!("{h}: cannot read the host's packages: {e}")
+                            })?;
+                            (facts, text)
+                        }
+                    };
+                let rest = text.split_once("@REPO\n").map_or("", |r| r.1);
                 let (repo, dpkg) = rest.split_once("@INSTALLED\n").unwrap_or((rest, ""));
                 let installed: BTreeMap<String, String> = dpkg
                     .lines()
@@ -332,10 +356,11 @@ impl Phase for Packages {
                             .then(|| (name.to_string(), version.to_string()))
                     })
                     .collect();
-                let mut facts = parse_probe(&req, main)
-                    .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?;
                 // Contents for diffs of the few small files here.
                 for f in desired.differing_files(&facts) {
+                    if facts.paths.get(&f).is_some_and(|p| p.content.is_some()) {
+                        continue;
+                    }
                     if let Some(c) = s.read_file(&f).await? {
                         if let Some(pf) = facts.paths.get_mut(&f) {
                             pf.content = Some(c);

@@ -32,14 +32,18 @@ pub struct PreflightFacts {
     pub state_marker: String,
 }
 
+/// One round trip, few processes (the hosts may share a few cores): the two small files are
+/// read by the shell itself (the parser takes them line by line, so a missing last newline
+/// reads the same).
 pub const PREFLIGHT_COMMAND: &str = "export LC_ALL=C; echo '@ID'; id -u; \
 echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
 echo '@ARCH'; dpkg --print-architecture 2>/dev/null; \
 echo '@TIME'; date +%s.%N; \
 echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
-echo '@DISK'; df -Pk /var/lib | tail -n 1; \
-echo '@CA'; cat /etc/pgdeploy/tls/ca.crt 2>/dev/null; \
-echo '@STATE'; cat /etc/pgdeploy/state 2>/dev/null; echo '@END'";
+echo '@DISK'; df -Pk /var/lib; \
+echo '@CA'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/tls/ca.crt; \
+echo '@STATE'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/state; \
+echo '@END'";
 
 /// Pure parser of [`PREFLIGHT_COMMAND`]'s output.
 pub fn parse(out: &str) -> Result<PreflightFacts, String> {
@@ -98,9 +102,12 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
                     .to_string();
                 f.listeners.push((port, proc_name));
             }
+            // df's header, then one line (-P: never wrapped); the header is no number.
             "DISK" => {
                 let cols: Vec<&str> = line.split_whitespace().collect();
-                f.free_kib = cols.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                if let Some(kib) = cols.get(3).and_then(|c| c.parse().ok()) {
+                    f.free_kib = kib;
+                }
             }
             "CA" => {
                 f.ca_pem.push_str(line);
@@ -405,7 +412,7 @@ impl Phase for Preflight {
 mod tests {
     use super::*;
 
-    const OUT: &str = "@ID\n0\n@OS\ndebian|13|Debian GNU/Linux 13 (trixie)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
+    const OUT: &str = "@ID\n0\n@OS\ndebian|13|Debian GNU/Linux 13 (trixie)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\nFilesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
 
     fn inv() -> Inventory {
         let text = "cluster: {name: t}\ngroups:\n  etcd: [{name: a, address: 10.0.0.1}]\n  patroni: [{name: a, address: 10.0.0.1}]\n  haproxy: [{name: a, address: 10.0.0.1}]\n";
