@@ -16,7 +16,8 @@ pub struct Catalog;
 /// psql as the superuser over the member's local socket, the script on stdin.
 fn psql_command(ctx: &Ctx, database: &str) -> String {
     format!(
-        "runuser -u postgres -- psql -X -q -p {} -d {} -v ON_ERROR_STOP=1 -f -",
+        "{} -X -q -p {} -d {} -v ON_ERROR_STOP=1 -f -",
+        super::superuser_psql(&ctx.inv),
         ctx.inv.postgres.port,
         sh_quote(database)
     )

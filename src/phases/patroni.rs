@@ -244,7 +244,10 @@ pub async fn streaming(ctx: &Ctx, leader: &str) -> Result<BTreeSet<String>> {
     let s = ctx.session(leader)?;
     let out = s
         .exec(
-            "runuser -u postgres -- psql -AtX -c \"select application_name from pg_stat_replication where state = 'streaming'\" 2>/dev/null",
+            &format!(
+                "{} -AtX -c \"select application_name from pg_stat_replication where state = 'streaming'\" 2>/dev/null",
+                super::superuser_psql(&ctx.inv)
+            ),
             None,
         )
         .await?;

@@ -249,7 +249,8 @@ pub(crate) async fn wait_slot_dropped(ctx: &Ctx, slot: &str) -> Result<()> {
                 .session(&leader.name)?
                 .exec(
                     &format!(
-                        "runuser -u postgres -- psql -AtXq -c \"select count(*) from pg_replication_slots where slot_name = '{slot}'\""
+                        "{} -AtXq -c \"select count(*) from pg_replication_slots where slot_name = '{slot}'\"",
+                        super::superuser_psql(&ctx.inv)
                     ),
                     None,
                 )

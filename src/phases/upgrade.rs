@@ -396,6 +396,7 @@ pub async fn prechecks(ctx: &Ctx, bounds: &Bounds) -> Result<()> {
                 }
             }
             let age = local_sql(
+                ctx,
                 s,
                 "select coalesce(max(extract(epoch from now() - xact_start))::bigint, 0) from pg_stat_activity where xact_start is not null and pid <> pg_backend_pid()",
             )

@@ -22,7 +22,8 @@ pub struct Verify;
 pub async fn psql(ctx: &Ctx, s: &Session, host: &str, port: u16, sql: &str) -> Result<String> {
     let password = super::catalog::check_password(ctx);
     let cmd = format!(
-        "read -r PGPASSWORD; export PGPASSWORD; psql {} -AtXq -v ON_ERROR_STOP=1 -c {}",
+        "read -r PGPASSWORD; export PGPASSWORD; {} {} -AtXq -v ON_ERROR_STOP=1 -c {}",
+        super::psql_bin(&ctx.inv),
         sh_quote(&format!(
             "{} port={port} user={} dbname=postgres connect_timeout=5",
             tls_target(ctx, host),
@@ -63,10 +64,14 @@ pub fn tls_target(ctx: &Ctx, host: &str) -> String {
 }
 
 /// SQL as the postgres OS user over the local socket (no password).
-pub async fn local_sql(s: &Session, sql: &str) -> Result<String> {
+pub async fn local_sql(ctx: &Ctx, s: &Session, sql: &str) -> Result<String> {
     let out = s
         .exec(
-            &format!("runuser -u postgres -- psql -AtXq -c {}", sh_quote(sql)),
+            &format!(
+                "{} -AtXq -c {}",
+                super::superuser_psql(&ctx.inv),
+                sh_quote(sql)
+            ),
             None,
         )
         .await?;
@@ -185,7 +190,7 @@ impl Phase for Verify {
                         wait_until(
                             &format!("replica {r} has replayed the leader's WAL up to {lsn}"),
                             Duration::from_secs(30),
-                            || async { Ok(local_sql(rs, caught_up).await? == "t") },
+                            || async { Ok(local_sql(ctx, rs, caught_up).await? == "t") },
                         )
                         .await
                     }

@@ -85,25 +85,13 @@ pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or("no end of the response headers")?;
     let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
+    let status_line = head.split("\r\n").next().unwrap_or("");
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            } else if k == "content-length" {
-                length = v.parse().ok();
-            }
-        }
-    }
+    let (chunked, length) = framing(&head);
     let rest = &raw[end + 4..];
     let body = if chunked {
         dechunk(rest)?
@@ -148,14 +136,65 @@ where
         .write_all(req.as_bytes())
         .await
         .map_err(|e| format!("sending the request: {e}"))?;
+    // TLS holds what it could not pass on yet (the SSH channel was busy) until a flush: without
+    // one, a request may never leave, and the answer never come.
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
     let mut raw = Vec::new();
-    match stream.read_to_end(&mut raw).await {
-        Ok(_) => Ok(raw),
-        // A server that closes without TLS close_notify (Python's http.server does): the
-        // response is complete when its headers and body are (checked by the parser).
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
-        Err(e) => Err(format!("reading the response: {e}")),
+    let mut buf = [0u8; 16 * 1024];
+    // Until the response is whole (by its length or its last chunk), else until the server
+    // closes: the answer does not wait for the close to travel back through the SSH channel.
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Ok(raw),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if response_complete(&raw) {
+                    return Ok(raw);
+                }
+            }
+            // A server that closes without TLS close_notify (Python's http.server does): the
+            // response is complete when its headers and body are (checked by the parser).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
+                return Ok(raw)
+            }
+            Err(e) => return Err(format!("reading the response: {e}")),
+        }
     }
+}
+
+/// Pure: whether `raw` holds a whole response: its headers and a body of the length they give,
+/// or a chunked body up to its last chunk. Without either, only the server's close tells.
+pub fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let (chunked, length) = framing(&String::from_utf8_lossy(&raw[..end]));
+    let rest = &raw[end + 4..];
+    if chunked {
+        dechunk(rest).is_ok()
+    } else {
+        length.is_some_and(|n| rest.len() >= n)
+    }
+}
+
+/// Pure: from the response's header block, whether the body is chunked, and its length.
+fn framing(head: &str) -> (bool, Option<usize>) {
+    let mut chunked = false;
+    let mut length = None;
+    for l in head.split("\r\n").skip(1) {
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if k == "content-length" {
+                length = v.parse().ok();
+            }
+        }
+    }
+    (chunked, length)
 }
 
 impl Session {
@@ -288,6 +327,19 @@ mod tests {
         assert_eq!(r.body, b"all of it");
         assert!(parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_response_is_whole_by_its_length_or_its_last_chunk() {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert!(response_complete(whole));
+        assert!(!response_complete(&whole[..whole.len() - 1]));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\nContent-Len"));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        assert!(response_complete(chunked));
+        assert!(!response_complete(&chunked[..chunked.len() - 7]));
+        // No length and not chunked: only the server's close ends it.
+        assert!(!response_complete(b"HTTP/1.0 200 OK\r\n\r\nall of it"));
     }
 
     #[test]
