@@ -27,7 +27,6 @@ use miette::Result;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// The phases of a full run, in order.
 /// The release's own psql on a member, not Debian's `psql` wrapper: that one is a Perl script,
 /// which costs about 40 ms of the host's CPU at every call.
 pub fn psql_bin(inv: &Inventory) -> String {
@@ -40,6 +39,7 @@ pub fn superuser_psql(inv: &Inventory) -> String {
     format!("runuser -u postgres -- {}", psql_bin(inv))
 }
 
+/// The phases of a full run, in order.
 pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
     vec![
         Box::new(preflight::Preflight),

@@ -332,19 +332,19 @@ impl Phase for Packages {
                 let desired = self.desired_before(ctx, &h, manifest, bundle_dir, true)?;
                 let s = ctx.session(&h)?;
                 let req = desired.probe_request();
-                let (mut facts, text) =
-                    match ctx.probed_extra(&h, "packages", &dpkg_command()).await {
-                        Some((out, _)) => (probe(ctx, &h, &desired).await?, out),
-                        None => {
-                            let text = s.exec(&probe_cmd(&req), None).await?.stdout_str();
-                            let main = text.split_once("@REPO\n").map_or(text.as_str(), |m| m.0);
-                            let facts = parse_probe(&req, main).map_err(|e| {
-                                miette!("{h}: cannot read the host's packages: {e}")
-                            })?;
-                            (facts, text)
-                        }
-                    };
-                let rest = text.split_once("@REPO\n").map_or("", |r| r.1);
+                // Planned with the other phases, only dpkg's view rode along in the shared
+                // probe, which answers the files and packages.
+                let shared = ctx.probed_extra(&h, "packages", &dpkg_command()).await;
+                let text = match &shared {
+                    Some((out, _)) => out.clone(),
+                    None => s.exec(&probe_cmd(&req), None).await?.stdout_str(),
+                };
+                let (main, rest) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let mut facts = match shared {
+                    Some(_) => probe(ctx, &h, &desired).await?,
+                    None => parse_probe(&req, main)
+                        .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?,
+                };
                 let (repo, dpkg) = rest.split_once("@INSTALLED\n").unwrap_or((rest, ""));
                 let installed: BTreeMap<String, String> = dpkg
                     .lines()

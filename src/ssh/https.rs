@@ -80,11 +80,7 @@ pub fn tls_client_config(
 
 /// Pure: split a raw HTTP/1.x response into status and body (identity or chunked encoding).
 pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of the response headers")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
+    let (head, rest) = split_head(raw).ok_or("no end of the response headers")?;
     let status_line = head.split("\r\n").next().unwrap_or("");
     let status: u16 = status_line
         .split_whitespace()
@@ -92,7 +88,6 @@ pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
     let (chunked, length) = framing(&head);
-    let rest = &raw[end + 4..];
     let body = if chunked {
         dechunk(rest)?
     } else {
@@ -167,17 +162,22 @@ where
 
 /// Pure: whether `raw` holds a whole response: its headers and a body of the length they give,
 /// or a chunked body up to its last chunk. Without either, only the server's close tells.
-pub fn response_complete(raw: &[u8]) -> bool {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+fn response_complete(raw: &[u8]) -> bool {
+    let Some((head, rest)) = split_head(raw) else {
         return false;
     };
-    let (chunked, length) = framing(&String::from_utf8_lossy(&raw[..end]));
-    let rest = &raw[end + 4..];
+    let (chunked, length) = framing(&head);
     if chunked {
         dechunk(rest).is_ok()
     } else {
         length.is_some_and(|n| rest.len() >= n)
     }
+}
+
+/// Pure: a response's header block and what follows it (None while the headers are not whole).
+fn split_head(raw: &[u8]) -> Option<(std::borrow::Cow<'_, str>, &[u8])> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((String::from_utf8_lossy(&raw[..end]), &raw[end + 4..]))
 }
 
 /// Pure: from the response's header block, whether the body is chunked, and its length.
