@@ -195,6 +195,8 @@ pub struct ReaderFact {
 pub struct InDb {
     pub db: String,
     pub extensions: Vec<String>,
+    /// Its tables, counted only for a database marked absent (0 for the others).
+    #[serde(default)]
     pub tables: i64,
     pub readers: Vec<ReaderFact>,
     /// Roles the owner's default privileges in `public` give SELECT to.
@@ -261,40 +263,51 @@ SELECT json_build_object(
     WHERE r.rolname IN ({absent})));
 "#
     );
+    // Which declared databases exist, in one query; then one connection to each of those.
+    if !inv.databases.is_empty() {
+        let has: Vec<String> = inv
+            .databases
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                format!(
+                    "EXISTS (SELECT FROM pg_database WHERE datname = {}) AS pgdeploy_has_{i}",
+                    lit(&d.name)
+                )
+            })
+            .collect();
+        s.push_str(&format!("SELECT {} \\gset\n", has.join(",\n ")));
+    }
     for (i, d) in inv.databases.iter().enumerate() {
-        let readers: Vec<String> = if d.state == Presence::Present {
-            d.readers.iter().map(|r| lit(r)).collect()
-        } else {
-            Vec::new()
-        };
-        let readers = format!("ARRAY[{}]::text[]", readers.join(","));
-        s.push_str(&format!(
-            r#"SELECT EXISTS (SELECT FROM pg_database WHERE datname = {name}) AS pgdeploy_has_{i} \gset
-\if :pgdeploy_has_{i}
-\c {db}
-SELECT json_build_object('db', current_database(),
- 'extensions', (SELECT coalesce(json_agg(extname ORDER BY extname), '[]'::json) FROM pg_extension WHERE extname <> 'plpgsql'),
- 'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'),
- 'readers', (SELECT coalesce(json_agg(json_build_object('role', r,
-    'connect', has_database_privilege(r, current_database(), 'CONNECT'),
-    'usage', has_schema_privilege(r, 'public', 'USAGE'),
-    'missing', (SELECT count(*) FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
-                AND c.relkind IN ('r', 'p', 'v', 'm') AND NOT has_table_privilege(r, c.oid, 'SELECT')),
-    'default', EXISTS (SELECT FROM pg_default_acl a, aclexplode(a.defaclacl) x
-                WHERE a.defaclnamespace = 'public'::regnamespace AND a.defaclobjtype = 'r'
-                AND a.defaclrole = (SELECT datdba FROM pg_database WHERE datname = current_database())
-                AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = r) AND x.privilege_type = 'SELECT'))), '[]'::json)
-    FROM unnest({readers}) r WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r)),
- 'grantees', (SELECT coalesce(json_agg(DISTINCT pg_get_userbyid(x.grantee)), '[]'::json)
-    FROM pg_default_acl a, aclexplode(a.defaclacl) x
+        let query = if d.state == Presence::Present {
+            let readers: Vec<String> = d.readers.iter().map(|r| lit(r)).collect();
+            format!(
+                r#"WITH acl AS (SELECT x.grantee, x.privilege_type FROM pg_default_acl a, aclexplode(a.defaclacl) x
     WHERE a.defaclnamespace = 'public'::regnamespace AND a.defaclobjtype = 'r'
     AND a.defaclrole = (SELECT datdba FROM pg_database WHERE datname = current_database())
-    AND x.grantee <> a.defaclrole AND x.grantee <> 0));
-\endif
-"#,
-            name = lit(&d.name),
-            db = d.name,
+    AND x.grantee <> a.defaclrole AND x.grantee <> 0),
+ tabs AS (SELECT c.oid FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm'))
+SELECT json_build_object('db', current_database(),
+ 'extensions', (SELECT coalesce(json_agg(extname ORDER BY extname), '[]'::json) FROM pg_extension WHERE extname <> 'plpgsql'),
+ 'readers', (SELECT coalesce(json_agg(json_build_object('role', r.rolname,
+    'connect', has_database_privilege(r.oid, current_database(), 'CONNECT'),
+    'usage', has_schema_privilege(r.oid, 'public', 'USAGE'),
+    'missing', (SELECT count(*) FROM tabs WHERE NOT has_table_privilege(r.oid, tabs.oid, 'SELECT')),
+    'default', EXISTS (SELECT FROM acl WHERE acl.grantee = r.oid AND acl.privilege_type = 'SELECT'))), '[]'::json)
+    FROM pg_roles r WHERE r.rolname = ANY (ARRAY[{readers}]::text[])),
+ 'grantees', (SELECT coalesce(json_agg(DISTINCT pg_get_userbyid(acl.grantee)), '[]'::json) FROM acl));"#,
+                readers = readers.join(",")
+            )
+        } else {
+            // Marked absent: only whether it holds data (a drop then needs `drop_data`).
+            r#"SELECT json_build_object('db', current_database(), 'extensions', '[]'::json, 'readers', '[]'::json, 'grantees', '[]'::json,
+ 'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'));"#
+                .to_string()
+        };
+        s.push_str(&format!(
+            "\\if :pgdeploy_has_{i}\n\\c {db}\n{query}\n\\endif\n",
+            db = d.name
         ));
     }
     s
@@ -1027,13 +1040,19 @@ mod tests {
     #[test]
     fn probe_output_parses() {
         let out = r#"{"roles": [{"name":"app","login":true,"connlimit":20,"createdb":false,"createrole":false,"verifier":null,"member_of":[],"comment":"managed by pgdeploy"}], "databases": [], "available": ["citext"], "owned": []}
-{"db": "app", "extensions": [], "tables": 0, "readers": [], "grantees": []}
+{"db": "app", "extensions": [], "readers": [], "grantees": []}
+{"db": "old", "extensions": [], "tables": 3, "readers": [], "grantees": []}
 "#;
         let f = parse_probe(out).unwrap();
         assert_eq!(f.roles[0].connlimit, 20);
         assert_eq!(f.in_db[0].db, "app");
+        assert_eq!((f.in_db[0].tables, f.in_db[1].tables), (0, 3));
         assert!(parse_probe("").is_err());
         let script = probe_script(&inv(CAT));
         assert!(script.contains("\\c app\n") && script.contains("ARRAY['app_ro']::text[]"));
+        // Which declared databases exist is one query; tables are counted only where a drop
+        // would need them (none is marked absent here).
+        assert_eq!(script.matches("\\gset").count(), 1, "{script}");
+        assert!(!script.contains("'tables'"), "{script}");
     }
 }

@@ -30,10 +30,7 @@ pub fn role_applies(spec: &RoleSpec, host: &Host) -> bool {
 pub fn context(inv: &Inventory, host: &Host, vars: &Value) -> Value {
     let pg = &inv.postgres;
     let major = pg.major();
-    let data_dir = pg
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| format!("/var/lib/postgresql/{major}/main"));
+    let data_dir = pg.data_directory();
     let groups: Map<String, Value> = Group::ALL
         .iter()
         .map(|g| {

@@ -90,6 +90,13 @@ impl Postgres {
             .next()
             .unwrap_or(&self.version)
     }
+
+    /// The data directory: `data_dir`, or Debian's `/var/lib/postgresql/MAJOR/main`.
+    pub fn data_directory(&self) -> String {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| format!("/var/lib/postgresql/{}/main", self.major()))
+    }
 }
 
 /// A scalar parameter value as written in YAML.

@@ -7,6 +7,7 @@ use crate::catalog::{self, Passwords};
 use crate::engine::phase::{Phase, PhasePlan};
 use crate::engine::step::{Expand, PlannedStep, Step};
 use crate::engine::Ctx;
+use crate::inventory::Group;
 use crate::shell::sh_quote;
 use async_trait::async_trait;
 use miette::{miette, Result};
@@ -61,11 +62,52 @@ fn leader_of(ms: &[Member]) -> Option<String> {
         .map(|m| m.name.clone())
 }
 
+/// The line that ends a complete read of [`read_if_primary`].
+const READ_DONE: &str = "@@PGDEPLOY-CATALOG-DONE";
+
+/// The catalog as `host` has it if it is the primary, read before it is known which member
+/// leads: a standby (`standby.signal`, or in recovery) skips the read at once. `None` when it
+/// did not read in full: not the primary, or anything failed (left to [`read_catalog`]).
+async fn read_if_primary(ctx: &Ctx, host: &str) -> Option<String> {
+    let standby = format!("{}/standby.signal", ctx.inv.postgres.data_directory());
+    let cmd = format!(
+        r#"[ -e {standby} ] || {psql} <<'PGDEPLOY_CATALOG'
+SELECT pg_is_in_recovery() AS pgdeploy_standby \gset
+\if :pgdeploy_standby
+\q
+\endif
+{script}\echo {READ_DONE}
+PGDEPLOY_CATALOG"#,
+        standby = sh_quote(&standby),
+        psql = psql_command(ctx, "postgres"),
+        script = catalog::probe_script(&ctx.inv),
+    );
+    let out = ctx.session(host).ok()?.exec(&cmd, None).await.ok()?;
+    let text = out.stdout_str();
+    (out.ok() && text.trim_end().ends_with(READ_DONE)).then_some(text)
+}
+
+/// The catalog steps against `leader`'s catalog in `text` (see [`catalog::probe_script`]).
+fn plan_from(ctx: &Ctx, leader: &str, text: &str) -> Result<Vec<PlannedStep>> {
+    let facts = catalog::parse_probe(text).map_err(|e| miette!("{leader}: {e}"))?;
+    let check = check_password(ctx);
+    let pw = Passwords {
+        roles: &ctx.role_passwords,
+        check: &check,
+    };
+    catalog::plan(&ctx.inv, leader, &facts, &pw)
+}
+
 /// The catalog steps against `leader`'s catalog as it is now.
 async fn plan_on(ctx: &Ctx, leader: &str) -> Result<Vec<PlannedStep>> {
-    let s = ctx.session(leader)?;
+    plan_from(ctx, leader, &read_catalog(ctx, leader).await?)
+}
+
+/// The leader's catalog, read with a psql of its own.
+async fn read_catalog(ctx: &Ctx, leader: &str) -> Result<String> {
     let script = catalog::probe_script(&ctx.inv);
-    let out = s
+    let out = ctx
+        .session(leader)?
         .exec(&psql_command(ctx, "postgres"), Some(script.as_bytes()))
         .await?;
     if !out.ok() {
@@ -74,13 +116,7 @@ async fn plan_on(ctx: &Ctx, leader: &str) -> Result<Vec<PlannedStep>> {
             ctx.redact(out.stderr_str().trim())
         ));
     }
-    let facts = catalog::parse_probe(&out.stdout_str()).map_err(|e| miette!("{leader}: {e}"))?;
-    let check = check_password(ctx);
-    let pw = Passwords {
-        roles: &ctx.role_passwords,
-        check: &check,
-    };
-    catalog::plan(&ctx.inv, leader, &facts, &pw)
+    Ok(out.stdout_str())
 }
 
 /// What a deferred catalog step becomes once the cluster leads.
@@ -103,9 +139,28 @@ impl Phase for Catalog {
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
-        let leader = leader(ctx).await?;
+        // Who leads is known only once Patroni answers: meanwhile every member reads its
+        // catalog if it is the primary (the others skip at once), and the leader's is taken.
+        let members: Vec<String> = ctx
+            .inv
+            .group_hosts(Group::Patroni)
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|h| ctx.sessions.contains_key(h))
+            .collect();
+        let (leader, mut reads) = tokio::join!(
+            leader(ctx),
+            futures::future::join_all(members.iter().map(|h| read_if_primary(ctx, h)))
+        );
+        let leader = leader?;
         let steps = match leader {
-            Some(l) if ctx.sessions.contains_key(&l) => plan_on(ctx, &l).await?,
+            Some(l) if ctx.sessions.contains_key(&l) => {
+                let read = members.iter().position(|h| *h == l).and_then(|i| reads[i].take());
+                match read {
+                    Some(text) => plan_from(ctx, &l, &text)?,
+                    None => plan_on(ctx, &l).await?,
+                }
+            }
             // A leader the inventory no longer lists: the retire phase refuses that plan (with
             // the switchover to run first), so nothing here is known yet.
             Some(l) => vec![PlannedStep::new(
