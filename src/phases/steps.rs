@@ -502,70 +502,81 @@ mod tests {
     }
 
     fn cluster_double(sim: Sim) -> Arc<Script<Sim>> {
-        Arc::new(
-            Script::new(sim).rule(|host, call, sim| match call {
-                Call::Get { url } if url.ends_with("/cluster") => {
-                    if sim.running.is_empty() {
-                        return Some(Answer::Fail("connection refused".into()));
-                    }
-                    let members: Vec<Value> = sim
-                        .running
-                        .iter()
-                        .map(|m| {
-                            let lead = sim.leader.as_deref() == Some(m.as_str());
-                            json!({"name": m, "host": format!("10.10.0.{}", 20 + m[2..].parse::<u32>().unwrap_or(0)), "role": if lead { "leader" } else { "replica" },
-                                   "state": if lead { "running" } else { "streaming" }, "lag": 0,
-                                   "pending_restart": sim.pending.contains(m)})
-                        })
-                        .collect();
-                    Some(Answer::json(&json!({ "members": members })))
+        Arc::new(Script::new(sim).rule(cluster_rule))
+    }
+
+    /// How the double's cluster answers Patroni's REST API and the commands that change it.
+    fn cluster_rule(host: &str, call: &Call, sim: &mut Sim) -> Option<Answer> {
+        match call {
+            Call::Get { url } if url.ends_with("/cluster") => {
+                if sim.running.is_empty() {
+                    return Some(Answer::Fail("connection refused".into()));
                 }
-                Call::Get { url } if url.ends_with("/config") => Some(Answer::json(&sim.config)),
-                Call::Get { url } if url.ends_with("/patroni") => {
-                    let me = name_of(url.split("//").nth(1)?.split(':').next()?);
-                    if !sim.running.contains(&me) {
-                        return Some(Answer::Fail("connection refused".into()));
-                    }
-                    Some(Answer::json(&json!({"dcs_last_seen": 2000.0, "server_version": 170012})))
+                let members: Vec<Value> = sim
+                .running
+                .iter()
+                .map(|m| {
+                    let lead = sim.leader.as_deref() == Some(m.as_str());
+                    json!({"name": m, "host": format!("10.10.0.{}", 20 + m[2..].parse::<u32>().unwrap_or(0)), "role": if lead { "leader" } else { "replica" },
+                           "state": if lead { "running" } else { "streaming" }, "lag": 0,
+                           "pending_restart": sim.pending.contains(m)})
+                })
+                .collect();
+                Some(Answer::json(&json!({ "members": members })))
+            }
+            Call::Get { url } if url.ends_with("/config") => Some(Answer::json(&sim.config)),
+            Call::Get { url } if url.ends_with("/patroni") => {
+                let me = name_of(url.split("//").nth(1)?.split(':').next()?);
+                if !sim.running.contains(&me) {
+                    return Some(Answer::Fail("connection refused".into()));
                 }
-                Call::Exec { cmd, stdin } => {
-                    if cmd == "systemctl start 'patroni.service'" || cmd == "systemctl start patroni.service" {
-                        sim.running.push(host.to_string());
-                        if sim.leader.is_none() {
-                            sim.leader = Some(host.to_string());
-                        }
-                    } else if cmd.contains("pg_stat_replication") {
-                        let l = sim.leader.clone()?;
-                        let r: Vec<&String> = sim.running.iter().filter(|m| **m != l).collect();
-                        return Some(Answer::ok(
-                            &r.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-                        ));
-                    } else if cmd.contains("edit-config") {
-                        let patch: Value = serde_json::from_slice(stdin).ok()?;
-                        sim.config = patch;
-                        // A parameter that needs a restart: every member asks for one.
-                        sim.pending = sim.running.iter().cloned().collect();
-                    } else if cmd.contains(" restart ") {
-                        let member = cmd.split_whitespace().nth(5)?.trim_matches('\'');
-                        sim.pending.remove(member);
-                    } else if cmd.contains(" switchover ") {
-                        let to = cmd.split("--candidate ").nth(1)?.split_whitespace().next()?;
-                        sim.leader = Some(to.trim_matches('\'').to_string());
-                    } else if cmd.starts_with("date ") {
-                        return Some(Answer::ok("1000.0\n"));
-                    } else if cmd == "systemctl disable --now patroni.service" {
-                        sim.running.retain(|m| m != host);
-                    } else if cmd.contains("from pg_replication_slots where slot_name") {
-                        // The leader drops the slot of a member that is gone.
-                        let slot = cmd.split("slot_name = '").nth(1)?.split('\'').next()?;
-                        let held = sim.running.iter().any(|m| m == slot);
-                        return Some(Answer::ok(if held { "1\n" } else { "0\n" }));
+                Some(Answer::json(
+                    &json!({"dcs_last_seen": 2000.0, "server_version": 170012}),
+                ))
+            }
+            Call::Exec { cmd, stdin } => {
+                if cmd == "systemctl start 'patroni.service'"
+                    || cmd == "systemctl start patroni.service"
+                {
+                    sim.running.push(host.to_string());
+                    if sim.leader.is_none() {
+                        sim.leader = Some(host.to_string());
                     }
-                    Some(Answer::ok(""))
+                } else if cmd.contains("pg_stat_replication") {
+                    let l = sim.leader.clone()?;
+                    let r: Vec<&String> = sim.running.iter().filter(|m| **m != l).collect();
+                    return Some(Answer::ok(
+                        &r.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+                    ));
+                } else if cmd.contains("edit-config") {
+                    let patch: Value = serde_json::from_slice(stdin).ok()?;
+                    sim.config = patch;
+                    // A parameter that needs a restart: every member asks for one.
+                    sim.pending = sim.running.iter().cloned().collect();
+                } else if cmd.contains(" restart ") {
+                    let member = cmd.split_whitespace().nth(5)?.trim_matches('\'');
+                    sim.pending.remove(member);
+                } else if cmd.contains(" switchover ") {
+                    let to = cmd
+                        .split("--candidate ")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?;
+                    sim.leader = Some(to.trim_matches('\'').to_string());
+                } else if cmd.starts_with("date ") {
+                    return Some(Answer::ok("1000.0\n"));
+                } else if cmd == "systemctl disable --now patroni.service" {
+                    sim.running.retain(|m| m != host);
+                } else if cmd.contains("from pg_replication_slots where slot_name") {
+                    // The leader drops the slot of a member that is gone.
+                    let slot = cmd.split("slot_name = '").nth(1)?.split('\'').next()?;
+                    let held = sim.running.iter().any(|m| m == slot);
+                    return Some(Answer::ok(if held { "1\n" } else { "0\n" }));
                 }
-                _ => None,
-            }),
-        )
+                Some(Answer::ok(""))
+            }
+            _ => None,
+        }
     }
 
     fn ctx<S: Send + 'static>(double: Arc<Script<S>>, dir: &std::path::Path) -> Ctx {
@@ -964,5 +975,72 @@ mod tests {
         let c = ctx(d, dir.path());
         let f = super::super::etcd::probe_membership(&c).await.unwrap();
         assert!(f.members.is_none() && f.has_data.is_empty());
+    }
+
+    /// The leader's catalog with nothing declared yet (pgdeploy's check role is to be made).
+    const EMPTY_CATALOG: &str = r#"{"roles": [], "databases": [], "available": [], "owned": []}"#;
+
+    #[tokio::test]
+    async fn catalog_takes_the_leaders_own_read_and_reads_again_when_it_was_not_complete() {
+        for complete in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let sim = Sim {
+                running: ["pg1", "pg2", "pg3"].map(String::from).to_vec(),
+                leader: Some("pg2".into()),
+                config: json!({}),
+                ..Default::default()
+            };
+            // Every member's guarded read: the facts and the end line from the primary (when
+            // `complete`), nothing from a standby. Then the leader's own read, if asked for.
+            let d = Arc::new(
+                Script::new(sim)
+                    .rule(move |host, call, sim| match call {
+                        Call::Exec { cmd, .. } if cmd.contains("<<'PGDEPLOY_CATALOG'") => {
+                            let primary = sim.leader.as_deref() == Some(host);
+                            Some(Answer::ok(&if primary && complete {
+                                format!("{EMPTY_CATALOG}\n@@PGDEPLOY-CATALOG-DONE\n")
+                            } else {
+                                String::new()
+                            }))
+                        }
+                        Call::Exec { cmd, .. } if cmd.ends_with(" -f -") => {
+                            Some(Answer::ok(&format!("{EMPTY_CATALOG}\n")))
+                        }
+                        _ => None,
+                    })
+                    .rule(cluster_rule),
+            );
+            let c = ctx(d.clone(), dir.path());
+            let steps = super::super::catalog::Catalog.plan(&c).await.unwrap().steps;
+            let summaries: Vec<String> = steps
+                .iter()
+                .map(|s| format!("{}: {}", s.host, s.step.summary()))
+                .collect();
+            assert!(
+                summaries.len() == 1 && summaries[0].starts_with("pg2: + role pgdeploy_check"),
+                "{summaries:?}"
+            );
+            let guarded: Vec<String> = d
+                .matching("<<'PGDEPLOY_CATALOG'")
+                .iter()
+                .map(|c| c.split(':').next().unwrap().to_string())
+                .collect();
+            assert_eq!(guarded.len(), 3, "every member reads if it is the primary");
+            assert!(d
+                .matching("<<'PGDEPLOY_CATALOG'")
+                .iter()
+                .all(|c| c.contains("standby.signal") && c.contains("pg_is_in_recovery()")));
+            let again = d.matching(" -f -");
+            let expected: Vec<String> = if complete { vec![] } else { vec!["pg2".into()] };
+            assert_eq!(
+                again
+                    .iter()
+                    .filter(|c| !c.contains("PGDEPLOY_CATALOG"))
+                    .map(|c| c.split(':').next().unwrap().to_string())
+                    .collect::<Vec<_>>(),
+                expected,
+                "the leader reads again only when its first read was not complete"
+            );
+        }
     }
 }
