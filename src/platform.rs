@@ -81,6 +81,12 @@ impl Platform {
         }
     }
 
+    /// Whether the release's pgBackRest (2.45 on Debian 12, 2.55 on 13) has
+    /// `backup-standby=prefer`: back up from a replica, or from the leader when none streams.
+    pub fn pgbackrest_standby_prefer(self) -> bool {
+        matches!(self, Platform::Debian13)
+    }
+
     /// pgdeploy's default timings on this release. Patroni 4 raises a `ttl` below 20 to 20
     /// (with only a warning in its log), so the fastest timings it honours as written are
     /// 20/2/3; Patroni 3 takes 10/2/3.

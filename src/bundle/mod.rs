@@ -37,13 +37,15 @@ pub const HOST_REPO_DIR: &str = "/var/lib/pgdeploy/repo";
 pub const APT_STATE_DIR: &str = ".apt";
 
 /// Packages besides PostgreSQL: Patroni (its etcd3 DCS needs python3-etcd; its Depends bring
-/// python3-psycopg2 and the rest), etcd (server and etcdctl for health checks), HAProxy.
-pub const EXTRA_PACKAGES: [&str; 5] = [
+/// python3-psycopg2 and the rest), etcd (server and etcdctl for health checks), HAProxy,
+/// pgBackRest (backups, on the database and repository hosts).
+pub const EXTRA_PACKAGES: [&str; 6] = [
     "patroni",
     "python3-etcd",
     "etcd-server",
     "etcd-client",
     "haproxy",
+    "pgbackrest",
 ];
 
 /// Errors of the bundle builder.

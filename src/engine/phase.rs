@@ -106,7 +106,7 @@ pub fn desired_for_host(ctx: &Ctx, roles: &[String], host_name: &str) -> Result<
         let Some(spec) = ctx.roles.role(r)? else {
             continue;
         };
-        if !role_applies(&spec, host) {
+        if !role_applies(&spec, &ctx.inv, host) {
             continue;
         }
         let one = desired_for(&ctx.roles, r, &spec, &tctx, host)?;
@@ -201,7 +201,7 @@ pub fn hosts_for_roles(ctx: &Ctx, roles: &[String]) -> Result<Vec<String>> {
     Ok(ctx
         .hosts
         .iter()
-        .filter(|h| specs.iter().any(|s| role_applies(s, h)))
+        .filter(|h| specs.iter().any(|s| role_applies(s, &ctx.inv, h)))
         .map(|h| h.name.clone())
         .collect())
 }

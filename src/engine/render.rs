@@ -1,7 +1,7 @@
 //! Rendering a role for one host: role data + template context -> [`Desired`].
 
 use super::plan::{Desired, DesiredDir, DesiredFile, DesiredPackage, DesiredUnit};
-use super::roles::{parse_mode, render, RoleSource, RoleSpec, Stage};
+use super::roles::{parse_mode, render, OnChange, RoleSource, RoleSpec, Stage, UnitState};
 use crate::inventory::{Group, Host, Inventory, ParamValue};
 use miette::{miette, Result, WrapErr};
 use serde_json::{json, Map, Value};
@@ -13,10 +13,21 @@ pub fn sysctl_file(role: &str) -> String {
 }
 
 /// Whether a role applies to a host.
-pub fn role_applies(spec: &RoleSpec, host: &Host) -> bool {
+pub fn role_applies(spec: &RoleSpec, inv: &Inventory, host: &Host) -> bool {
+    if let Some(req) = &spec.requires {
+        let present = Group::ALL
+            .iter()
+            .any(|g| g.as_str() == req.as_str() && !inv.groups.get(*g).is_empty());
+        if !present {
+            return false;
+        }
+    }
     match spec.hosts.as_str() {
         "all" => true,
-        g => host.groups.iter().any(|hg| hg.as_str() == g),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .any(|g| host.groups.iter().any(|hg| hg.as_str() == g)),
     }
 }
 
@@ -56,6 +67,7 @@ pub fn context(inv: &Inventory, host: &Host, vars: &Value) -> Value {
         "etcd": inv.etcd,
         "haproxy": inv.haproxy,
         "dns": inv.dns,
+        "backup": backup_json(inv),
         "host": host_json(host),
         "groups": groups,
         "client_addresses": client_addresses(inv),
@@ -73,6 +85,23 @@ fn params_json(p: &BTreeMap<String, ParamValue>) -> Value {
             .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
             .collect(),
     )
+}
+
+/// `backup` for templates: the inventory's section, the repository host (`host`, null without
+/// one), and the release's pgBackRest choices: `standby_mode` (2.55 can fall back to the leader
+/// when no replica streams; 2.45 cannot) and `compress_type`.
+fn backup_json(inv: &Inventory) -> Value {
+    let mut b = json!(inv.backup);
+    b["host"] = inv
+        .backup_host()
+        .as_ref()
+        .map(host_json)
+        .unwrap_or(Value::Null);
+    b["stanza"] = json!(inv.cluster.name);
+    let prefer = inv.platform.pgbackrest_standby_prefer();
+    b["standby_mode"] = json!(if prefer { "prefer" } else { "y" });
+    b["compress_type"] = json!("lz4");
+    b
 }
 
 /// A host as templates see it (`host`, and each entry of `groups.*`).
@@ -137,6 +166,15 @@ pub fn desired_for(
 ) -> Result<Desired> {
     let mctx = minijinja::Value::from_serialize(ctx);
     let r = |label: &str, s: &str| render(label, s, &mctx);
+    // The context of a file or unit with `item` values.
+    let with_item = |item: &BTreeMap<String, String>| {
+        if item.is_empty() {
+            return mctx.clone();
+        }
+        let mut c = ctx.clone();
+        c["item"] = json!(item);
+        minijinja::Value::from_serialize(&c)
+    };
     let mut d = Desired::default();
     for dir in &spec.directories {
         d.dirs.push(DesiredDir {
@@ -154,6 +192,8 @@ pub fn desired_for(
                 continue;
             }
         }
+        let fctx = with_item(&f.item);
+        let r = |label: &str, s: &str| render(label, s, &fctx);
         let content = match (&f.template, &f.content) {
             (Some(t), None) => {
                 let source = src.template(role, t)?;
@@ -203,6 +243,32 @@ pub fn desired_for(
         });
     }
     for u in &spec.units {
+        let uctx = with_item(&u.item);
+        let r = |label: &str, s: &str| render(label, s, &uctx);
+        let active = match &u.when {
+            None => true,
+            Some(w) => match r(&format!("{role}: when of {}", u.name), w)?
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "true" => true,
+                "false" => false,
+                other => return Err(miette!(
+                    "role {role}, unit {}: `when` rendered {other:?}; it must render true or false",
+                    u.name
+                )),
+            },
+        };
+        if !active {
+            d.units.push(DesiredUnit {
+                name: u.name.clone(),
+                enabled: false,
+                state: UnitState::Stopped,
+                on_change: OnChange::None,
+            });
+            continue;
+        }
         if let Some(t) = &u.template {
             let source = src.template(role, t)?;
             let content = r(t, &source)?;
@@ -268,6 +334,7 @@ groups:
         assert_eq!(
             keys,
             [
+                "backup",
                 "client_addresses",
                 "cluster",
                 "dns",

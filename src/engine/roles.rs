@@ -4,6 +4,7 @@
 use include_dir::{include_dir, Dir};
 use miette::{miette, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 static EMBEDDED_ROLES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/roles");
@@ -15,8 +16,13 @@ pub type HostSelector = String;
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
-    /// `all`, `etcd`, `patroni` or `haproxy`.
+    /// `all`, or the groups whose hosts get the role, comma-separated (`etcd`, `patroni`,
+    /// `haproxy`, `backup`).
     pub hosts: HostSelector,
+    /// The role applies only when the inventory has hosts in this group (e.g. `backup`: the
+    /// database hosts get pgBackRest only when there is a repository).
+    #[serde(default)]
+    pub requires: Option<String>,
     #[serde(default)]
     pub packages: Vec<PackageSpec>,
     #[serde(default)]
@@ -79,6 +85,9 @@ pub struct FileSpec {
     /// Only for hosts in this group (within the role's hosts).
     #[serde(default)]
     pub when_group: Option<String>,
+    /// Values the template (and the path) see as `item`: one template for several files.
+    #[serde(default)]
+    pub item: BTreeMap<String, String>,
     /// Files of a role with the same `pair` name are replaced together: each is staged next
     /// to its place and all are renamed in one command (a certificate and its key).
     #[serde(default)]
@@ -137,6 +146,13 @@ pub struct UnitSpec {
     pub state: UnitState,
     #[serde(default)]
     pub on_change: OnChange,
+    /// Values the template sees as `item` (one template for several units).
+    #[serde(default)]
+    pub item: BTreeMap<String, String>,
+    /// A template that renders to `true` or `false`: when false, the unit is kept disabled
+    /// and stopped, and its file is not written (e.g. a timer whose schedule is not set).
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 fn root() -> String {

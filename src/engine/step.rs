@@ -174,6 +174,10 @@ pub enum Step {
         #[serde(skip_serializing_if = "Option::is_none")]
         drop_role: Option<String>,
     },
+    /// Create the pgBackRest stanza `stanza` in the repository (on the repository host).
+    StanzaCreate { stanza: String },
+    /// `pgbackrest check`: the leader's next WAL segment reaches the repository.
+    ArchiveCheck { stanza: String },
     /// Something found that the run keeps as it is, and why (not a change).
     Note { text: String },
     /// Wait until a condition holds (within a generous deadline).
@@ -353,6 +357,12 @@ impl Step {
                 format!("~ dns {name}: {}", parts.join(", "))
             }
             Step::Catalog { change, .. } => change.clone(),
+            Step::StanzaCreate { stanza } => format!(
+                "+ pgbackrest stanza-create {stanza} (the repository has no stanza for this cluster)"
+            ),
+            Step::ArchiveCheck { stanza } => format!(
+                "? gate: pgbackrest check {stanza} (the leader's next WAL segment reaches the archive)"
+            ),
             Step::Note { text } => format!("= {text}"),
             Step::Wait { gate } => format!("? wait: {}", gate.summary()),
             Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),
@@ -366,6 +376,7 @@ impl Step {
             Step::Wait { .. }
                 | Step::Deferred { .. }
                 | Step::UpgradePrechecks { .. }
+                | Step::ArchiveCheck { .. }
                 | Step::Note { .. }
         )
     }

@@ -28,6 +28,9 @@ pub struct Inventory {
     pub packages: Packages,
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// Backups with pgBackRest (used when `groups.backup` names the repository host).
+    #[serde(default)]
+    pub backup: Backup,
     #[serde(default)]
     pub ssh: Ssh,
     pub groups: Groups,
@@ -47,6 +50,50 @@ pub struct Inventory {
     /// the release was chosen).
     #[serde(skip)]
     pub platform_written: bool,
+}
+
+/// pgBackRest: the repository on the `backup` host, WAL archiving from whichever member leads,
+/// scheduled backups (systemd calendar expressions) and retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backup {
+    /// Repository directory on the backup host.
+    pub repo_path: String,
+    /// Full backups kept (older ones expire, with the WAL only they need).
+    pub retention_full: u32,
+    /// Differential backups kept.
+    pub retention_diff: u32,
+    /// When the timers run each backup type (none: not scheduled).
+    pub full_schedule: Option<String>,
+    pub diff_schedule: Option<String>,
+    pub incr_schedule: Option<String>,
+    /// Take backups from a replica (the leader only sends the WAL and a few files).
+    pub from_replica: bool,
+    /// PostgreSQL's archive_timeout in seconds: the longest a WAL segment waits before it is
+    /// archived, so the most writes lost if every database host is lost at once.
+    pub archive_timeout: u32,
+    /// WAL kept waiting on a member while the repository cannot take it; beyond this it is
+    /// dropped (writes go on, and the archive has a gap until the next backup).
+    pub archive_queue_max: String,
+    /// Port of pgBackRest's TLS server on the repository and database hosts.
+    pub tls_port: u16,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            repo_path: "/var/lib/pgbackrest".into(),
+            retention_full: 2,
+            retention_diff: 7,
+            full_schedule: Some("Sun *-*-* 01:00:00".into()),
+            diff_schedule: Some("Mon..Sat *-*-* 01:00:00".into()),
+            incr_schedule: None,
+            from_replica: true,
+            archive_timeout: 60,
+            archive_queue_max: "4GiB".into(),
+            tls_port: 8432,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -422,6 +469,9 @@ pub struct Groups {
     pub patroni: Vec<HostEntry>,
     #[serde(default)]
     pub haproxy: Vec<HostEntry>,
+    /// The pgBackRest repository host (at most one; none: no backups).
+    #[serde(default)]
+    pub backup: Vec<HostEntry>,
 }
 
 /// A role a host plays.
@@ -431,15 +481,17 @@ pub enum Group {
     Etcd,
     Patroni,
     Haproxy,
+    Backup,
 }
 
 impl Group {
-    pub const ALL: [Group; 3] = [Group::Etcd, Group::Patroni, Group::Haproxy];
+    pub const ALL: [Group; 4] = [Group::Etcd, Group::Patroni, Group::Haproxy, Group::Backup];
     pub fn as_str(&self) -> &'static str {
         match self {
             Group::Etcd => "etcd",
             Group::Patroni => "patroni",
             Group::Haproxy => "haproxy",
+            Group::Backup => "backup",
         }
     }
 }
@@ -469,6 +521,7 @@ impl Groups {
             Group::Etcd => &self.etcd,
             Group::Patroni => &self.patroni,
             Group::Haproxy => &self.haproxy,
+            Group::Backup => &self.backup,
         }
     }
 }
@@ -570,6 +623,11 @@ impl Inventory {
     /// Hosts of one group, in inventory order.
     pub fn group_hosts(&self, g: Group) -> Vec<Host> {
         self.hosts().into_iter().filter(|h| h.in_group(g)).collect()
+    }
+
+    /// The pgBackRest repository host, when backups are configured.
+    pub fn backup_host(&self) -> Option<Host> {
+        self.group_hosts(Group::Backup).into_iter().next()
     }
 
     /// Resolve a path from the inventory relative to the inventory's directory (and `~/`).

@@ -17,7 +17,8 @@ pub const STATE_DIR: &str = "/var/lib/pgdeploy/lab";
 /// Which hosts to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topology {
-    /// etcd1-3 (.11-.13), pg1-3 (.21-.23), haproxy1-3 (.31-.33).
+    /// etcd1-3 (.11-.13), pg1-3 (.21-.23), haproxy1-3 (.31-.33), backup1 (.51): the
+    /// pgBackRest repository.
     Production,
     /// pg1-3 (.21-.23); etcd and HAProxy on pg1.
     Poc,
@@ -45,6 +46,7 @@ impl Topology {
                         vec!["haproxy".to_string()],
                     ));
                 }
+                out.push(("backup1".into(), a(51), vec!["backup".to_string()]));
             }
             Topology::Poc => {
                 out.push((
@@ -724,14 +726,18 @@ impl Lab {
             ));
         }
         y.push_str("groups:\n");
-        for g in ["etcd", "patroni", "haproxy"] {
-            y.push_str(&format!("  {g}:\n"));
-            for h in self
+        for g in ["etcd", "patroni", "haproxy", "backup"] {
+            let members: Vec<&HostState> = self
                 .state
                 .hosts
                 .iter()
                 .filter(|h| h.groups.iter().any(|x| x == g))
-            {
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            y.push_str(&format!("  {g}:\n"));
+            for h in members {
                 y.push_str(&format!(
                     "    - name: {}\n      address: \"{}\"\n",
                     h.name, h.address

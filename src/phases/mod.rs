@@ -1,7 +1,8 @@
 //! The cluster phases, in order, after `common`: preflight, packages, etcd, patroni, catalog,
-//! haproxy, retire, verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
+//! backup, haproxy, retire, verify, dns. Orchestration (bootstrap order, health gates, one-at-a-time restarts) lives here;
 //! what files, packages and units a role has is data under `roles/`.
 
+pub mod backup;
 pub mod catalog;
 pub mod dns;
 pub mod etcd;
@@ -20,7 +21,7 @@ pub const REPO_DIR: &str = "/var/lib/pgdeploy/repo";
 pub const REPO_LIST: &str = "/etc/pgdeploy/apt/sources.list";
 
 use crate::engine::phase::{Phase, RolePhase};
-use crate::inventory::Inventory;
+use crate::inventory::{Group, Inventory};
 use crate::pki::{self, Pki};
 use crate::secrets::Secrets;
 use miette::Result;
@@ -45,13 +46,21 @@ pub fn all(_inv: &Inventory) -> Vec<Box<dyn Phase>> {
         Box::new(preflight::Preflight),
         Box::new(RolePhase::new("common", &["common"])),
         Box::new(packages::Packages {
-            roles: ["common", "etcd", "patroni", "haproxy"]
-                .map(String::from)
-                .to_vec(),
+            roles: [
+                "common",
+                "etcd",
+                "patroni",
+                "haproxy",
+                "pgbackrest",
+                "backup",
+            ]
+            .map(String::from)
+            .to_vec(),
         }),
         Box::new(etcd::Etcd),
         Box::new(patroni::Patroni),
         Box::new(catalog::Catalog),
+        Box::new(backup::Backup),
         Box::new(haproxy::Haproxy),
         Box::new(retire::Retire),
         Box::new(verify::Verify),
@@ -89,6 +98,14 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
         if h.groups.contains(&crate::inventory::Group::Etcd) {
             tls["admin_cert_pem"] = json!(admin.cert_pem);
             tls["admin_key_pem"] = json!(admin.key_pem);
+        }
+        let backs_up = h.in_group(Group::Backup)
+            || (h.in_group(Group::Patroni) && inv.backup_host().is_some());
+        if backs_up {
+            let pb = pki.issue_pgbackrest(&h.name, &ips, &names)?;
+            tls["pgbackrest_cert_pem"] = json!(pb.cert_pem);
+            tls["pgbackrest_key_pem"] = json!(pb.key_pem);
+            redact.push(pb.key_pem);
         }
         host_vars.insert(h.name.clone(), json!({ "tls": tls }));
         redact.push(cert.key_pem.clone());
@@ -160,7 +177,7 @@ groups:
             let mut d = Desired::default();
             for role in src.role_names() {
                 let spec = src.role(&role).unwrap().unwrap();
-                if !role_applies(&spec, &h) {
+                if !role_applies(&spec, inv, &h) {
                     continue;
                 }
                 let one = desired_for(&src, &role, &spec, &ctx, &h)
@@ -188,6 +205,7 @@ groups:
         assert_eq!(
             keys(&c),
             [
+                "backup",
                 "client_addresses",
                 "cluster",
                 "dns",
@@ -245,7 +263,9 @@ groups:
                 "key",
                 "key_pem",
                 "patroni_cert",
-                "patroni_key"
+                "patroni_key",
+                "pgbackrest_cert",
+                "pgbackrest_key"
             ]
         );
         assert_eq!(c["tls"]["cert"], "/etc/pgdeploy/tls/n1.crt");
@@ -266,7 +286,7 @@ groups:
             c["host"]["postgres_parameters"],
             json!({ "work_mem": "8MB" })
         );
-        assert_eq!(keys(&c["groups"]), ["etcd", "haproxy", "patroni"]);
+        assert_eq!(keys(&c["groups"]), ["backup", "etcd", "haproxy", "patroni"]);
         assert_eq!(c["groups"]["patroni"][0], c["host"]);
         assert_eq!(
             keys(&c["secrets"]),

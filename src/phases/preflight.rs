@@ -157,6 +157,15 @@ pub fn required_ports(
         ));
         v.push((inv.haproxy.stats_port, "HAProxy stats", &["haproxy"][..]));
     }
+    let backs_up =
+        h.in_group(Group::Backup) || (h.in_group(Group::Patroni) && inv.backup_host().is_some());
+    if backs_up {
+        v.push((
+            inv.backup.tls_port,
+            "pgBackRest TLS server",
+            &["pgbackrest"][..],
+        ));
+    }
     v
 }
 

@@ -231,6 +231,8 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
             drop_role,
             ..
         } => super::catalog::run_step(ctx, host, database, sql, password_of, drop_role).await,
+        Step::StanzaCreate { .. } => super::backup::stanza_create(ctx, host).await,
+        Step::ArchiveCheck { .. } => super::backup::archive_check(ctx, host).await,
         Step::Wait { gate } => wait(ctx, host, gate).await,
         Step::Deferred { .. } | Step::Note { .. } => Ok(()),
     }

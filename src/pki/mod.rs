@@ -144,6 +144,10 @@ pub struct TlsPaths {
     /// pgdeploy's etcd administrator certificate and key (root 0600; etcd hosts only).
     pub admin_cert: String,
     pub admin_key: String,
+    /// pgBackRest's certificate (Common Name = the host's name) and key, owned by postgres
+    /// (database and repository hosts).
+    pub pgbackrest_cert: String,
+    pub pgbackrest_key: String,
 }
 
 pub fn tls_paths(host_name: &str) -> TlsPaths {
@@ -157,7 +161,18 @@ pub fn tls_paths(host_name: &str) -> TlsPaths {
         patroni_key: format!("{TLS_DIR}/patroni.key"),
         admin_cert: format!("{TLS_DIR}/{HOST_ADMIN_CERT}"),
         admin_key: format!("{TLS_DIR}/{HOST_ADMIN_KEY}"),
+        pgbackrest_cert: format!("{TLS_DIR}/pgbackrest.crt"),
+        pgbackrest_key: format!("{TLS_DIR}/pgbackrest.key"),
     }
+}
+
+/// A host name that is safe as a file name in the state directory.
+fn is_file_safe(host_name: &str) -> bool {
+    !host_name.is_empty()
+        && !host_name.starts_with('.')
+        && host_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// SANs for a host's certificate: its addresses plus 127.0.0.1, its name plus localhost
@@ -390,12 +405,7 @@ impl Pki {
         dns_names: &[String],
         usage: Usage,
     ) -> Result<IssuedCert, PkiError> {
-        if host_name.is_empty()
-            || host_name.starts_with('.')
-            || !host_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !is_file_safe(host_name) {
             return Err(PkiError::BadHostName {
                 name: host_name.to_string(),
             });
@@ -410,6 +420,34 @@ impl Pki {
             host_name,
             &self.dir.join(format!("{host_name}.crt")),
             &self.dir.join(format!("{host_name}.key")),
+            &want,
+        )
+    }
+
+    /// pgBackRest's certificate of `host_name`: the same names as the host's, Common Name =
+    /// the host's name (pgBackRest admits TLS clients by it), server and client use. Kept
+    /// like a host's, as `<host>.pgbackrest.crt`.
+    pub fn issue_pgbackrest(
+        &self,
+        host_name: &str,
+        ips: &[IpAddr],
+        dns_names: &[String],
+    ) -> Result<IssuedCert, PkiError> {
+        if !is_file_safe(host_name) {
+            return Err(PkiError::BadHostName {
+                name: host_name.to_string(),
+            });
+        }
+        let want = Profile {
+            cn: Some(host_name.to_string()),
+            ou: format!("pgbackrest {host_name}"),
+            sans: wanted_sans(ips, dns_names),
+            usage: Usage::ServerAndClient,
+        };
+        self.issue_files(
+            &format!("pgBackRest on {host_name}"),
+            &self.dir.join(format!("{host_name}.pgbackrest.crt")),
+            &self.dir.join(format!("{host_name}.pgbackrest.key")),
             &want,
         )
     }

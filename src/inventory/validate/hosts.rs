@@ -18,6 +18,10 @@ impl Checker<'_> {
             let n = inv.groups.get(g).len();
             let path = [Seg::Key("groups"), Seg::Key(g.as_str())];
             let pos = self.key(&path).or_else(|| self.key(&[Seg::Key("groups")]));
+            if g == Group::Backup {
+                self.backup_group(inv, pos);
+                continue;
+            }
             if n == 0 {
                 let (message, help) = empty_group(g);
                 self.push(Problem::new(message).label(pos, "empty").help(help));
@@ -357,6 +361,33 @@ impl Checker<'_> {
     }
 
     /// Position of a per-host ssh override key on the host's first entry, when written.
+    /// `groups.backup`: at most one repository host; on a database host it is lost with it.
+    fn backup_group(&mut self, inv: &Inventory, pos: Option<Pos>) {
+        let entries = &inv.groups.backup;
+        if entries.len() > 1 {
+            self.push(
+                Problem::new(format!(
+                    "{} backup hosts: pgdeploy keeps one pgBackRest repository",
+                    entries.len()
+                ))
+                .label(pos, "more than one")
+                .help("list one host under `groups.backup`, the repository host"),
+            );
+        }
+        for e in entries {
+            if inv.groups.patroni.iter().any(|p| p.name == e.name) {
+                self.warn(
+                    pos,
+                    format!(
+                        "the backup repository is on database host `{}`: losing that host loses \
+                         the backups too; give the repository a host of its own for production",
+                        e.name
+                    ),
+                );
+            }
+        }
+    }
+
     fn host_ssh_pos(&self, inv: &Inventory, name: &str, key: &str) -> Option<Pos> {
         for g in Group::ALL {
             if let Some(i) = inv.groups.get(g).iter().position(|e| e.name == name) {
@@ -390,6 +421,10 @@ pub(crate) fn empty_group(g: Group) -> (&'static str, &'static str) {
             "no haproxy host: clients reach the primary through HAProxy",
             "list the HAProxy hosts under `groups.haproxy`: 3 behind the DNS name for \
              production; 1, possibly on a Patroni host, for a test setup",
+        ),
+        Group::Backup => (
+            "no backup host",
+            "name the pgBackRest repository host under `groups.backup`",
         ),
     }
 }

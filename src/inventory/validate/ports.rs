@@ -1,4 +1,4 @@
-//! Ports of every service (`postgres`, `patroni`, `etcd`, `haproxy`, `ssh`) and their
+//! Ports of every service (`postgres`, `patroni`, `etcd`, `haproxy`, `backup`, `ssh`) and their
 //! collisions on hosts that run several services.
 
 use super::Checker;
@@ -19,6 +19,7 @@ impl Checker<'_> {
         let d_pat = crate::inventory::Patroni::default();
         let d_etcd = crate::inventory::Etcd::default();
         let d_hap = crate::inventory::Haproxy::default();
+        let d_bak = crate::inventory::Backup::default();
         let settings = [
             Setting {
                 name: "postgres.port",
@@ -68,6 +69,13 @@ impl Checker<'_> {
                 port: inv.haproxy.stats_port,
                 group: Group::Haproxy,
                 default: d_hap.stats_port,
+            },
+            Setting {
+                name: "backup.tls_port",
+                path: [Seg::Key("backup"), Seg::Key("tls_port")],
+                port: inv.backup.tls_port,
+                group: Group::Backup,
+                default: d_bak.tls_port,
             },
         ];
         for s in &settings {
