@@ -2,6 +2,7 @@
 //!
 //! probe (read-only, per host) -> plan (pure) -> apply (the only mutator); `check` prints the plan.
 
+pub mod backup;
 pub mod bundle;
 pub mod catalog;
 pub mod clock;

@@ -27,7 +27,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
@@ -172,6 +172,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Take a backup now (`--type full|diff|incr`), or list the backups (`backup list`).
+    ///
+    /// Runs on the repository host (`groups.backup`), from a replica when one streams, and
+    /// waits until the backup is complete. The cluster is never changed.
+    Backup(cli::backup::Args),
     /// Local lab: real Debian hosts in systemd-nspawn containers.
     Lab(cli::lab::Args),
     /// Build the offline package repository for an inventory.
@@ -397,6 +402,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Backup(a) => cli::backup::run(a).await,
         Cmd::Lab(a) => cli::lab::run(a).await,
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,

@@ -58,7 +58,96 @@ pub struct Status {
     pub patroni: Vec<PatroniMember>,
     pub haproxy: Vec<Balancer>,
     pub dns: Option<DnsStatus>,
+    /// WAL archiving on the leader, when the inventory has a backup host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
     pub problems: Vec<String>,
+}
+
+/// The leader's WAL archiving (`pg_stat_archiver` and the segments waiting in pg_wal), with
+/// ages in seconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ArchiveStatus {
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_age_secs: Option<f64>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_age_secs: Option<f64>,
+    /// Segments waiting to be archived, and how long the oldest has waited.
+    pub waiting: u64,
+    pub oldest_waiting_secs: Option<f64>,
+    /// The newest attempt failed, or a segment has waited longer than archiving allows.
+    pub failing: bool,
+}
+
+/// The query behind [`ArchiveStatus`]: one line, `|`-separated.
+const ARCHIVER_SQL: &str = "select archived_count, coalesce(last_archived_wal, ''), coalesce(extract(epoch from now() - last_archived_time)::text, ''), failed_count, coalesce(last_failed_wal, ''), coalesce(extract(epoch from now() - last_failed_time)::text, ''), (select count(*) from pg_ls_archive_statusdir() where name like '%.ready'), coalesce((select extract(epoch from now() - min(modification))::text from pg_ls_archive_statusdir() where name like '%.ready'), '') from pg_stat_archiver";
+
+/// Pure: [`ArchiveStatus`] from psql's unaligned output of [`ARCHIVER_SQL`]. `stall_secs`: how
+/// long a segment may wait before archiving counts as failing.
+pub fn parse_archiver(out: &str, stall_secs: f64) -> Option<ArchiveStatus> {
+    let f: Vec<&str> = out.trim().split('|').collect();
+    if f.len() != 8 {
+        return None;
+    }
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let secs = |s: &str| s.parse::<f64>().ok();
+    let mut a = ArchiveStatus {
+        archived_count: f[0].parse().ok()?,
+        last_archived_wal: text(f[1]),
+        last_archived_age_secs: secs(f[2]),
+        failed_count: f[3].parse().ok()?,
+        last_failed_wal: text(f[4]),
+        last_failed_age_secs: secs(f[5]),
+        waiting: f[6].parse().ok()?,
+        oldest_waiting_secs: secs(f[7]),
+        failing: false,
+    };
+    let newest_failed = match (a.last_failed_age_secs, a.last_archived_age_secs) {
+        (Some(_), None) => true,
+        (Some(failed), Some(ok)) => failed < ok,
+        _ => false,
+    };
+    a.failing = newest_failed || a.oldest_waiting_secs.is_some_and(|w| w > stall_secs);
+    Some(a)
+}
+
+/// A segment waits at most archive_timeout before it is switched, then a moment to be pushed.
+fn stall_secs(inv: &Inventory) -> f64 {
+    f64::from(inv.backup.archive_timeout) + 60.0
+}
+
+async fn archive_status(
+    inv: &Inventory,
+    sessions: &BTreeMap<String, Session>,
+    leader: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<ArchiveStatus> {
+    inv.backup_host()?;
+    let s = leader.and_then(|l| sessions.get(l))?;
+    let cmd = format!(
+        "{} -XAtc {}",
+        crate::phases::superuser_psql(inv),
+        crate::shell::sh_quote(ARCHIVER_SQL)
+    );
+    let a = s
+        .exec(&cmd, None)
+        .await
+        .ok()
+        .filter(|o| o.ok())
+        .and_then(|o| parse_archiver(&o.stdout_str(), stall_secs(inv)));
+    match &a {
+        None => problems.push("archive: the leader's pg_stat_archiver could not be read".into()),
+        Some(a) if a.failing => problems.push(format!(
+            "archive: WAL archiving to the repository is failing: {} segment(s) waiting, the oldest for {:.0} s; {} failure(s)",
+            a.waiting,
+            a.oldest_waiting_secs.unwrap_or_default(),
+            a.failed_count
+        )),
+        Some(_) => {}
+    }
+    a
 }
 
 impl Status {
@@ -101,8 +190,12 @@ pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
         dns_status(&inv, &mut pd)
     );
     let mut ph = Vec::new();
-    let haproxy = haproxy_status(&inv, &sessions, leader.as_deref(), &mut ph).await;
-    for p in [pe, pp, ph, pd] {
+    let mut pa = Vec::new();
+    let (haproxy, archive) = tokio::join!(
+        haproxy_status(&inv, &sessions, leader.as_deref(), &mut ph),
+        archive_status(&inv, &sessions, leader.as_deref(), &mut pa)
+    );
+    for p in [pe, pp, ph, pd, pa] {
         problems.extend(p);
     }
     for s in sessions.values() {
@@ -115,6 +208,7 @@ pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
         patroni,
         haproxy,
         dns,
+        archive,
         problems,
     })
 }
@@ -501,6 +595,22 @@ pub fn text(s: &Status) -> String {
             d.healthy.join(", ")
         ));
     }
+    if let Some(a) = &s.archive {
+        let age = |x: Option<f64>| {
+            x.map(|s| format!("{s:.0} s ago"))
+                .unwrap_or_else(|| "never".into())
+        };
+        t.push_str(&format!(
+            "archive\n  {} last archived {} ({}); {} waiting; {} failure(s), last {} ({})\n",
+            if a.failing { "!" } else { " " },
+            a.last_archived_wal.as_deref().unwrap_or("none"),
+            age(a.last_archived_age_secs),
+            a.waiting,
+            a.failed_count,
+            a.last_failed_wal.as_deref().unwrap_or("none"),
+            age(a.last_failed_age_secs)
+        ));
+    }
     if s.problems.is_empty() {
         t.push_str("healthy\n");
     } else {
@@ -510,6 +620,42 @@ pub fn text(s: &Status) -> String {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use super::*;
+
+    #[test]
+    fn archiving_fails_when_the_newest_attempt_failed_or_a_segment_waits_too_long() {
+        let ok = parse_archiver(
+            "12|00000001000000000000000B|4.5|18|000000010000000000000001|300.2|0|\n",
+            120.0,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.last_archived_wal.as_deref(),
+            Some("00000001000000000000000B")
+        );
+        assert!(!ok.failing && ok.waiting == 0);
+        let failed = parse_archiver(
+            "12|0000000100000000000000B|90|19|00000001000000000000000C|2|1|95",
+            120.0,
+        )
+        .unwrap();
+        assert!(failed.failing);
+        // No attempt failed yet (pgBackRest still waits on the repository), but a segment has
+        // waited longer than archiving allows.
+        let stalled = parse_archiver(
+            "12|00000001000000000000000C|130|18|000000010000000000000001|600|3|125",
+            120.0,
+        )
+        .unwrap();
+        assert!(stalled.failing && stalled.waiting == 3);
+        let waiting = parse_archiver("12|00000001000000000000000C|30|0|||1|20", 120.0).unwrap();
+        assert!(!waiting.failing);
+        assert!(parse_archiver("psql: error", 120.0).is_none());
+    }
 }
 
 #[cfg(test)]

@@ -254,10 +254,12 @@ pub fn desired_for(
             {
                 "true" => true,
                 "false" => false,
-                other => return Err(miette!(
+                other => {
+                    return Err(miette!(
                     "role {role}, unit {}: `when` rendered {other:?}; it must render true or false",
                     u.name
-                )),
+                ))
+                }
             },
         };
         if !active {

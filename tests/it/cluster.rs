@@ -128,6 +128,7 @@ fn production_cluster_end_to_end() {
         "runuser -u postgres -- psql -AtXc \"select count(*) from pg_tables where schemaname = 'public'\"",
     );
     assert_eq!(tables.trim(), "0", "tables left in the postgres database");
+    crate::backup::backup_scenario(&lab, &inv, &pw);
 
     // A changed PostgreSQL parameter: check shows it, apply rolls it out while a writer writes.
     edit_inventory(&inv, "max_connections: 100", "max_connections: 120");
@@ -202,6 +203,7 @@ fn production_cluster_end_to_end() {
     figure("failover (Debian 13): min (s)", failovers[0]);
     figure("failover (Debian 13): median (s)", failovers[1]);
     figure("failover (Debian 13): max (s)", failovers[2]);
+    crate::backup::backup_after_failover_scenario(&lab, &inv, &pw);
 
     store_outage_scenario(&lab, &pw);
     cert_reissue_scenario(&lab, &inv, &pw);

@@ -1,5 +1,6 @@
 //! One integration-test binary; each module owns one area.
 
+mod backup;
 mod bundle_tests;
 mod cluster;
 mod dns;
