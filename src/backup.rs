@@ -187,7 +187,8 @@ async fn connect_repo(inv: &Inventory, opts: &ConnectOptions) -> Result<(String,
     Ok((h.name, s))
 }
 
-async fn read(inv: &Inventory, name: &str, s: &Session) -> Result<Repository> {
+/// What the repository on `name` holds, through its session `s`.
+pub async fn read(inv: &Inventory, name: &str, s: &Session) -> Result<Repository> {
     let out = s.exec(&info_command(inv), None).await?;
     parse_info(&out.stdout_str(), name, &inv.cluster.name)
 }

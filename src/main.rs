@@ -130,6 +130,33 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Point-in-time recovery of the whole cluster from the pgBackRest repository.
+    ///
+    /// Exactly one of --to TIME, --latest or --set LABEL. The target is checked against the
+    /// repository before anything stops. Then Patroni stops (replicas first), the cluster's
+    /// DCS state is removed, every data directory is moved aside, one member restores and
+    /// replays the archive to the target, becomes the leader, and the others rebuild from it;
+    /// the old data directories are removed only once the restored cluster runs. HAProxy and
+    /// DNS need no change. Asks for confirmation on a terminal; --yes skips it.
+    Restore {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The time to restore to, with its offset: 2026-12-04T19:30:00Z.
+        #[arg(long, value_name = "TIME", group = "target")]
+        to: Option<String>,
+        /// Everything the archive holds.
+        #[arg(long, group = "target")]
+        latest: bool,
+        /// The consistent end of one backup set (see `pgdeploy backup list`).
+        #[arg(long, value_name = "LABEL", group = "target")]
+        set: Option<String>,
+        /// Show every step, change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// One view of the whole system: etcd members, Patroni members, HAProxy routing, DNS.
     ///
     /// Read-only. Unreachable hosts are reported, not fatal. Problems are flagged with `!` on
@@ -262,6 +289,72 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             } else {
                 println!("Applied {n} change(s) on {hosts} host(s) in {secs:.1} s; the hosts now match the inventory.");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            run,
+            to,
+            latest,
+            set,
+            check,
+            yes,
+        } => {
+            use pgdeploy::phases::restore::{parse_time, Target};
+            let target = match (to, latest, set) {
+                (Some(t), _, _) => Target::Time {
+                    at: parse_time(&t)?,
+                    text: t,
+                },
+                (None, true, _) => Target::Latest,
+                (None, false, Some(label)) => Target::Set { label },
+                (None, false, None) => {
+                    return Err(miette::miette!(
+                        help = "`pgdeploy backup list` shows the backups and the restorable range",
+                        "say what to restore to: --to TIME, --latest or --set LABEL"
+                    ))
+                }
+            };
+            let mut opts = run.options();
+            opts.restore = Some(target);
+            if check || !yes {
+                let progress = Arc::new(progress::Progress::new(false));
+                let (plans, warnings) = ops::check(&opts, progress).await?;
+                print_warnings(&warnings);
+                print!("{}", report::plan_text(&plans));
+                if check {
+                    return Ok(ExitCode::from(2));
+                }
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    return Err(miette::miette!(
+                        help = "run it on a terminal to confirm, or pass --yes",
+                        "a restore replaces the cluster's data; nothing was changed"
+                    ));
+                }
+                let (inv, _) = pgdeploy::inventory::load(&run.inventory)?;
+                eprint!(
+                    "Type the cluster's name ({}) to restore it: ",
+                    inv.cluster.name
+                );
+                let mut answer = String::new();
+                std::io::stdin()
+                    .read_line(&mut answer)
+                    .map_err(|e| miette::miette!("{e}"))?;
+                if answer.trim() != inv.cluster.name {
+                    return Err(miette::miette!("not confirmed; nothing was changed"));
+                }
+            }
+            let progress = Arc::new(progress::Progress::new(false));
+            let (outcomes, warnings) = ops::apply_until(
+                &opts,
+                progress,
+                &|p| print!("{}", report::phase_text(p)),
+                ctrl_c(),
+            )
+            .await?;
+            print_warnings(&warnings);
+            let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
+            println!("Restored in {secs:.1} s: one leader runs on the restored data and the other members stream from it.");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Upgrade {

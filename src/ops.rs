@@ -28,12 +28,17 @@ pub struct RunOptions {
     pub max_xact_age_secs: Option<u64>,
     /// Allow changing a running etcd cluster to an even number of members.
     pub allow_even_etcd: bool,
+    /// Restore the cluster from the repository to this target (`pgdeploy restore`): the run
+    /// is the restore alone.
+    pub restore: Option<crate::phases::restore::Target>,
 }
 
 impl RunOptions {
     /// The command these options run, as the journal records it.
     pub fn command(&self) -> &'static str {
-        if self.postgres_version.is_some() {
+        if self.restore.is_some() {
+            "restore"
+        } else if self.postgres_version.is_some() {
             "upgrade"
         } else {
             "apply"
@@ -51,6 +56,7 @@ impl RunOptions {
             "postgres": self.postgres_version,
             "max_lag_bytes": self.max_lag_bytes,
             "max_xact_age_secs": self.max_xact_age_secs,
+            "restore": self.restore,
         })
     }
 
@@ -65,6 +71,7 @@ impl RunOptions {
             max_lag_bytes: None,
             max_xact_age_secs: None,
             allow_even_etcd: false,
+            restore: None,
         }
     }
 }
@@ -130,7 +137,10 @@ async fn prepare_loaded(
         }
         inv.postgres.version = v.clone();
     }
-    let phases = select(&inv, &opts.only)?;
+    let phases: Vec<Box<dyn Phase>> = match &opts.restore {
+        Some(t) => vec![Box::new(crate::phases::restore::Restore::new(t.clone()))],
+        None => select(&inv, &opts.only)?,
+    };
     let roles = RoleSource::new(opts.roles_dir.clone());
     // Every role must load and every template render before any host is contacted.
     for name in roles.role_names() {

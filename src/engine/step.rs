@@ -178,6 +178,19 @@ pub enum Step {
     StanzaCreate { stanza: String },
     /// `pgbackrest check`: the leader's next WAL segment reaches the repository.
     ArchiveCheck { stanza: String },
+    /// Remove the Patroni cluster's state from the DCS (every member's Patroni is stopped).
+    DcsRemove { cluster: String },
+    /// Move the data directory aside to `aside` (kept) and leave an empty one.
+    DataAside { data_dir: String, aside: String },
+    /// Restore backup set `set` into the empty data directory and recover it, alone, to
+    /// `target`, where it promotes.
+    Restore {
+        target: crate::phases::restore::Target,
+        set: Option<String>,
+        data_dir: String,
+    },
+    /// Remove a moved-aside data directory.
+    DataAsideRemove { aside: String },
     /// Something found that the run keeps as it is, and why (not a change).
     Note { text: String },
     /// Wait until a condition holds (within a generous deadline).
@@ -363,6 +376,18 @@ impl Step {
             Step::ArchiveCheck { stanza } => format!(
                 "? gate: pgbackrest check {stanza} (the leader's next WAL segment reaches the archive)"
             ),
+            Step::DcsRemove { cluster } => format!(
+                "! patronictl remove {cluster}: the cluster's state in the DCS is removed"
+            ),
+            Step::DataAside { data_dir, aside } => {
+                format!("! mv {data_dir} {aside} (kept until the restored cluster runs)")
+            }
+            Step::Restore { target, set, .. } => format!(
+                "! pgbackrest restore of set {} to {}; PostgreSQL replays the archive alone and promotes there, then stops",
+                set.as_deref().unwrap_or("(chosen by pgBackRest)"),
+                target.describe()
+            ),
+            Step::DataAsideRemove { aside } => format!("! rm -rf {aside} (the restored cluster runs)"),
             Step::Note { text } => format!("= {text}"),
             Step::Wait { gate } => format!("? wait: {}", gate.summary()),
             Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),

@@ -10,6 +10,7 @@ pub mod haproxy;
 pub mod packages;
 pub mod patroni;
 pub mod preflight;
+pub mod restore;
 pub mod retire;
 pub mod steps;
 pub mod upgrade;

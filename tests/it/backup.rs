@@ -193,3 +193,170 @@ pub fn backup_after_failover_scenario(lab: &LabGuard, inv: &std::path::Path, pw:
         "check after the repository came back"
     );
 }
+
+/// Rows of `tag` in the writer's table, read through HAProxy (None: the table is gone).
+fn ids(pw: &str, tag: &str) -> Option<std::collections::BTreeSet<i64>> {
+    psql(
+        "10.231.0.32",
+        5000,
+        pw,
+        &format!("select id from pgdeploy_writer where tag = '{tag}'"),
+    )
+    .ok()
+    .map(|out| out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Write under `tag` until `n` rows are acknowledged; their ids.
+fn write_rows(pw: &str, tag: &str, n: usize) -> Vec<i64> {
+    let writer = Writer::start("10.231.0.31", pw, tag);
+    let t = Instant::now();
+    while ids(pw, tag).map(|s| s.len()).unwrap_or(0) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the writer does not write"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let w = writer.stop();
+    assert_eq!(w.errors, 0, "writes failed");
+    w.acknowledged
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn rfc3339(secs: i64) -> String {
+    let o = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Point-in-time recovery after an operator's mistake: rows written before a time T, more
+/// after it, then the table dropped; `restore --to T` brings back exactly what was committed
+/// before T, on a healthy cluster (one leader, two replicas streaming) that `check` finds
+/// converged and that archives again. Bad targets are refused before anything stops.
+pub fn restore_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let inv_s = inv.to_str().unwrap();
+    let leader = wait_leader(lab);
+    // Refused before anything stops: out of range, an unknown set, no confirmation.
+    let out = pgdeploy(&["restore", inv_s, "--to", "2001-01-01T00:00:00Z", "--yes"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains("outside the restorable range"),
+        "{}",
+        out.all()
+    );
+    let out = pgdeploy(&["restore", inv_s, "--set", "20000101-000000F", "--yes"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.all().contains("no such backup set"), "{}", out.all());
+    let out = pgdeploy(&["restore", inv_s, "--latest"]);
+    assert_eq!(
+        out.code,
+        1,
+        "a restore without a terminal or --yes:\n{}",
+        out.all()
+    );
+    assert!(out.all().contains("nothing was changed"), "{}", out.all());
+    assert_eq!(
+        wait_leader(lab),
+        leader,
+        "a refused restore changed the leader"
+    );
+
+    let before = write_rows(pw, "pitr_before", 40);
+    // T: a whole second after the last acknowledged commit before it.
+    let t = now_secs() + 1;
+    while now_secs() <= t {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = write_rows(pw, "pitr_after", 40);
+    psql("10.231.0.31", 5000, pw, "drop table pgdeploy_writer").expect("drop the table");
+    assert!(ids(pw, "pitr_before").is_none(), "the table is still there");
+
+    let target = rfc3339(t);
+    let out = pgdeploy(&["restore", inv_s, "--to", &target, "--check"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    for step in [
+        "unit stop patroni.service",
+        "patronictl remove lab",
+        "pgbackrest restore of set",
+        "rm -rf",
+    ] {
+        assert!(
+            out.stdout.contains(step),
+            "restore --check lacks {step:?}:\n{}",
+            out.stdout
+        );
+    }
+    let started = Instant::now();
+    let out = pgdeploy(&["restore", inv_s, "--to", &target, "--yes"]);
+    assert_eq!(out.code, 0, "restore --to {target}:\n{}", out.all());
+    figure(
+        "restore to a point in time (s)",
+        started.elapsed().as_secs_f64(),
+    );
+    loop {
+        if psql("10.231.0.31", 5000, pw, "select 1").is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no write path after the restore"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    figure(
+        "restore: seconds from the command until writes through HAProxy succeed",
+        started.elapsed().as_secs_f64(),
+    );
+    let have = ids(pw, "pitr_before").expect("the table is back");
+    let missing: Vec<&i64> = before.iter().filter(|id| !have.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before T but not restored: {missing:?}"
+    );
+    let later = ids(pw, "pitr_after").unwrap_or_default();
+    assert!(
+        later.is_empty(),
+        "committed after T but restored: {later:?} (of {})",
+        after.len()
+    );
+    wait_members_running(lab, 3);
+    let leader = wait_leader(lab);
+    let t = Instant::now();
+    loop {
+        let n = lab.ssh(&leader, "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication where state = 'streaming'\"");
+        if n.trim() == "2" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "replicas do not stream after the restore: {n}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after the restore:\n{}", out.all());
+    // The timeline history is kept and archiving resumes on the new timeline.
+    let history = lab.ssh(
+        "backup1",
+        "ls /var/lib/pgbackrest/archive/lab/*/ | grep -c history",
+    );
+    assert!(
+        history.trim().parse::<u32>().unwrap_or(0) >= 1,
+        "no timeline history: {history}"
+    );
+    let left = lab.ssh(
+        &leader,
+        "ls -d /var/lib/postgresql/17/main.pgdeploy-before-restore-* 2>/dev/null | wc -l",
+    );
+    assert_eq!(left.trim(), "0", "the moved-aside data was not removed");
+    let out = pgdeploy(&["backup", inv_s, "--type", "incr"]);
+    assert_eq!(out.code, 0, "a backup after the restore:\n{}", out.all());
+}

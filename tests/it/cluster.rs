@@ -204,6 +204,7 @@ fn production_cluster_end_to_end() {
     figure("failover (Debian 13): median (s)", failovers[1]);
     figure("failover (Debian 13): max (s)", failovers[2]);
     crate::backup::backup_after_failover_scenario(&lab, &inv, &pw);
+    crate::backup::restore_scenario(&lab, &inv, &pw);
 
     store_outage_scenario(&lab, &pw);
     cert_reissue_scenario(&lab, &inv, &pw);

@@ -339,10 +339,21 @@ pub fn wait_members_running(lab: &LabGuard, n: usize) {
                 }
             }
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(240),
-            "{n} members never ran"
-        );
+        if t.elapsed() > Duration::from_secs(240) {
+            let list = lab.ssh_out("pg2", "patronictl -c /etc/patroni/config.yml list");
+            let logs: Vec<String> = ["pg1", "pg2", "pg3"]
+                .iter()
+                .map(|pg| {
+                    let o = lab.ssh_out(pg, "journalctl -u patroni --no-pager -n 15 | cut -c1-220");
+                    format!("--- {pg}\n{}", o.stdout)
+                })
+                .collect();
+            panic!(
+                "{n} members never ran:\n{}\n{}",
+                list.all(),
+                logs.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }

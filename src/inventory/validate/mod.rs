@@ -7,10 +7,11 @@
 //!
 //! [`validate`] runs one check per inventory section, each in its own file as methods on the
 //! shared [`Checker`]: [`cluster`], [`postgres`] (and per-host parameters), [`patroni`], [`ssh`],
-//! [`packages`], [`hosts`] (`groups`), [`ports`], [`dns`] and [`catalog`] (`users`, `databases`); [`address`] holds the address
+//! [`packages`], [`hosts`] (`groups`), [`ports`], [`dns`], [`catalog`] (`users`, `databases`) and [`backup`]; [`address`] holds the address
 //! syntax they share.
 
 mod address;
+mod backup;
 pub mod catalog;
 mod cluster;
 mod dns;
@@ -78,6 +79,7 @@ pub(crate) fn validate(
     c.ports(inv);
     c.dns(inv);
     c.catalog(inv);
+    c.backup(inv);
     (c.problems, c.warnings)
 }
 
