@@ -11,6 +11,103 @@ use miette::{miette, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+/// The restore drill's scratch directory on the repository host, its result file, and the
+/// port of its private PostgreSQL (on its own socket directory only).
+pub const DRILL_DIR: &str = "/var/lib/pgdeploy/drill";
+pub const DRILL_RESULT: &str = "/var/lib/pgdeploy/drill-result.json";
+pub const DRILL_PORT: u16 = 5499;
+/// The drill script (role data: templates/pgbackrest/drill.sh.j2).
+pub const DRILL_SCRIPT: &str = "/usr/local/lib/pgdeploy/drill";
+
+/// What the last restore drill found.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+pub struct Drill {
+    pub ok: bool,
+    /// When it started (seconds since the epoch) and how long it took.
+    pub at: i64,
+    pub seconds: i64,
+    pub message: String,
+    /// The newest transaction the restored copy replayed.
+    pub last_transaction: String,
+    pub databases: Vec<DrillDatabase>,
+    pub amcheck: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+pub struct DrillDatabase {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Pure: a drill's result line (the script's JSON).
+pub fn parse_drill(out: &str) -> Option<Drill> {
+    out.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+}
+
+/// Run a restore drill on the repository host now (to `to`, seconds since the epoch, or the
+/// end of the archive) and wait for it.
+pub async fn drill(inv: &Inventory, to: Option<i64>, opts: &ConnectOptions) -> Result<Drill> {
+    let (name, s) = connect_repo(inv, opts).await?;
+    let args = match to {
+        Some(t) => format!(
+            " --type=time {}",
+            crate::shell::sh_quote(&format!(
+                "--target={}",
+                utc_rfc3339_secs(t).replace('T', " ").replace('Z', "+00")
+            ))
+        ),
+        None => String::new(),
+    };
+    // The leader's current WAL first, so that the drill reaches the latest writes (when a
+    // leader runs; the drill goes on without).
+    let check = pgbackrest(&inv.cluster.name, "check");
+    let out = async {
+        s.exec(
+            &format!("{check} >/dev/null 2>&1; {DRILL_SCRIPT}{args}"),
+            None,
+        )
+        .await
+    }
+    .await;
+    s.close().await;
+    let out = out?;
+    match parse_drill(&out.stdout_str()) {
+        Some(d) => Ok(d),
+        None => Err(miette!(
+            help = "run `pgdeploy apply` if the drill script is missing",
+            "the restore drill on {name} gave no result (exit {}): {}",
+            out.status,
+            out.stderr_str().trim()
+        )),
+    }
+}
+
+/// A drill's result as text.
+pub fn drill_text(d: &Drill) -> String {
+    let mut t = format!(
+        "restore drill {} at {} ({} s): {}\n",
+        if d.ok { "passed" } else { "FAILED" },
+        utc_rfc3339_secs(d.at),
+        d.seconds,
+        d.message
+    );
+    if !d.last_transaction.is_empty() {
+        t.push_str(&format!(
+            "  last transaction reached: {}\n",
+            d.last_transaction
+        ));
+    }
+    for db in &d.databases {
+        t.push_str(&format!("  database {:<20} {}\n", db.name, mb(db.bytes)));
+    }
+    if !d.amcheck.is_empty() {
+        t.push_str(&format!("  pg_amcheck: {}\n", d.amcheck));
+    }
+    t
+}
+
 /// A backup type, as pgBackRest names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

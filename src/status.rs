@@ -61,7 +61,45 @@ pub struct Status {
     /// WAL archiving on the leader, when the inventory has a backup host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+    /// The last restore drill on the repository host, and its age in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillStatus>,
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DrillStatus {
+    #[serde(flatten)]
+    pub last: crate::backup::Drill,
+    pub age_secs: i64,
+}
+
+async fn drill_status(
+    inv: &Inventory,
+    sessions: &BTreeMap<String, Session>,
+    problems: &mut Vec<String>,
+) -> Option<DrillStatus> {
+    let repo = inv.backup_host()?;
+    let s = sessions.get(&repo.name)?;
+    let out = s
+        .exec(
+            &format!("cat {} 2>/dev/null", crate::backup::DRILL_RESULT),
+            None,
+        )
+        .await
+        .ok()?;
+    let last = crate::backup::parse_drill(&out.stdout_str())?;
+    if !last.ok {
+        problems.push(format!(
+            "backup: the last restore drill failed: {}",
+            last.message
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Some(DrillStatus {
+        age_secs: now - last.at,
+        last,
+    })
 }
 
 /// The leader's WAL archiving (`pg_stat_archiver` and the segments waiting in pg_wal), with
@@ -190,12 +228,13 @@ pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
         dns_status(&inv, &mut pd)
     );
     let mut ph = Vec::new();
-    let mut pa = Vec::new();
-    let (haproxy, archive) = tokio::join!(
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    let (haproxy, archive, drill) = tokio::join!(
         haproxy_status(&inv, &sessions, leader.as_deref(), &mut ph),
-        archive_status(&inv, &sessions, leader.as_deref(), &mut pa)
+        archive_status(&inv, &sessions, leader.as_deref(), &mut pa),
+        drill_status(&inv, &sessions, &mut pb)
     );
-    for p in [pe, pp, ph, pd, pa] {
+    for p in [pe, pp, ph, pd, pa, pb] {
         problems.extend(p);
     }
     for s in sessions.values() {
@@ -209,6 +248,7 @@ pub async fn gather(path: &Path, opts: &ConnectOptions) -> Result<Status> {
         haproxy,
         dns,
         archive,
+        drill,
         problems,
     })
 }
@@ -609,6 +649,19 @@ pub fn text(s: &Status) -> String {
             a.failed_count,
             a.last_failed_wal.as_deref().unwrap_or("none"),
             age(a.last_failed_age_secs)
+        ));
+    }
+    if let Some(d) = &s.drill {
+        t.push_str(&format!(
+            "restore drill\n  {} {} {:.1} h ago: last transaction {}\n",
+            if d.last.ok { " " } else { "!" },
+            if d.last.ok { "passed" } else { "FAILED" },
+            d.age_secs as f64 / 3600.0,
+            if d.last.last_transaction.is_empty() {
+                "none"
+            } else {
+                d.last.last_transaction.as_str()
+            }
         ));
     }
     if s.problems.is_empty() {

@@ -29,6 +29,20 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// A restore drill: restore the latest backup (or the state at --to) into a scratch
+    /// instance on the repository host, start it, report the last transaction it reached, its
+    /// databases and sizes and pg_amcheck's verdict, and remove it. The cluster is not touched.
+    Verify {
+        /// The inventory file.
+        #[arg(default_value = "inventory.yaml")]
+        inventory: PathBuf,
+        /// Restore to this time (with its offset) instead of the end of the archive.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +84,30 @@ pub async fn run(args: Args) -> miette::Result<ExitCode> {
                 ),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Verify {
+            inventory,
+            to,
+            format,
+        }) => {
+            let (inv, warnings) = pgdeploy::inventory::load(&inventory)?;
+            crate::print_warnings(&warnings);
+            let to = to
+                .map(|t| pgdeploy::phases::restore::parse_time(&t))
+                .transpose()?;
+            let d = backup::drill(&inv, to, &opts()).await?;
+            match format {
+                Format::Text => print!("{}", backup::drill_text(&d)),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).map_err(|e| miette::miette!("{e}"))?
+                ),
+            }
+            Ok(if d.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         None => {
             let (inv, warnings) = pgdeploy::inventory::load(&args.now.inventory)?;

@@ -68,6 +68,7 @@ pub fn context(inv: &Inventory, host: &Host, vars: &Value) -> Value {
         "haproxy": inv.haproxy,
         "dns": inv.dns,
         "backup": backup_json(inv),
+        "drill": drill_json(),
         "host": host_json(host),
         "groups": groups,
         "client_addresses": client_addresses(inv),
@@ -102,6 +103,15 @@ fn backup_json(inv: &Inventory) -> Value {
     b["standby_mode"] = json!(if prefer { "prefer" } else { "y" });
     b["compress_type"] = json!("lz4");
     b
+}
+
+/// Where the restore drill works and reports on the repository host (`drill` for templates).
+pub fn drill_json() -> Value {
+    json!({
+        "dir": crate::backup::DRILL_DIR,
+        "result": crate::backup::DRILL_RESULT,
+        "port": crate::backup::DRILL_PORT,
+    })
 }
 
 /// A host as templates see it (`host`, and each entry of `groups.*`).
@@ -340,6 +350,7 @@ groups:
                 "client_addresses",
                 "cluster",
                 "dns",
+                "drill",
                 "etcd",
                 "groups",
                 "haproxy",

@@ -67,6 +67,9 @@ pub struct Backup {
     pub full_schedule: Option<String>,
     pub diff_schedule: Option<String>,
     pub incr_schedule: Option<String>,
+    /// When the restore drill runs (it restores the latest backup on the repository host and
+    /// checks it; none: only on demand, `pgdeploy backup verify`).
+    pub drill_schedule: Option<String>,
     /// Take backups from a replica (the leader only sends the WAL and a few files).
     pub from_replica: bool,
     /// PostgreSQL's archive_timeout in seconds: the longest a WAL segment waits before it is
@@ -88,6 +91,7 @@ impl Default for Backup {
             full_schedule: Some("Sun *-*-* 01:00:00".into()),
             diff_schedule: Some("Mon..Sat *-*-* 01:00:00".into()),
             incr_schedule: None,
+            drill_schedule: Some("Sun *-*-* 05:00:00".into()),
             from_replica: true,
             archive_timeout: 60,
             archive_queue_max: "4GiB".into(),

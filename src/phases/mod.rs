@@ -210,6 +210,7 @@ groups:
                 "client_addresses",
                 "cluster",
                 "dns",
+                "drill",
                 "etcd",
                 "etcd_initial_env",
                 "etcd_join_env",

@@ -359,4 +359,50 @@ pub fn restore_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     assert_eq!(left.trim(), "0", "the moved-aside data was not removed");
     let out = pgdeploy(&["backup", inv_s, "--type", "incr"]);
     assert_eq!(out.code, 0, "a backup after the restore:\n{}", out.all());
+
+    // The drill restores the latest backup and the archive on backup1 and reaches the writes
+    // made just before it.
+    let mark = now_secs();
+    write_rows(pw, "drill", 20);
+    let t = Instant::now();
+    let out = pgdeploy(&["backup", "verify", inv_s, "--format", "json"]);
+    figure(
+        "restore drill on the repository host (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    assert_eq!(out.code, 0, "backup verify:\n{}", out.all());
+    let d: serde_json::Value = serde_json::from_str(&out.stdout).expect("drill JSON");
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["amcheck"], "passed", "{d}");
+    let last = d["last_transaction"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let o = std::process::Command::new("date")
+        .args(["-u", "-d", &last, "+%s"])
+        .output()
+        .expect("date");
+    let last_secs: i64 = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        last_secs >= mark,
+        "the drill reached {last}, before the writes at {mark}: {d}"
+    );
+    assert!(
+        d["databases"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == "app")),
+        "{d}"
+    );
+    let left = lab.ssh("backup1", "ls /var/lib/pgdeploy/drill 2>/dev/null | wc -l");
+    assert_eq!(left.trim(), "0", "the drill's instance was not removed");
+    let st = pgdeploy(&["status", inv_s, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("status json");
+    assert_eq!(v["drill"]["ok"], true, "{v}");
+    assert!(
+        v["drill"]["age_secs"].as_i64().is_some_and(|a| a < 600),
+        "{v}"
+    );
 }

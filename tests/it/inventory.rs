@@ -136,7 +136,8 @@ fn shipped_inventories_load_cleanly() {
     assert_eq!(inv.groups.etcd.len(), 3);
     assert_eq!(inv.groups.patroni.len(), 3);
     assert_eq!(inv.groups.haproxy.len(), 3);
-    assert_eq!(inv.hosts().len(), 9);
+    assert_eq!(inv.groups.backup.len(), 1);
+    assert_eq!(inv.hosts().len(), 10);
     let dns = inv.dns.as_ref().expect("production has a dns section");
     assert_eq!(dns.provider, "rfc2136");
     let tsig = dns.tsig.as_ref().expect("production signs updates");

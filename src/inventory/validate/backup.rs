@@ -29,6 +29,7 @@ impl Checker<'_> {
             ("full_schedule", &b.full_schedule),
             ("diff_schedule", &b.diff_schedule),
             ("incr_schedule", &b.incr_schedule),
+            ("drill_schedule", &b.drill_schedule),
         ] {
             if let Some(v) = value.as_deref().filter(|v| !is_calendar(v)) {
                 self.push(
