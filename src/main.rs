@@ -59,6 +59,24 @@ struct RunArgs {
     allow_even_etcd: bool,
 }
 
+/// `apply_until` with the plans printed as they run, Ctrl-C as the interrupt and the warnings
+/// printed: the outcomes and the seconds they took.
+async fn apply_printing(
+    opts: &RunOptions,
+) -> miette::Result<(Vec<pgdeploy::engine::PhaseOutcome>, f64)> {
+    let progress = Arc::new(progress::Progress::new(false));
+    let (outcomes, warnings) = ops::apply_until(
+        opts,
+        progress,
+        &|p| print!("{}", report::phase_text(p)),
+        ctrl_c(),
+    )
+    .await?;
+    print_warnings(&warnings);
+    let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
+    Ok((outcomes, secs))
+}
+
 /// A path given on the command line, made absolute against the current directory: it may be
 /// handed to another program that runs elsewhere. Paths inside the inventory resolve against
 /// the inventory's directory instead (see `Inventory::resolve_path`).
@@ -272,18 +290,9 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
             })
         }
         Cmd::Apply { run } => {
-            let progress = Arc::new(progress::Progress::new(false));
-            let (outcomes, warnings) = ops::apply_until(
-                &run.options(),
-                progress,
-                &|p| print!("{}", report::phase_text(p)),
-                ctrl_c(),
-            )
-            .await?;
-            print_warnings(&warnings);
+            let (outcomes, secs) = apply_printing(&run.options()).await?;
             let plans: Vec<_> = outcomes.iter().map(|o| o.plan.clone()).collect();
             let (n, hosts) = report::totals(&plans);
-            let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
             if n == 0 {
                 println!("No changes: the hosts already matched the inventory ({secs:.1} s).");
             } else {
@@ -344,16 +353,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                     return Err(miette::miette!("not confirmed; nothing was changed"));
                 }
             }
-            let progress = Arc::new(progress::Progress::new(false));
-            let (outcomes, warnings) = ops::apply_until(
-                &opts,
-                progress,
-                &|p| print!("{}", report::phase_text(p)),
-                ctrl_c(),
-            )
-            .await?;
-            print_warnings(&warnings);
-            let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
+            let (_, secs) = apply_printing(&opts).await?;
             println!("Restored in {secs:.1} s: one leader runs on the restored data and the other members stream from it.");
             Ok(ExitCode::SUCCESS)
         }
@@ -410,16 +410,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
                     ExitCode::from(2)
                 });
             }
-            let progress = Arc::new(progress::Progress::new(false));
-            let (outcomes, warnings) = ops::apply_until(
-                &opts,
-                progress,
-                &|p| print!("{}", report::phase_text(p)),
-                ctrl_c(),
-            )
-            .await?;
-            print_warnings(&warnings);
-            let secs: f64 = outcomes.iter().map(|o| o.seconds).sum();
+            let (_, secs) = apply_printing(&opts).await?;
             if ops::pin_postgres_version(&run.inventory, &postgres)? {
                 println!(
                     "Every member runs PostgreSQL {postgres} ({secs:.1} s); {} now pins {postgres}.",
