@@ -101,6 +101,7 @@ fn bundle_pins_postgres_indexes_and_hashes_every_file() {
         "etcd-server",
         "etcd-client",
         "haproxy",
+        "pgbackrest",
         "libc6",
         "python3",
     ] {
@@ -260,6 +261,7 @@ fn bundle_with_a_relative_inventory_path_works() {
         "etcd-server",
         "haproxy",
         "python3-etcd",
+        "pgbackrest",
     ] {
         assert!(
             m.debs.iter().any(|d| d.package == pkg),
