@@ -186,6 +186,7 @@ groups:
                 d.dirs.extend(one.dirs);
                 d.files.extend(one.files);
                 d.packages.extend(one.packages);
+                d.units.extend(one.units);
             }
             out.insert(h.name.clone(), d);
         }
@@ -469,6 +470,65 @@ groups:
                     std::fs::write(p, &f.content).unwrap();
                 }
             }
+        }
+    }
+
+    /// With a repository host: the database hosts get pgBackRest, the repository its units;
+    /// a timer whose schedule is unset stays disabled and stopped and gets no file; one
+    /// template serves each backup type. Without one, no host gets pgBackRest.
+    #[test]
+    fn backup_roles_follow_the_repository_and_its_schedules() {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!("{INV}  backup:\n    - {{ name: b1, address: 10.9.0.41 }}\n");
+        let with = crate::inventory::load_str(&text, "inv.yaml", d.path())
+            .unwrap()
+            .0;
+        let all = render_all(&with);
+        let b1 = &all["b1"];
+        let unit = |name: &str| b1.units.iter().find(|u| u.name == name).cloned();
+        let incr = unit("pgdeploy-backup-incr.timer").expect("the incr timer is managed");
+        assert!(!incr.enabled && incr.state == crate::engine::roles::UnitState::Stopped);
+        let file = |host: &Desired, path: &str| {
+            host.files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| String::from_utf8_lossy(&f.content).into_owned())
+        };
+        assert!(file(b1, "/etc/systemd/system/pgdeploy-backup-incr.timer").is_none());
+        let full = file(b1, "/etc/systemd/system/pgdeploy-backup-full.timer").unwrap();
+        assert!(full.contains("OnCalendar=Sun *-*-* 01:00:00"), "{full}");
+        assert!(full.contains("Unit=pgdeploy-backup-full.service"), "{full}");
+        let diff = file(b1, "/etc/systemd/system/pgdeploy-backup-diff.service").unwrap();
+        assert!(diff.contains("--type=diff backup"), "{diff}");
+        assert!(unit("pgdeploy-backup-full.timer").unwrap().enabled);
+        let repo = file(b1, "/etc/pgbackrest/pgbackrest.conf").unwrap();
+        for n in ["n1", "n2", "n3"] {
+            assert!(
+                repo.contains(&format!("tls-server-auth={n}=demo")),
+                "{repo}"
+            );
+        }
+        let member = file(&all["n1"], "/etc/pgbackrest/pgbackrest.conf").unwrap();
+        assert!(
+            member.contains("repo1-host=10.9.0.41") && member.contains("tls-server-auth=b1=demo"),
+            "{member}"
+        );
+        assert!(all["n1"].packages.iter().any(|p| p.name == "pgbackrest"));
+        assert!(!all["lb1"].packages.iter().any(|p| p.name == "pgbackrest"));
+        let patroni = file(&all["n1"], "/etc/patroni/config.yml").unwrap();
+        assert!(
+            patroni.contains("archive-push %p") && !patroni.contains("restore_command:"),
+            "{patroni}"
+        );
+
+        let without = inv(d.path());
+        for (h, desired) in render_all(&without) {
+            assert!(
+                !desired.packages.iter().any(|p| p.name == "pgbackrest"),
+                "{h} got pgBackRest"
+            );
+            let conf = file(&desired, "/etc/patroni/config.yml").unwrap_or_default();
+            assert!(!conf.contains("archive_command"), "{h}: {conf}");
         }
     }
 }

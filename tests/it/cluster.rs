@@ -1417,7 +1417,7 @@ fn other_state_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
         assert_eq!(out.code, 1, "{cmd} from another state:\n{}", out.all());
         let text = out.all();
         assert!(
-            text.contains("the local state does not match the cluster on 9 host(s)")
+            text.contains("the local state does not match the cluster on 10 host(s)")
                 && text.contains("trusts the cluster CA sha256")
                 && text.contains("state import"),
             "{cmd}:\n{text}"
