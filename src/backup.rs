@@ -53,10 +53,7 @@ pub async fn drill(inv: &Inventory, to: Option<i64>, opts: &ConnectOptions) -> R
     let args = match to {
         Some(t) => format!(
             " --type=time {}",
-            crate::shell::sh_quote(&format!(
-                "--target={}",
-                utc_rfc3339_secs(t).replace('T', " ").replace('Z', "+00")
-            ))
+            crate::shell::sh_quote(&format!("--target={}", crate::phases::restore::pg_time(t)))
         ),
         None => String::new(),
     };

@@ -634,6 +634,13 @@ impl Inventory {
         self.group_hosts(Group::Backup).into_iter().next()
     }
 
+    /// Whether `host` runs pgBackRest: the repository host, and the database hosts when there
+    /// is one.
+    pub fn backs_up(&self, host: &Host) -> bool {
+        host.in_group(Group::Backup)
+            || (host.in_group(Group::Patroni) && self.backup_host().is_some())
+    }
+
     /// Resolve a path from the inventory relative to the inventory's directory (and `~/`).
     pub fn resolve_path(&self, p: &str) -> PathBuf {
         if let Some(rest) = p.strip_prefix("~/") {

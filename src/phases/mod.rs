@@ -22,7 +22,7 @@ pub const REPO_DIR: &str = "/var/lib/pgdeploy/repo";
 pub const REPO_LIST: &str = "/etc/pgdeploy/apt/sources.list";
 
 use crate::engine::phase::{Phase, RolePhase};
-use crate::inventory::{Group, Inventory};
+use crate::inventory::Inventory;
 use crate::pki::{self, Pki};
 use crate::secrets::Secrets;
 use miette::Result;
@@ -100,9 +100,7 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
             tls["admin_cert_pem"] = json!(admin.cert_pem);
             tls["admin_key_pem"] = json!(admin.key_pem);
         }
-        let backs_up = h.in_group(Group::Backup)
-            || (h.in_group(Group::Patroni) && inv.backup_host().is_some());
-        if backs_up {
+        if inv.backs_up(h) {
             let pb = pki.issue_pgbackrest(&h.name, &ips, &names)?;
             tls["pgbackrest_cert_pem"] = json!(pb.cert_pem);
             tls["pgbackrest_key_pem"] = json!(pb.key_pem);

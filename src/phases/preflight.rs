@@ -157,9 +157,7 @@ pub fn required_ports(
         ));
         v.push((inv.haproxy.stats_port, "HAProxy stats", &["haproxy"][..]));
     }
-    let backs_up =
-        h.in_group(Group::Backup) || (h.in_group(Group::Patroni) && inv.backup_host().is_some());
-    if backs_up {
+    if inv.backs_up(h) {
         v.push((
             inv.backup.tls_port,
             "pgBackRest TLS server",

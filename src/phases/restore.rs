@@ -64,7 +64,7 @@ impl Target {
 }
 
 /// `secs` as PostgreSQL reads a timestamp with time zone, in UTC.
-fn pg_time(secs: i64) -> String {
+pub fn pg_time(secs: i64) -> String {
     crate::clock::utc_rfc3339_secs(secs)
         .replace('T', " ")
         .replace('Z', "+00")
