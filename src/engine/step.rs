@@ -180,10 +180,18 @@ pub enum Step {
     ArchiveCheck { stanza: String },
     /// Remove the Patroni cluster's state from the DCS (every member's Patroni is stopped).
     DcsRemove { cluster: String },
-    /// Move the data directory aside to `aside` (kept) and leave an empty one.
-    DataAside { data_dir: String, aside: String },
+    /// Move the data directory aside to `aside` (kept) and leave an empty one. `resume`: an
+    /// interrupted restore moved it there already; what the data directory holds now is that
+    /// restore's own work, which is stopped and emptied.
+    DataAside {
+        data_dir: String,
+        aside: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume: bool,
+    },
     /// Restore backup set `set` into the empty data directory and recover it, alone, to
-    /// `target`, where it promotes.
+    /// `target`, where it promotes; then record in a marker beside the data directory that it
+    /// restored (so that a run again after an interruption does not restore twice).
     Restore {
         target: crate::phases::restore::Target,
         set: Option<String>,
@@ -191,6 +199,8 @@ pub enum Step {
     },
     /// Remove a moved-aside data directory.
     DataAsideRemove { aside: String },
+    /// Remove the restore's marker: the restore is finished (the last step of a restore).
+    RestoreDone { marker: String },
     /// Something found that the run keeps as it is, and why (not a change).
     Note { text: String },
     /// Wait until a condition holds (within a generous deadline).
@@ -379,15 +389,23 @@ impl Step {
             Step::DcsRemove { cluster } => format!(
                 "! patronictl remove {cluster}: the cluster's state in the DCS is removed"
             ),
-            Step::DataAside { data_dir, aside } => {
-                format!("! mv {data_dir} {aside} (kept until the restored cluster runs)")
-            }
+            Step::DataAside {
+                data_dir,
+                aside,
+                resume: false,
+            } => format!("! mv {data_dir} {aside} (kept until the restored cluster runs)"),
+            Step::DataAside {
+                data_dir, aside, ..
+            } => format!(
+                "! empty {data_dir}: the interrupted restore's work is done again ({aside} is kept until the restored cluster runs)"
+            ),
             Step::Restore { target, set, .. } => format!(
-                "! pgbackrest restore of set {} to {}; PostgreSQL replays the archive alone and promotes there, then stops",
+                "! pgbackrest restore of set {} to {}; PostgreSQL replays the archive alone and promotes there, then stops (a marker beside the data directory records it)",
                 set.as_deref().unwrap_or("(chosen by pgBackRest)"),
                 target.describe()
             ),
             Step::DataAsideRemove { aside } => format!("! rm -rf {aside} (the restored cluster runs)"),
+            Step::RestoreDone { marker } => format!("! rm {marker}: the restore is finished"),
             Step::Note { text } => format!("= {text}"),
             Step::Wait { gate } => format!("? wait: {}", gate.summary()),
             Step::Deferred { what, why, .. } => format!("? {what} (deferred: {why})"),

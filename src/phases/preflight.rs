@@ -30,12 +30,27 @@ pub struct PreflightFacts {
     /// The CA and the state marker pgdeploy left on the host (empty: none).
     pub ca_pem: String,
     pub state_marker: String,
+    /// What an interrupted `pgdeploy restore` left beside the data directory (a member only):
+    /// moved-aside data directories and the restore's marker.
+    pub restore_left: Vec<String>,
 }
 
 /// One round trip, few processes (the hosts may share a few cores): the two small files are
 /// read by the shell itself (the parser takes them line by line, so a missing last newline
-/// reads the same).
-pub const PREFLIGHT_COMMAND: &str = "export LC_ALL=C; echo '@ID'; id -u; \
+/// reads the same). `data_dir`, on a Patroni member: what an interrupted restore left beside
+/// it is listed by shell builtins alone.
+pub fn preflight_command(data_dir: Option<&str>) -> String {
+    let restore = data_dir
+        .map(|d| {
+            format!(
+                "for a in {}* {}; do [ -e \"$a\" ] && echo \"$a\"; done; ",
+                crate::shell::sh_quote(&crate::phases::restore::aside_prefix(d)),
+                crate::shell::sh_quote(&crate::phases::restore::marker_path(d))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "export LC_ALL=C; echo '@ID'; id -u; \
 echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
 echo '@ARCH'; dpkg --print-architecture 2>/dev/null; \
 echo '@TIME'; date +%s.%N; \
@@ -43,9 +58,11 @@ echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
 echo '@DISK'; df -Pk /var/lib; \
 echo '@CA'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/tls/ca.crt; \
 echo '@STATE'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/state; \
-echo '@END'";
+echo '@RESTORE'; {restore}echo '@END'"
+    )
+}
 
-/// Pure parser of [`PREFLIGHT_COMMAND`]'s output.
+/// Pure parser of [`preflight_command`]'s output.
 pub fn parse(out: &str) -> Result<PreflightFacts, String> {
     let mut f = PreflightFacts::default();
     let mut sec = "";
@@ -61,6 +78,7 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
                 "DISK" => "DISK",
                 "CA" => "CA",
                 "STATE" => "STATE",
+                "RESTORE" => "RESTORE",
                 "END" => {
                     ended = true;
                     ""
@@ -117,6 +135,7 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
                 f.state_marker.push_str(line);
                 f.state_marker.push('\n');
             }
+            "RESTORE" if !line.trim().is_empty() => f.restore_left.push(line.trim().to_string()),
             _ => {}
         }
     }
@@ -201,6 +220,13 @@ pub fn problems(inv: &Inventory, h: &Host, f: &PreflightFacts, skew: f64, rtt: f
                 ));
             }
         }
+    }
+    if !f.restore_left.is_empty() {
+        p.push(format!(
+            "an interrupted `pgdeploy restore` left {}: run the same restore again to finish it \
+             (an apply now would start Patroni on data directories that the restore emptied)",
+            f.restore_left.join(", ")
+        ));
     }
     let need_kib: u64 = if h.in_group(Group::Patroni) {
         1024 * 1024
@@ -303,6 +329,16 @@ fn local_state(ctx: &Ctx) -> Option<state::Local> {
     })
 }
 
+/// The preflight command for `host` (a Patroni member's lists what a restore left).
+fn command_for(ctx: &Ctx, host: &str) -> String {
+    let member = ctx
+        .inv
+        .group_hosts(Group::Patroni)
+        .iter()
+        .any(|h| h.name == host);
+    preflight_command(member.then(|| ctx.inv.postgres.data_directory()).as_deref())
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -315,8 +351,8 @@ impl Phase for Preflight {
     fn name(&self) -> &str {
         "preflight"
     }
-    fn probe_extras(&self, _ctx: &Ctx, _host: &str) -> Vec<(String, String)> {
-        vec![("preflight".into(), PREFLIGHT_COMMAND.into())]
+    fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
+        vec![("preflight".into(), command_for(ctx, host))]
     }
 
     async fn plan(&self, ctx: &Ctx) -> Result<PhasePlan> {
@@ -327,14 +363,14 @@ impl Phase for Preflight {
             futs.push(async move {
                 ctx.observe(&h.name, "checking");
                 let (out, (t0, t1)) = match ctx
-                    .probed_extra(&h.name, "preflight", PREFLIGHT_COMMAND)
+                    .probed_extra(&h.name, "preflight", &command_for(ctx, &h.name))
                     .await
                 {
                     Some(got) => got,
                     None => {
                         let s = ctx.session(&h.name)?;
                         let t0 = now();
-                        let out = s.exec(PREFLIGHT_COMMAND, None).await?;
+                        let out = s.exec(&command_for(ctx, &h.name), None).await?;
                         (out.stdout_str(), (t0, now()))
                     }
                 };
@@ -446,6 +482,42 @@ mod tests {
         assert!(f.ca_pem.starts_with("-----BEGIN CERTIFICATE-----\nAAAA\n"));
         assert_eq!(f.state_marker, "ca_sha256 = AB\n");
         assert_eq!(f.free_kib, 84000000);
+    }
+
+    #[test]
+    fn what_an_interrupted_restore_left_is_listed_and_refused() {
+        // The command's listing, run by a real shell over a real directory.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("main");
+        let data = data.to_str().unwrap();
+        std::fs::create_dir_all(format!("{data}.pgdeploy-before-restore-20261207T010000")).unwrap();
+        std::fs::write(crate::phases::restore::marker_path(data), "x").unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &preflight_command(Some(data))])
+            .output()
+            .unwrap();
+        let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(
+            f.restore_left,
+            [
+                format!("{data}.pgdeploy-before-restore-20261207T010000"),
+                format!("{data}.pgdeploy-restored")
+            ]
+        );
+        let inv = inv();
+        let p = problems(&inv, &inv.hosts()[0], &f, 0.0, 0.0);
+        assert!(
+            p.iter().any(|x| x.contains("run the same restore again")),
+            "{p:?}"
+        );
+        // Nothing left: nothing listed (the unmatched glob is not a path).
+        let clean = dir.path().join("other");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &preflight_command(clean.to_str())])
+            .output()
+            .unwrap();
+        let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert!(f.restore_left.is_empty(), "{:?}", f.restore_left);
     }
 
     #[test]

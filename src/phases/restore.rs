@@ -10,7 +10,14 @@
 //!    to the target, as a standalone PostgreSQL that promotes there, and stops cleanly;
 //! 6. Patroni starts there and takes the lead from that data; then on the others, which
 //!    rebuild as replicas (from the repository first) and stream from it;
-//! 7. only then are the moved-aside directories removed.
+//! 7. only then are the moved-aside directories removed, and last the marker that step 5
+//!    wrote.
+//!
+//! A restore interrupted at any point (pgdeploy killed, a host lost) is finished by the same
+//! command run again: the moved-aside data is found and kept under its first name, and what
+//! the interrupted run left in the data directories is its own work, done again. Once the
+//! marker says a member restored, the run again does not restore a second time (the restored
+//! cluster may have taken writes): it starts what is stopped, waits, and removes the old data.
 //!
 //! HAProxy and DNS need no change: they follow Patroni's leader.
 
@@ -98,11 +105,52 @@ pub struct Facts {
     pub newest_wal_at: Option<i64>,
     /// Now, on this machine (a running leader archives up to now before the restore).
     pub now: i64,
+    /// Moved-aside data directories on the members, (member, path): only an interrupted
+    /// restore leaves them (a finished one removes them).
+    pub asides: Vec<(String, String)>,
+    /// The member whose marker says an interrupted restore restored there, and its target.
+    pub restored: Option<(String, String)>,
+}
+
+/// Where the restorer records that its restore is done (beside the data directory).
+pub fn marker_path(data_dir: &str) -> String {
+    format!("{data_dir}.pgdeploy-restored")
+}
+
+/// Where a restore moves a data directory aside.
+pub fn aside_prefix(data_dir: &str) -> String {
+    format!("{data_dir}.pgdeploy-before-restore-")
 }
 
 /// Pure: the steps of a restore to `target`, or why it cannot be done (before anything
 /// stops). `stamp` names the moved-aside directories.
 pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<PlannedStep>> {
+    let mut names: Vec<&str> = f.asides.iter().map(|(_, a)| a.as_str()).collect();
+    names.sort();
+    names.dedup();
+    if names.len() > 1 {
+        return Err(miette!(
+            help = "keep the one that holds the data you want and move the others away, then run the restore again",
+            "data moved aside by more than one restore is beside {}: {}; nothing was changed",
+            f.data_dir,
+            names.join(", ")
+        ));
+    }
+    if let Some((member, done)) = &f.restored {
+        return finish_steps(f, member, done, target);
+    }
+    if let (Some(leader), Some(aside)) = (&f.leader, names.first()) {
+        // Someone started the cluster after the interruption: its data directories hold what
+        // it wrote since, which a resumed restore would empty.
+        let hosts: Vec<&str> = f.asides.iter().map(|(h, _)| h.as_str()).collect();
+        return Err(miette!(
+            help = format!(
+                "if the running cluster is the one to keep, move {aside} away on {} (or remove it), then run the restore again",
+                hosts.join(", ")
+            ),
+            "an interrupted restore left data moved aside at {aside}, but the cluster runs again ({leader} leads): its data directories are not the restore's work; nothing was changed"
+        ));
+    }
     if f.backups.is_empty() {
         return Err(miette!(
             help = "take one with `pgdeploy backup`",
@@ -157,7 +205,10 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
     };
     let restorer = f.leader.clone().unwrap_or_else(|| f.members[0].clone());
     let others: Vec<&String> = f.members.iter().filter(|m| **m != restorer).collect();
-    let aside = format!("{}.pgdeploy-before-restore-{stamp}", f.data_dir);
+    let aside = match names.first() {
+        Some(a) => a.to_string(),
+        None => format!("{}{stamp}", aside_prefix(&f.data_dir)),
+    };
     let mut s = vec![PlannedStep::new(
         &f.repo,
         Step::Note {
@@ -171,6 +222,16 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
             ),
         },
     )];
+    if !names.is_empty() {
+        s.push(PlannedStep::new(
+            &f.repo,
+            Step::Note {
+                text: format!(
+                    "an interrupted restore left the data moved aside at {aside}: it is kept, and the restore is done again"
+                ),
+            },
+        ));
+    }
     if f.leader.is_some() {
         s.push(PlannedStep::new(
             &f.repo,
@@ -179,16 +240,6 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
             },
         ));
     }
-    let unit = |m: &str, action, reason: &str| {
-        PlannedStep::new(
-            m,
-            Step::Unit {
-                unit: "patroni.service".into(),
-                action,
-                reason: reason.into(),
-            },
-        )
-    };
     for m in others.iter().map(|m| m.as_str()).chain([restorer.as_str()]) {
         s.push(unit(
             m,
@@ -208,6 +259,7 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
             Step::DataAside {
                 data_dir: f.data_dir.clone(),
                 aside: aside.clone(),
+                resume: f.asides.iter().any(|(h, a)| h == m && *a == aside),
             },
         ));
     }
@@ -219,20 +271,53 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
             data_dir: f.data_dir.clone(),
         },
     ));
-    s.push(unit(
-        &restorer,
-        UnitAction::Start,
-        "restore: it leads from the restored data",
-    ));
-    s.push(PlannedStep::new(
-        &restorer,
-        Step::Wait {
-            gate: Gate::Leads {
-                member: restorer.clone(),
-            },
+    s.extend(rejoin_steps(f, &restorer, true));
+    let asides: Vec<(String, String)> = f
+        .members
+        .iter()
+        .map(|m| (m.clone(), aside.clone()))
+        .collect();
+    s.extend(cleanup_steps(f, &restorer, &asides));
+    Ok(s)
+}
+
+fn unit(m: &str, action: UnitAction, reason: &str) -> PlannedStep {
+    PlannedStep::new(
+        m,
+        Step::Unit {
+            unit: "patroni.service".into(),
+            action,
+            reason: reason.into(),
         },
-    ));
-    for m in &others {
+    )
+}
+
+/// Patroni starts on the restorer and leads (unless `lead` is false: a leader runs), then on
+/// the others, which rebuild as its replicas; then every member runs and streams.
+fn rejoin_steps(f: &Facts, restorer: &str, lead: bool) -> Vec<PlannedStep> {
+    let mut s = Vec::new();
+    if !lead {
+        s.push(unit(
+            restorer,
+            UnitAction::Start,
+            "restore: it runs in the restored cluster",
+        ));
+    } else {
+        s.push(unit(
+            restorer,
+            UnitAction::Start,
+            "restore: it leads from the restored data",
+        ));
+        s.push(PlannedStep::new(
+            restorer,
+            Step::Wait {
+                gate: Gate::Leads {
+                    member: restorer.to_string(),
+                },
+            },
+        ));
+    }
+    for m in f.members.iter().filter(|m| *m != restorer) {
         s.push(unit(
             m,
             UnitAction::Start,
@@ -240,19 +325,53 @@ pub fn plan_steps(f: &Facts, target: &Target, stamp: &str) -> Result<Vec<Planned
         ));
     }
     s.push(PlannedStep::new(
-        &restorer,
+        restorer,
         Step::Wait {
             gate: Gate::Converged,
         },
     ));
-    for m in &f.members {
-        s.push(PlannedStep::new(
-            m,
-            Step::DataAsideRemove {
-                aside: aside.clone(),
-            },
+    s
+}
+
+/// The old data goes only now, and the marker last: a run again after an interruption here
+/// still knows that the restore was done.
+fn cleanup_steps(f: &Facts, restorer: &str, asides: &[(String, String)]) -> Vec<PlannedStep> {
+    let mut s: Vec<PlannedStep> = asides
+        .iter()
+        .map(|(m, a)| PlannedStep::new(m, Step::DataAsideRemove { aside: a.clone() }))
+        .collect();
+    s.push(PlannedStep::new(
+        restorer,
+        Step::RestoreDone {
+            marker: marker_path(&f.data_dir),
+        },
+    ));
+    s
+}
+
+/// A run again after an interruption once `member` had restored `done`: no second restore,
+/// only what the interrupted run had left to do.
+fn finish_steps(f: &Facts, member: &str, done: &str, target: &Target) -> Result<Vec<PlannedStep>> {
+    if done != target.describe() {
+        return Err(miette!(
+            help = format!(
+                "run the same restore again to finish it (to {done}); a new restore can follow once it is finished"
+            ),
+            "an interrupted restore to {done} already restored on {member}, not to {}; nothing was changed",
+            target.describe()
         ));
     }
+    let mut s = vec![PlannedStep::new(
+        &f.repo,
+        Step::Note {
+            text: format!(
+                "finish the interrupted restore of {} to {done}: {member} restored it already (no second restore); the others rebuild from it and the old data is removed",
+                f.stanza
+            ),
+        },
+    )];
+    s.extend(rejoin_steps(f, member, f.leader.is_none()));
+    s.extend(cleanup_steps(f, member, &f.asides));
     Ok(s)
 }
 
@@ -280,11 +399,27 @@ async fn facts(ctx: &Ctx) -> Result<Facts> {
             inv.path.display()
         )
     })?;
-    let (r, ms) = tokio::join!(
+    let members: Vec<String> = inv
+        .group_hosts(Group::Patroni)
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    let data_dir = inv.postgres.data_directory();
+    let (r, ms, left) = tokio::join!(
         crate::backup::read(inv, &repo.name, ctx.session(&repo.name)?),
-        super::patroni::members(ctx)
+        super::patroni::members(ctx),
+        futures::future::join_all(members.iter().map(|m| left_behind(ctx, m, &data_dir)))
     );
     let r = r?;
+    let mut asides = Vec::new();
+    let mut restored = None;
+    for (m, l) in members.iter().zip(left) {
+        let (a, done) = l?;
+        asides.extend(a.into_iter().map(|a| (m.clone(), a)));
+        if let Some(done) = done {
+            restored = Some((m.clone(), done));
+        }
+    }
     let leader = ms
         .ok()
         .flatten()
@@ -293,17 +428,47 @@ async fn facts(ctx: &Ctx) -> Result<Facts> {
     Ok(Facts {
         stanza: inv.cluster.name.clone(),
         repo: repo.name,
-        members: inv
-            .group_hosts(Group::Patroni)
-            .into_iter()
-            .map(|h| h.name)
-            .collect(),
+        members,
         leader,
-        data_dir: inv.postgres.data_directory(),
+        data_dir,
         backups: r.backups,
         newest_wal_at: r.newest_wal_at,
         now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        asides,
+        restored,
     })
+}
+
+/// What an interrupted restore left on `host`: moved-aside data directories, and its marker's
+/// target if it had restored there.
+async fn left_behind(
+    ctx: &Ctx,
+    host: &str,
+    data_dir: &str,
+) -> Result<(Vec<String>, Option<String>)> {
+    let cmd = format!(
+        "for a in {p}*; do [ -e \"$a\" ] && echo \"aside $a\"; done; m={m}; [ -f \"$m\" ] && printf 'restored %s\\n' \"$(cat \"$m\")\"; true",
+        p = sh_quote(&aside_prefix(data_dir)),
+        m = sh_quote(&marker_path(data_dir))
+    );
+    let out = ctx.session(host)?.exec(&cmd, None).await?;
+    if !out.ok() {
+        return Err(miette!(
+            "reading what an earlier restore left on {host} failed: {}",
+            out.stderr_str().trim()
+        ));
+    }
+    let text = out.stdout_str();
+    let asides = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("aside "))
+        .map(str::to_string)
+        .collect();
+    let done = text
+        .lines()
+        .find_map(|l| l.strip_prefix("restored "))
+        .map(str::to_string);
+    Ok((asides, done))
 }
 
 #[async_trait]
@@ -353,14 +518,36 @@ pub async fn dcs_remove(ctx: &Ctx, host: &str, cluster: &str) -> Result<()> {
     Ok(())
 }
 
-/// Execute [`Step::DataAside`]: the data directory moves aside (once; a run again after an
-/// interruption keeps the first copy) and an empty one takes its place.
+/// Execute [`Step::DataAside`]: the data directory moves aside (once) and an empty one takes
+/// its place. When the aside is there already, an interrupted restore moved it: what the data
+/// directory holds is that restore's own work (a PostgreSQL it left running is stopped first).
 pub async fn data_aside(ctx: &Ctx, host: &str, data_dir: &str, aside: &str) -> Result<()> {
     let (d, a) = (sh_quote(data_dir), sh_quote(aside));
+    let pg_ctl = format!(
+        "runuser -u postgres -- /usr/lib/postgresql/{}/bin/pg_ctl -D {d}",
+        ctx.inv.postgres.major()
+    );
+    // A pgBackRest restore that the interrupted run started may still write into the data
+    // directory (it outlives the connection): it is ended first, and waited for.
+    let restoring = sh_quote(&format!(
+        "pgbackrest --stanza={} .*restore$",
+        ctx.inv.cluster.name
+    ));
     let cmd = format!(
-        "set -e; if [ -e {d} ] && [ ! -e {a} ]; then mv {d} {a}; fi; install -d -o postgres -g postgres -m 0700 {d}; [ -z \"$(ls -A {d})\" ] || {{ echo 'the data directory is not empty' >&2; exit 1; }}"
+        "set -e; if [ -e {a} ]; then if pkill -u postgres -f -- {restoring}; then i=0; while pgrep -u postgres -f -- {restoring} >/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; if [ -f {d}/postmaster.pid ] && {pg_ctl} status >/dev/null 2>&1; then {pg_ctl} -m immediate -w stop; fi; rm -rf {d}; elif [ -e {d} ]; then mv {d} {a}; fi; install -d -o postgres -g postgres -m 0700 {d}; [ -z \"$(ls -A {d})\" ] || {{ echo 'the data directory is not empty' >&2; exit 1; }}"
     );
     run(ctx, host, &cmd, "move the data directory aside").await
+}
+
+/// Execute [`Step::RestoreDone`].
+pub async fn restore_done(ctx: &Ctx, host: &str, marker: &str) -> Result<()> {
+    run(
+        ctx,
+        host,
+        &format!("rm -f {}", sh_quote(marker)),
+        "remove the restore's marker",
+    )
+    .await
 }
 
 /// Execute [`Step::DataAsideRemove`].
@@ -446,10 +633,12 @@ pub async fn restore(ctx: &Ctx, host: &str, target: &Target, data_dir: &str) -> 
     .iter()
     .map(|p| format!("-c {}", sh_quote(&format!("alter system reset {p}"))))
     .collect();
+    let m = sh_quote(&marker_path(data_dir));
     let cmd = format!(
-        "{} -X {} && runuser -u postgres -- {bin}/pg_ctl -D {d} -m fast -w stop",
+        "{} -X {} && runuser -u postgres -- {bin}/pg_ctl -D {d} -m fast -w stop && printf '%s' {} > {m}.tmp && sync {m}.tmp && mv {m}.tmp {m}",
         super::superuser_psql(inv),
-        reset.join(" ")
+        reset.join(" "),
+        sh_quote(&target.describe())
     );
     run(
         ctx,
@@ -491,6 +680,8 @@ mod tests {
             backups: vec![set("F1", 1000), set("F2", 1500)],
             newest_wal_at: Some(1800),
             now: 2000,
+            asides: Vec::new(),
+            restored: None,
         }
     }
 
@@ -541,7 +732,97 @@ mod tests {
             l[15],
             format!("pg1: ! rm -rf {aside} (the restored cluster runs)")
         );
-        assert_eq!(l.len(), 18);
+        assert_eq!(
+            l[18],
+            "pg2: ! rm /var/lib/postgresql/17/main.pgdeploy-restored: the restore is finished"
+        );
+        assert_eq!(l.len(), 19);
+    }
+
+    #[test]
+    fn a_run_again_before_the_restore_finished_keeps_the_first_aside_and_restores_again() {
+        let aside = "/var/lib/postgresql/17/main.pgdeploy-before-restore-20261204T193000";
+        let mut f = facts(None);
+        f.asides = vec![("pg1".into(), aside.into()), ("pg2".into(), aside.into())];
+        let s = plan_steps(&f, &Target::Latest, "20261206T220000").unwrap();
+        let l = lines(&s);
+        assert!(
+            l[1].contains(&format!("left the data moved aside at {aside}")),
+            "{l:#?}"
+        );
+        let moves: Vec<&String> = l
+            .iter()
+            .filter(|x| x.contains("main.pgdeploy-before"))
+            .collect();
+        assert!(
+            moves.iter().all(|x| !x.contains("20261206T220000")),
+            "{l:#?}"
+        );
+        // pg1 and pg2 were moved already: their data directories hold the interrupted
+        // restore's work; pg3 was not, and moves now.
+        assert!(l.contains(&format!("pg1: ! empty /var/lib/postgresql/17/main: the interrupted restore's work is done again ({aside} is kept until the restored cluster runs)")), "{l:#?}");
+        assert!(l.contains(&format!("pg3: ! mv /var/lib/postgresql/17/main {aside} (kept until the restored cluster runs)")), "{l:#?}");
+        assert!(
+            l.iter().any(|x| x.starts_with("pg1: ! pgbackrest restore")),
+            "{l:#?}"
+        );
+        // A cluster started again by hand after the interruption: its data is not emptied.
+        f.leader = Some("pg2".into());
+        let e = plan_steps(&f, &Target::Latest, "s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the cluster runs again"), "{e}");
+        f.leader = None;
+        // Two different asides: refused, nothing touched.
+        f.asides.push(("pg3".into(), format!("{aside}x")));
+        let e = plan_steps(&f, &Target::Latest, "s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than one restore"), "{e}");
+    }
+
+    #[test]
+    fn a_run_again_after_the_member_restored_does_not_restore_twice() {
+        let aside = "/var/lib/postgresql/17/main.pgdeploy-before-restore-20261204T193000";
+        let target = Target::Time {
+            at: 1600,
+            text: "x".into(),
+        };
+        let mut f = facts(None);
+        f.asides = vec![("pg1".into(), aside.into()), ("pg3".into(), aside.into())];
+        f.restored = Some(("pg2".into(), target.describe()));
+        // Even with no backup listed any more, and the target now out of range.
+        f.backups.clear();
+        let l = lines(&plan_steps(&f, &target, "s").unwrap());
+        assert!(l[0].contains("pg2 restored it already"), "{l:#?}");
+        assert!(
+            !l.iter().any(|x| x.contains("pgbackrest restore")
+                || x.contains("unit stop")
+                || x.contains("patronictl remove")),
+            "{l:#?}"
+        );
+        assert_eq!(
+            l[1..],
+            [
+                "pg2: ! unit start patroni.service (restore: it leads from the restored data)".to_string(),
+                "pg2: ? wait: pg2 leads the cluster".into(),
+                "pg1: ! unit start patroni.service (restore: it rebuilds as a replica of the restored leader)".into(),
+                "pg3: ! unit start patroni.service (restore: it rebuilds as a replica of the restored leader)".into(),
+                "pg2: ? wait: one leader runs and every replica streams from it".into(),
+                format!("pg1: ! rm -rf {aside} (the restored cluster runs)"),
+                format!("pg3: ! rm -rf {aside} (the restored cluster runs)"),
+                "pg2: ! rm /var/lib/postgresql/17/main.pgdeploy-restored: the restore is finished".into(),
+            ]
+        );
+        // With a leader running, nothing waits for pg2 to lead.
+        f.leader = Some("pg2".into());
+        let l = lines(&plan_steps(&f, &target, "s").unwrap());
+        assert!(!l.iter().any(|x| x.contains("leads the cluster")), "{l:#?}");
+        // Another target is refused until the interrupted one is finished.
+        let e = plan_steps(&f, &Target::Latest, "s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already restored on pg2"), "{e}");
     }
 
     #[test]

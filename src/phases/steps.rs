@@ -234,15 +234,16 @@ async fn execute(ctx: &Ctx, s: &PlannedStep) -> Result<()> {
         Step::StanzaCreate { .. } => super::backup::stanza_create(ctx, host).await,
         Step::ArchiveCheck { .. } => super::backup::archive_check(ctx, host).await,
         Step::DcsRemove { cluster } => super::restore::dcs_remove(ctx, host, cluster).await,
-        Step::DataAside { data_dir, aside } => {
-            super::restore::data_aside(ctx, host, data_dir, aside).await
-        }
+        Step::DataAside {
+            data_dir, aside, ..
+        } => super::restore::data_aside(ctx, host, data_dir, aside).await,
         Step::Restore {
             target, data_dir, ..
         } => super::restore::restore(ctx, host, target, data_dir).await,
         Step::DataAsideRemove { aside } => {
             super::restore::data_aside_remove(ctx, host, aside).await
         }
+        Step::RestoreDone { marker } => super::restore::restore_done(ctx, host, marker).await,
         Step::Wait { gate } => wait(ctx, host, gate).await,
         Step::Deferred { .. } | Step::Note { .. } => Ok(()),
     }

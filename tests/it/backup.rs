@@ -359,6 +359,7 @@ pub fn restore_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     assert_eq!(left.trim(), "0", "the moved-aside data was not removed");
     let out = pgdeploy(&["backup", inv_s, "--type", "incr"]);
     assert_eq!(out.code, 0, "a backup after the restore:\n{}", out.all());
+    interrupted_restore(lab, inv, pw);
 
     // The drill restores the latest backup and the archive on backup1 and reaches the writes
     // made just before it.
@@ -404,5 +405,123 @@ pub fn restore_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     assert!(
         v["drill"]["age_secs"].as_i64().is_some_and(|a| a < 600),
         "{v}"
+    );
+}
+
+const DATA_DIR: &str = "/var/lib/postgresql/17/main";
+
+/// The members that hold what a restore leaves beside the data directory: (moved aside,
+/// restore marker).
+fn restore_left(lab: &LabGuard) -> (usize, usize) {
+    let mut n = (0, 0);
+    for m in ["pg1", "pg2", "pg3"] {
+        let out = lab.ssh(
+            m,
+            &format!("ls -d {DATA_DIR}.pgdeploy-before-restore-* 2>/dev/null | wc -l; ls {DATA_DIR}.pgdeploy-restored 2>/dev/null | wc -l"),
+        );
+        let mut l = out.lines().map(|x| x.trim().parse::<usize>().unwrap_or(0));
+        n.0 += l.next().unwrap_or(0);
+        n.1 += l.next().unwrap_or(0);
+    }
+    n
+}
+
+/// A restore killed at two points (while pgBackRest restores, then once the member restored
+/// and Patroni starts on it) is finished by the same command run again, without a second
+/// restore; in between, `check` (and so `apply`) refuses to touch the cluster.
+fn interrupted_restore(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
+    let inv_s = inv.to_str().unwrap();
+    let before = write_rows(pw, "interrupted", 20);
+    let restore = ["restore", inv_s, "--latest", "--yes"];
+    // 1. Killed while pgBackRest writes into the restorer's empty data directory (or
+    //    PostgreSQL replays the archive there).
+    let mut child = spawn_pgdeploy(&restore);
+    // (The step as it starts, not the plan printed first.)
+    wait_for_output(
+        &mut child,
+        "restore: ! pgbackrest restore of set",
+        Duration::from_secs(300),
+    );
+    let t = Instant::now();
+    while !["pg1", "pg2", "pg3"].iter().any(|m| {
+        !lab.ssh(m, &format!("ls -A {DATA_DIR} 2>/dev/null | head -1"))
+            .trim()
+            .is_empty()
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the restore wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill pgdeploy");
+    let _ = child.wait();
+    assert_eq!(
+        restore_left(lab),
+        (3, 0),
+        "moved aside on every member, not restored yet"
+    );
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(
+        out.code,
+        1,
+        "check during an unfinished restore:\n{}",
+        out.all()
+    );
+    assert!(
+        out.all().contains("run the same restore again"),
+        "{}",
+        out.all()
+    );
+    // 2. Run again, killed once a member restored and Patroni starts on it.
+    let mut child = spawn_pgdeploy(&restore);
+    wait_for_output(
+        &mut child,
+        "restore: it leads from the restored data",
+        Duration::from_secs(600),
+    );
+    child.kill().expect("kill pgdeploy");
+    let _ = child.wait();
+    assert_eq!(restore_left(lab).1, 1, "the restorer's marker");
+    // 3. Run again: it finishes without restoring a second time.
+    let t = Instant::now();
+    let out = pgdeploy(&restore);
+    assert_eq!(out.code, 0, "restore run again:\n{}", out.all());
+    figure(
+        "restore run again after an interruption, to the end (s)",
+        t.elapsed().as_secs_f64(),
+    );
+    assert!(
+        !out.all().contains("pgbackrest restore of set"),
+        "a second restore:\n{}",
+        out.all()
+    );
+    assert_eq!(restore_left(lab), (0, 0), "old data and marker removed");
+    wait_members_running(lab, 3);
+    let have = ids(pw, "interrupted").expect("the writer's table");
+    let missing: Vec<&i64> = before.iter().filter(|id| !have.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the restore but lost: {missing:?}"
+    );
+    let leader = wait_leader(lab);
+    let t = Instant::now();
+    loop {
+        let n = lab.ssh(&leader, "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication where state = 'streaming'\"");
+        if n.trim() == "2" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "replicas do not stream after the interrupted restore: {n}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(
+        out.code,
+        0,
+        "check after the interrupted restore:\n{}",
+        out.all()
     );
 }
