@@ -152,9 +152,29 @@ fn main() {
     assert_eq!(out.code, 0, "full backup:\n{}", out.all());
     let secs = t.elapsed().as_secs_f64();
     figure("full backup after the load (s)", secs);
+    // The set as pgBackRest records it: its type and the sizes it read and stored.
+    let list = pgdeploy_ok(&["backup", "list", inv_s, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).expect("backup list JSON");
+    let newest = v["backups"]
+        .as_array()
+        .and_then(|a| a.iter().max_by_key(|b| b["stop"].as_i64()))
+        .cloned()
+        .expect("a backup set");
+    assert_eq!(newest["kind"], "full", "{newest}");
+    let read = newest["database_bytes"].as_f64().unwrap_or(0.0);
+    let stored = newest["repo_bytes"].as_f64().unwrap_or(0.0);
+    assert!(
+        read >= db_bytes * 0.9,
+        "the set read {read} bytes of {db_bytes}"
+    );
+    figure("full backup: database size read (MB)", read / 1e6);
+    figure(
+        "full backup: stored in the repository, compressed (MB)",
+        stored / 1e6,
+    );
     figure(
         "full backup throughput (MB/s of database size)",
-        db_bytes / 1e6 / secs,
+        read / 1e6 / secs,
     );
 
     // 4. Point-in-time recovery of it: T after the backup, writes after T, then restore.

@@ -87,6 +87,15 @@ impl Platform {
         matches!(self, Platform::Debian13)
     }
 
+    /// Whether the release's pgBackRest matches a host it connects to by address against the
+    /// certificate's IP address names. 2.45 (Debian 12) compares the address with the Common
+    /// Name and the DNS names only ("unable to find hostname '10.231.0.21' in certificate
+    /// common name or subject alternative names", seen on the lab); 2.55 (Debian 13) takes
+    /// the IP address names.
+    pub fn pgbackrest_matches_ip_names(self) -> bool {
+        matches!(self, Platform::Debian13)
+    }
+
     /// pgdeploy's default timings on this release. Patroni 4 raises a `ttl` below 20 to 20
     /// (with only a warning in its log), so the fastest timings it honours as written are
     /// 20/2/3; Patroni 3 takes 10/2/3.

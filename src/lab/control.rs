@@ -20,7 +20,7 @@ pub enum Topology {
     /// etcd1-3 (.11-.13), pg1-3 (.21-.23), haproxy1-3 (.31-.33), backup1 (.51): the
     /// pgBackRest repository.
     Production,
-    /// pg1-3 (.21-.23); etcd and HAProxy on pg1.
+    /// pg1-3 (.21-.23); etcd and HAProxy on pg1; backup1 (.51), the pgBackRest repository.
     Poc,
     /// h1..hN (.11 upward), no cluster inventory.
     Hosts(usize),
@@ -56,6 +56,7 @@ impl Topology {
                 ));
                 out.push(("pg2".into(), a(22), vec!["patroni".into()]));
                 out.push(("pg3".into(), a(23), vec!["patroni".into()]));
+                out.push(("backup1".into(), a(51), vec!["backup".to_string()]));
             }
             Topology::Hosts(n) => {
                 for i in 1..=*n {

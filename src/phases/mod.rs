@@ -101,6 +101,12 @@ pub fn run_vars(inv: &Inventory) -> Result<(Value, BTreeMap<String, Value>, Vec<
             tls["admin_key_pem"] = json!(admin.key_pem);
         }
         if inv.backs_up(h) {
+            // pgBackRest connects by address: where it matches addresses against DNS names
+            // only, the addresses are DNS names of its certificate too.
+            let mut names = names.clone();
+            if !inv.platform.pgbackrest_matches_ip_names() {
+                names.extend(ips.iter().map(|i| i.to_string()));
+            }
             let pb = pki.issue_pgbackrest(&h.name, &ips, &names)?;
             tls["pgbackrest_cert_pem"] = json!(pb.cert_pem);
             tls["pgbackrest_key_pem"] = json!(pb.key_pem);
@@ -193,6 +199,46 @@ groups:
 
     fn keys(v: &Value) -> Vec<&str> {
         v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    /// pgBackRest 2.45 (Debian 12) matches the address it connects to against DNS names only:
+    /// there its certificate names the address as a DNS name too; on Debian 13 it does not.
+    #[test]
+    fn pgbackrest_certificates_name_the_address_as_pgbackrest_matches_it() {
+        use x509_parser::extensions::GeneralName;
+        for (platform, want) in [("debian-12", true), ("debian-13", false)] {
+            let d = tempfile::tempdir().unwrap();
+            let text = INV
+                .replace("platform: debian-12", &format!("platform: {platform}"))
+                .replace("  version: \"15.18\"\n", "")
+                .replace("ttl: 10,", "ttl: 20,")
+                + "  backup:\n    - { name: b1, address: 10.9.0.51 }\n";
+            let inv = crate::inventory::load_str(&text, "inv.yaml", d.path())
+                .unwrap()
+                .0;
+            let (_, host_vars, _) = run_vars(&inv).unwrap();
+            for (h, addr) in [("b1", "10.9.0.51"), ("n2", "10.9.0.12")] {
+                let pem = host_vars[h]["tls"]["pgbackrest_cert_pem"].as_str().unwrap();
+                let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+                let x = p.parse_x509().unwrap();
+                let san = x.subject_alternative_name().unwrap().unwrap();
+                let dns: Vec<&str> = san
+                    .value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| match g {
+                        GeneralName::DNSName(n) => Some(*n),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(dns.contains(&addr), want, "{platform} {h}: {dns:?}");
+                assert!(san
+                    .value
+                    .general_names
+                    .iter()
+                    .any(|g| matches!(g, GeneralName::IPAddress(_))));
+            }
+        }
     }
 
     /// The keys templates can use (also those of roles in a `--roles-dir`).

@@ -575,9 +575,10 @@ fn upgrade_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str, lb: &str, s
     assert_eq!(out.code, 0, "check after the upgrade:\n{}", out.all());
 }
 
-/// The seed's proof of concept: 1 etcd, 3 Patroni, 1 HAProxy, colocated on three hosts, on
-/// Debian 12 (which keeps its end-to-end run: two PostgreSQL 15 minors to upgrade between);
-/// then a rolling upgrade 15.18 -> 15.20 in synchronous mode, with no acknowledged write lost.
+/// The seed's proof of concept: 1 etcd, 3 Patroni, 1 HAProxy, colocated on three hosts, and a
+/// pgBackRest repository host, on Debian 12 (which keeps its end-to-end run: two PostgreSQL 15
+/// minors to upgrade between, and pgBackRest 2.45); a backup and a restore drill; then a
+/// rolling upgrade 15.18 -> 15.20 in synchronous mode, with no acknowledged write lost.
 #[test]
 fn poc_cluster_end_to_end() {
     let _lock = lab_lock();
@@ -640,7 +641,7 @@ fn poc_cluster_end_to_end() {
     let out = pgdeploy(&["apply", inv_s]);
     assert_eq!(out.code, 0, "apply of the PoC failed:\n{}", out.all());
     figure(
-        "PoC apply on three bare hosts (s)",
+        "PoC apply on four bare hosts (three members and the repository) (s)",
         t.elapsed().as_secs_f64(),
     );
     let pw = lab.app_password();
@@ -654,6 +655,7 @@ fn poc_cluster_end_to_end() {
     );
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the PoC apply:\n{}", out.all());
+    crate::backup::poc_backup_scenario(&lab, &inv, &pw);
     etcd_auth_scenario(&lab, "10.231.0.21", None);
     upgrade_scenario(&lab, &inv, &pw, "10.231.0.21", true);
 }

@@ -110,7 +110,7 @@ async fn lab_end_to_end() {
     let started = Instant::now();
     let mut lab = Lab::up(opts).await.expect("lab up");
     eprintln!(
-        "poc lab (3 hosts) up in {:.1} s",
+        "poc lab (4 hosts) up in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -151,7 +151,7 @@ async fn lab_end_to_end() {
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    assert_eq!(keys.len(), 3, "each host has its own host key:\n{known}");
+    assert_eq!(keys.len(), 4, "each host has its own host key:\n{known}");
     for h in lab.hosts() {
         let (code, out) = ssh(&lab, &h.name, "hostname; systemctl is-system-running").await;
         assert_eq!(code, 0, "{}: {out}", h.name);
