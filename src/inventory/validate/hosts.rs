@@ -361,7 +361,9 @@ impl Checker<'_> {
     }
 
     /// Position of a per-host ssh override key on the host's first entry, when written.
-    /// `groups.backup`: at most one repository host; on a database host it is lost with it.
+    /// `groups.backup`: one repository host, not a database host (it would be lost with that
+    /// host, and pgBackRest's repository and member settings would share one configuration
+    /// file and one TLS server port there).
     fn backup_group(&mut self, inv: &Inventory, pos: Option<Pos>) {
         let entries = &inv.groups.backup;
         if entries.len() > 1 {
@@ -374,14 +376,26 @@ impl Checker<'_> {
                 .help("list one host under `groups.backup`, the repository host"),
             );
         }
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
             if inv.groups.patroni.iter().any(|p| p.name == e.name) {
-                self.warn(
-                    pos,
-                    format!(
-                        "the backup repository is on database host `{}`: losing that host loses \
-                         the backups too; give the repository a host of its own for production",
+                let at = self
+                    .exact(&[
+                        Seg::Key("groups"),
+                        Seg::Key("backup"),
+                        Seg::Index(i),
+                        Seg::Key("name"),
+                    ])
+                    .or(pos);
+                self.push(
+                    Problem::new(format!(
+                        "the backup repository cannot be on database host `{}`",
                         e.name
+                    ))
+                    .label(at, "a Patroni member")
+                    .help(
+                        "give the repository a host of its own (an etcd or HAProxy host will \
+                         do): on a member it would be lost with that host, and the repository's \
+                         and the member's pgBackRest settings cannot share one host",
                     ),
                 );
             }
