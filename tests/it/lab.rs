@@ -282,7 +282,7 @@ async fn lab_end_to_end() {
 
     // down leaves nothing; a second down is a no-op
     let rep = lab.down().await.expect("down");
-    assert_eq!(rep.netns_removed.len(), 3);
+    assert_eq!(rep.netns_removed.len(), 4);
     assert!(rep.bridge_removed);
     assert_clean("after down");
     assert!(!dir.join("inventory.yaml").exists());
