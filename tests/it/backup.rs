@@ -596,3 +596,112 @@ pub fn poc_backup_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the backup:\n{}", out.all());
 }
+
+/// Patroni's log on `host` since `since` (seconds since the epoch).
+fn patroni_log_since(lab: &LabGuard, host: &str, since: i64) -> String {
+    lab.ssh(
+        host,
+        &format!("journalctl -u patroni --no-pager -o cat --since @{since}"),
+    )
+}
+
+/// `patronictl reinit` of `member`, then wait until Patroni says how it created the replica
+/// (its log since `since`) and the member runs again; that log.
+fn reinit(lab: &LabGuard, member: &str, since: i64) -> String {
+    lab.ssh(
+        member,
+        &format!(
+            "patronictl -c /etc/patroni/config.yml reinit lab {member} --force --wait >/dev/null"
+        ),
+    );
+    let t = Instant::now();
+    loop {
+        let log = patroni_log_since(lab, member, since);
+        if log.contains("replica has been created using") {
+            wait_members_running(lab, 3);
+            return log;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{member} was not created again:\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The segment number of a WAL file name (its last 16 hex digits).
+fn segno(name: &str) -> u64 {
+    u64::from_str_radix(name.get(8..24).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+/// A replica is created from the repository only when the member it is cloned from still
+/// holds the WAL since the backup (it streams the rest, and never reads the archive); once the
+/// leader's WAL has moved past the backup, the replica is copied from the leader instead, and
+/// streams.
+pub fn replica_from_backup_scenario(lab: &LabGuard, inv: &std::path::Path) {
+    let inv_s = inv.to_str().unwrap();
+    let out = pgdeploy(&["backup", inv_s, "--type", "full"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let leader = wait_leader(lab);
+    let replica = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .unwrap();
+    let since = now_secs();
+    let log = reinit(lab, replica, since);
+    assert!(
+        log.contains("replica has been created using pgbackrest"),
+        "a fresh backup, the leader holds its WAL:\n{log}"
+    );
+    // The leader's WAL moves past the backup's start: records, segment switches, checkpoints.
+    let info = repo_info(lab);
+    let start = info["backup"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|b| b["archive"]["start"].as_str())
+        .expect("the backup's first WAL segment")
+        .to_string();
+    let sql = |q: &str| {
+        lab.ssh(
+            &leader,
+            &format!("runuser -u postgres -- psql -AtXc \"{q}\""),
+        )
+    };
+    let t = Instant::now();
+    loop {
+        for _ in 0..4 {
+            sql("select pg_logical_emit_message(false, 'pgdeploy-test', 'x')");
+            sql("select pg_switch_wal()");
+        }
+        sql("checkpoint");
+        let oldest = sql("select min(name) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'");
+        if segno(oldest.trim()) > segno(&start) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the leader still holds {start} (oldest {oldest})"
+        );
+    }
+    let since = now_secs();
+    let log = reinit(lab, replica, since);
+    assert!(
+        log.contains("older than the WAL the member keeps")
+            && log.contains("replica has been created using basebackup"),
+        "the backup's WAL gone from the leader:\n{log}"
+    );
+    let t = Instant::now();
+    loop {
+        let n = sql("select count(*) from pg_stat_replication where state = 'streaming'");
+        if n.trim() == "2" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{replica} does not stream after basebackup: {n}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after the reinit:\n{}", out.all());
+}

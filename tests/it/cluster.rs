@@ -129,6 +129,7 @@ fn production_cluster_end_to_end() {
     );
     assert_eq!(tables.trim(), "0", "tables left in the postgres database");
     crate::backup::backup_scenario(&lab, &inv, &pw);
+    crate::backup::replica_from_backup_scenario(&lab, &inv);
 
     // A changed PostgreSQL parameter: check shows it, apply rolls it out while a writer writes.
     edit_inventory(&inv, "max_connections: 100", "max_connections: 120");
