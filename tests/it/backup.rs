@@ -329,18 +329,7 @@ pub fn restore_scenario(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
     );
     wait_members_running(lab, 3);
     let leader = wait_leader(lab);
-    let t = Instant::now();
-    loop {
-        let n = lab.ssh(&leader, "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication where state = 'streaming'\"");
-        if n.trim() == "2" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "replicas do not stream after the restore: {n}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_two_streaming(lab, &leader, "after the restore");
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(out.code, 0, "check after the restore:\n{}", out.all());
     // The timeline history is kept and archiving resumes on the new timeline.
@@ -505,18 +494,7 @@ fn interrupted_restore(lab: &LabGuard, inv: &std::path::Path, pw: &str) {
         "acknowledged before the restore but lost: {missing:?}"
     );
     let leader = wait_leader(lab);
-    let t = Instant::now();
-    loop {
-        let n = lab.ssh(&leader, "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication where state = 'streaming'\"");
-        if n.trim() == "2" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "replicas do not stream after the interrupted restore: {n}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_two_streaming(lab, &leader, "after the interrupted restore");
     let out = pgdeploy(&["check", inv_s]);
     assert_eq!(
         out.code,
@@ -690,18 +668,23 @@ pub fn replica_from_backup_scenario(lab: &LabGuard, inv: &std::path::Path) {
             && log.contains("replica has been created using basebackup"),
         "the backup's WAL gone from the leader:\n{log}"
     );
+    wait_two_streaming(lab, &leader, &format!("after basebackup of {replica}"));
+    let out = pgdeploy(&["check", inv_s]);
+    assert_eq!(out.code, 0, "check after the reinit:\n{}", out.all());
+}
+
+/// Wait (300 s at most) until both replicas stream from `leader`.
+fn wait_two_streaming(lab: &LabGuard, leader: &str, when: &str) {
     let t = Instant::now();
     loop {
-        let n = sql("select count(*) from pg_stat_replication where state = 'streaming'");
+        let n = lab.ssh(leader, "runuser -u postgres -- psql -AtXc \"select count(*) from pg_stat_replication where state = 'streaming'\"");
         if n.trim() == "2" {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(300),
-            "{replica} does not stream after basebackup: {n}"
+            "replicas do not stream {when}: {n}"
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    let out = pgdeploy(&["check", inv_s]);
-    assert_eq!(out.code, 0, "check after the reinit:\n{}", out.all());
 }
