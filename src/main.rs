@@ -264,6 +264,10 @@ enum Cmd {
     /// `check` and `apply` refuse to run when the hosts were deployed from another state
     /// directory (another CA or other passwords): export it where it is, import it here.
     State(cli::state::Args),
+    /// Hold one host's SSH connection for the commands that follow (started by pgdeploy
+    /// itself, see `ssh.persist`).
+    #[command(hide = true)]
+    SshPersist { socket: PathBuf },
 }
 
 fn print_warnings(w: &[pgdeploy::inventory::Warning]) {
@@ -491,6 +495,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Cmd::Bundle(a) => cli::bundle::run(a).await,
         Cmd::Dns(a) => cli::dns::run(a).await,
         Cmd::State(a) => cli::state::run(a).await,
+        Cmd::SshPersist { .. } => Ok(ExitCode::from(1)),
         Cmd::ConnectInfo {
             inventory,
             user,
@@ -653,6 +658,10 @@ async fn watch_status(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::SshPersist { socket } = &cli.cmd {
+        return ExitCode::from(pgdeploy::ssh::persist::serve(socket));
+    }
+    pgdeploy::ssh::persist::enable();
     // Reports wrap to the terminal; piped or logged, lines stay whole (searchable).
     let _ = miette::set_hook(Box::new(|_| {
         use std::io::IsTerminal;

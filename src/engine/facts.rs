@@ -128,9 +128,9 @@ pub fn probe_command(req: &ProbeRequest) -> String {
     }
     for (i, k) in req.sysctls.iter().enumerate() {
         s.push_str(&format!(
-            "echo '@S {i}'; sysctl -n {q} 2>/dev/null || echo '@UNSET'; \
+            // Read by the shell itself, as `sysctl -n` prints it (one line).
+            "echo '@S {i}'; {{ read -r v && echo \"$v\"; }} < /proc/sys/{p} 2>/dev/null || echo '@UNSET'; \
              test -w /proc/sys/{p} && echo '@RW' || true\n",
-            q = sh_quote(k),
             p = sh_quote(&k.replace('.', "/"))
         ));
     }

@@ -416,6 +416,9 @@ pub struct Ssh {
     /// Jump host, "[user@]host[:port]".
     pub jump_host: Option<String>,
     pub connect_timeout: u64,
+    /// Seconds a connection is kept after a command's last use of it, for the next command
+    /// (like OpenSSH's ControlPersist); 0: every command connects anew.
+    pub persist: u64,
 }
 
 impl Default for Ssh {
@@ -430,6 +433,7 @@ impl Default for Ssh {
             sudo_password_env: None,
             jump_host: None,
             connect_timeout: 10,
+            persist: 60,
         }
     }
 }

@@ -50,10 +50,11 @@ pub fn preflight_command(data_dir: Option<&str>) -> String {
         })
         .unwrap_or_default();
     format!(
-        "export LC_ALL=C; echo '@ID'; id -u; \
+        "export LC_ALL=C; echo '@ID'; \
+while read -r k r e _; do [ \"$k\" = Uid: ] && echo \"$e\"; done < /proc/self/status; \
 echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
-echo '@ARCH'; dpkg --print-architecture 2>/dev/null; \
-echo '@TIME'; date +%s.%N; \
+echo '@ARCH'; echo \"${{HOSTTYPE:-$(dpkg --print-architecture 2>/dev/null)}}\"; \
+echo '@TIME'; echo \"${{EPOCHREALTIME:-$(date +%s.%N)}}\"; \
 echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
 echo '@DISK'; df -Pk /var/lib; \
 echo '@CA'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/tls/ca.crt; \
@@ -95,10 +96,21 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
                 f.os_version = p.get(1).unwrap_or(&"").to_string();
                 f.os_pretty = p.get(2).unwrap_or(&"").to_string();
             }
-            "ARCH" => f.arch = line.trim().to_string(),
+            // bash's HOSTTYPE (the machine bash, an essential package, was built for), else
+            // dpkg's name for it.
+            "ARCH" => {
+                f.arch = match line.trim() {
+                    "x86_64" => "amd64",
+                    "aarch64" => "arm64",
+                    other => other,
+                }
+                .to_string()
+            }
+            // bash's EPOCHREALTIME, else date's; either with the locale's decimal mark.
             "TIME" => {
                 f.remote_time = line
                     .trim()
+                    .replace(',', ".")
                     .parse()
                     .map_err(|_| format!("bad time {line:?}"))?
             }

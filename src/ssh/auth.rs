@@ -23,6 +23,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Part of every error that only a terminal could have avoided (see [`super::persist`]).
+pub(crate) const NO_TERMINAL: &str = "there is no terminal";
+
 static PASSPHRASES: Mutex<Option<HashMap<PathBuf, Secret>>> = Mutex::new(None);
 static SUDO_PASSWORD: Mutex<Option<Secret>> = Mutex::new(None);
 /// Serialises terminal prompts so parallel connections ask only once.
@@ -78,7 +81,7 @@ async fn key_passphrase(label: &str, path: &Path, ssh: &Ssh) -> Result<Secret, S
         return Err(SshError::new(
             label,
             format!(
-                "private key {} is encrypted and there is no terminal to ask for its passphrase",
+                "private key {} is encrypted and {NO_TERMINAL} to ask for its passphrase",
                 path.display()
             ),
             Some("set ssh.passphrase_env to the name of an environment variable that holds the passphrase, or load the key into ssh-agent (ssh-add)".into()),

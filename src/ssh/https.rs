@@ -197,6 +197,11 @@ fn framing(head: &str) -> (bool, Option<usize>) {
     (chunked, length)
 }
 
+/// A byte stream to a service on the host: a channel of our own connection, or one through a
+/// persisted connection.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 impl Session {
     /// GET `path` from `address:port` as the host reaches it, through this connection: over
     /// TLS verified against `tls`'s CA when given (the server's certificate must name
@@ -264,13 +269,17 @@ impl Session {
             req.push_str("\r\n");
         }
         let work = async {
-            let ch = self
-                .handle()
-                .map_err(|e| e.to_string())?
-                .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
-                .await
-                .map_err(|e| format!("the host could not connect: {e}"))?;
-            let stream = ch.into_stream();
+            let stream: Box<dyn Io> = match &self.inner.persisted {
+                Some(sock) => Box::new(super::persist::direct_tcpip(sock, address, port).await?),
+                None => Box::new(
+                    self.handle()
+                        .map_err(|e| e.to_string())?
+                        .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
+                        .await
+                        .map_err(|e| format!("the host could not connect: {e}"))?
+                        .into_stream(),
+                ),
+            };
             let raw = match tls {
                 Some(tls) => {
                     let name = ServerName::try_from(address.to_string())

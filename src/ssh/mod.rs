@@ -17,6 +17,7 @@ mod auth;
 pub mod double;
 mod https;
 pub mod known_hosts;
+pub mod persist;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -167,6 +168,8 @@ struct Inner {
     double: Option<Arc<dyn double::HostDouble>>,
     /// Keeps the jump host's connection (which carries ours) alive.
     jump: Option<Handle>,
+    /// The socket of a persisted connection (see [`persist`]): channels go through it.
+    persisted: Option<PathBuf>,
     channels: Semaphore,
     /// How commands get root: set at the first command when `become: sudo` (see
     /// [`Session::exec`]); unset and no `sudo_cfg` means commands run directly.
@@ -241,6 +244,21 @@ impl JumpHost {
             return None;
         }
         Some(JumpHost { user, host, port })
+    }
+}
+
+/// The known_hosts file of `host`: --known-hosts overrides the inventory's, as its help says.
+fn known_hosts_file(host: &Host, opts: &ConnectOptions) -> Result<PathBuf, SshError> {
+    match (&opts.known_hosts, &host.ssh.known_hosts) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(p)) => Ok(auth::resolve_path(p)),
+        (None, None) => known_hosts::default_path().ok_or_else(|| {
+            SshError::new(
+                &host.name,
+                "no known_hosts file: HOME is not set",
+                Some("set ssh.known_hosts in the inventory or pass --known-hosts".into()),
+            )
+        }),
     }
 }
 
@@ -335,20 +353,42 @@ impl Session {
         opts: &ConnectOptions,
         agent: Option<&Path>,
     ) -> Result<Session, SshError> {
+        let kh = known_hosts_file(host, opts)?;
+        match persist::connect(host, opts, agent, &kh).await? {
+            Some(sock) => Ok(Session::persisted(host, sock)),
+            None => Session::connect_direct(host, opts, agent).await,
+        }
+    }
+
+    /// A session whose channels go through the persisted connection behind `sock`.
+    fn persisted(host: &Host, sock: PathBuf) -> Session {
+        let ssh = &host.ssh;
+        Session {
+            host: host.name.clone(),
+            _become: ssh.become_,
+            inner: Arc::new(Inner {
+                handle: None,
+                double: None,
+                jump: None,
+                persisted: Some(sock),
+                channels: Semaphore::new(MAX_CHANNELS),
+                sudo: OnceLock::new(),
+                sudo_cfg: (ssh.become_ == Become::Sudo && ssh.user != "root").then(|| ssh.clone()),
+                sudo_init: tokio::sync::Mutex::new(()),
+                user: ssh.user.clone(),
+            }),
+        }
+    }
+
+    /// A connection of this process's own (no persisted one).
+    pub(crate) async fn connect_direct(
+        host: &Host,
+        opts: &ConnectOptions,
+        agent: Option<&Path>,
+    ) -> Result<Session, SshError> {
         let ssh = &host.ssh;
         let name = host.name.as_str();
-        // --known-hosts overrides the inventory's file, as its help says.
-        let kh = match (&opts.known_hosts, &ssh.known_hosts) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => auth::resolve_path(p),
-            (None, None) => known_hosts::default_path().ok_or_else(|| {
-                SshError::new(
-                    name,
-                    "no known_hosts file: HOME is not set",
-                    Some("set ssh.known_hosts in the inventory or pass --known-hosts".into()),
-                )
-            })?,
-        };
+        let kh = known_hosts_file(host, opts)?;
         let secs = ssh.connect_timeout.max(1);
         let limit = Duration::from_secs(secs);
         let target = Target {
@@ -436,6 +476,7 @@ impl Session {
                 handle: Some(handle),
                 double: None,
                 jump,
+                persisted: None,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
                 // Found out at the first command, not with a round trip of its own: the
@@ -508,6 +549,7 @@ impl Session {
                 handle: None,
                 double: Some(d),
                 jump: None,
+                persisted: None,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
                 sudo_cfg: None,
@@ -641,6 +683,12 @@ impl Session {
             .acquire()
             .await
             .map_err(|e| self.lost(shown, e))?;
+        if let Some(sock) = &self.inner.persisted {
+            let e = persist::exec(sock, wrapped, prefix, stdin)
+                .await
+                .map_err(|e| self.lost(shown, e))?;
+            return self.ended(shown, (e.status, e.signal), e.stdout, e.stderr, e.lost);
+        }
         let ch = self.open_channel(shown).await?;
         ch.exec(true, wrapped)
             .await
@@ -682,6 +730,20 @@ impl Session {
                 }
             }
         }
+        let write_err = write_err.map(|e| format!("while sending input: {e}"));
+        self.ended(shown, (status, signal), stdout, stderr, write_err)
+    }
+
+    /// The [`Output`] of a channel that ended with `status` or `signal`; without either, the
+    /// connection was lost (`lost` says how, when known).
+    fn ended(
+        &self,
+        shown: &str,
+        (status, signal): (Option<u32>, Option<String>),
+        stdout: Vec<u8>,
+        mut stderr: Vec<u8>,
+        lost: Option<String>,
+    ) -> Result<Output, SshError> {
         match (status, signal) {
             (Some(s), _) => Ok(Output {
                 status: s,
@@ -696,8 +758,8 @@ impl Session {
                     stderr,
                 })
             }
-            (None, None) => Err(match write_err {
-                Some(e) => self.lost(shown, format!("while sending input: {e}")),
+            (None, None) => Err(match lost {
+                Some(e) => self.lost(shown, e),
                 None => self.lost(shown, "the channel closed without an exit status"),
             }),
         }
@@ -930,6 +992,9 @@ impl Session {
 
     /// True once the connection is gone.
     pub fn is_closed(&self) -> bool {
+        if let Some(sock) = &self.inner.persisted {
+            return !sock.exists();
+        }
         self.inner.handle.as_ref().is_some_and(|h| h.is_closed())
     }
 }

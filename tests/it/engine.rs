@@ -314,3 +314,64 @@ fn unreachable_host_is_reported_and_nothing_changes_anywhere() {
         "the reachable host was changed"
     );
 }
+
+/// How many logins the sshd has accepted so far.
+fn logins(s: &TestSshd) -> usize {
+    s.log_text().matches("Accepted publickey").count()
+}
+
+#[test]
+fn a_connection_persists_for_the_next_command_and_a_lost_one_is_replaced() {
+    let f = Fixture::new(1, "root");
+    let out = f.run("apply", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(logins(&f.sshd[0]), 1, "{}", f.sshd[0].log_text());
+    // The next commands go through the same connection: no new login.
+    for cmd in ["check", "apply", "check"] {
+        let out = f.run(cmd, &[]);
+        assert_eq!(out.code, 0, "{cmd}: {}", out.all());
+    }
+    assert_eq!(logins(&f.sshd[0]), 1, "{}", f.sshd[0].log_text());
+    // A file changed by hand is still seen and repaired through it.
+    std::fs::write(f.file("h0", "etc/app.conf"), "edited by hand\n").unwrap();
+    assert_eq!(f.run("check", &[]).code, 2);
+    assert_eq!(f.run("apply", &[]).code, 0);
+    assert_eq!(f.run("check", &[]).code, 0);
+    assert_eq!(logins(&f.sshd[0]), 1, "{}", f.sshd[0].log_text());
+
+    // The connection dies (its sshd session is killed, the server stays): the next command
+    // makes a new one, verified and logged in again, and works.
+    let listener = f.sshd[0].pid().unwrap() as i32;
+    for p in crate::support::descendants(listener) {
+        // SAFETY: kill(2) on processes of this test's own sshd.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+    let out = f.run("check", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(logins(&f.sshd[0]), 2, "{}", f.sshd[0].log_text());
+
+    // A changed known_hosts is a new connection, with its host key verified again: a wrong
+    // key there is refused even though a connection to the host persists.
+    let good = std::fs::read_to_string(f.known_hosts()).unwrap();
+    let mut t = String::new();
+    for l in good.lines() {
+        let mut p = l.split_whitespace();
+        let (h, _) = (p.next().unwrap(), p.next().unwrap());
+        t.push_str(&format!(
+            "{h} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEz5Ih8Lw0K3z6yQ5lJ7x9Sx6D9m0m5kP2i6m0lQ7hG1\n"
+        ));
+    }
+    std::fs::write(f.known_hosts(), t).unwrap();
+    let out = f.run("check", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("h0"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("host key"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(f.known_hosts(), good).unwrap();
+    assert_eq!(f.run("check", &[]).code, 0);
+}

@@ -314,6 +314,7 @@ impl TestSshd {
                 sudo_password_env: None,
                 jump_host: None,
                 connect_timeout: 10,
+                persist: 60,
             },
             postgres_parameters: Default::default(),
             vars: Default::default(),

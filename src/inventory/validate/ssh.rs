@@ -60,6 +60,16 @@ impl Checker<'_> {
                     .help("give the seconds to wait for a host to answer, e.g. 10"),
             );
         }
+        if s.persist > 3600 {
+            self.push(
+                Problem::new(format!(
+                    "`ssh.persist` is {} s: an idle connection to every host would stay open for over an hour",
+                    s.persist
+                ))
+                .label(self.exact(&path("persist")), "at most 3600")
+                .help("give the seconds to keep a connection for the next command (default 60), or 0 to connect anew every time"),
+            );
+        }
         if let Some(j) = &s.jump_host {
             self.jump_host(j, &path("jump_host"));
         }
