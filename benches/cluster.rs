@@ -91,6 +91,28 @@ fn main() {
         })
         .collect();
     figure("no-op apply on it, median of 11 (s)", median(noops));
+    // The same check with every connection made anew (ssh.persist: 0), as the first command
+    // after a pause sees it.
+    let text = std::fs::read_to_string(&inv).expect("read the lab's inventory");
+    let cold = inv.with_file_name("inventory-no-persist.yaml");
+    std::fs::write(
+        &cold,
+        text.replacen("\nssh:\n", "\nssh:\n  persist: 0\n", 1),
+    )
+    .expect("write the inventory without persisted connections");
+    let cold_s = cold.to_str().unwrap();
+    let colds: Vec<f64> = (0..11)
+        .map(|_| {
+            let t = Instant::now();
+            let o = pgdeploy(&["check", cold_s]);
+            assert_eq!(o.code, 0, "{}", o.all());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    figure(
+        "check with new connections every time (ssh.persist: 0), median of 11 (s)",
+        median(colds),
+    );
 
     let pw = lab.app_password();
     psql(

@@ -306,32 +306,26 @@ pub(super) async fn exec<R: AsyncRead + Unpin + Send>(
         // Keep the write half open: closing it would read as this command going away.
         Ok::<_, std::io::Error>(wr)
     };
-    tokio::pin!(writer);
-    let mut writing = true;
-    let mut keep = None;
-    let mut end = Ended {
-        status: None,
-        signal: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        lost: None,
-    };
-    loop {
-        tokio::select! {
-            r = &mut writer, if writing => {
-                writing = false;
-                match r {
-                    Ok(w) => keep = Some(w),
-                    Err(e) => end.lost = Some(format!("while sending input: {e}")),
-                }
-            }
-            f = read_frame(&mut rd) => match f {
+    // Input and output run side by side, each a future of its own to the end: a frame is
+    // never read halfway by a future that is then dropped (read_frame is not cancel-safe).
+    let reader = async {
+        let mut end = Ended {
+            status: None,
+            signal: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            lost: None,
+        };
+        loop {
+            match read_frame(&mut rd).await {
                 Ok(Some((STDOUT, b))) => end.stdout.extend_from_slice(&b),
                 Ok(Some((STDERR, b))) => end.stderr.extend_from_slice(&b),
                 Ok(Some((STATUS, b))) if b.len() == 4 => {
                     end.status = Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 }
-                Ok(Some((SIGNAL, b))) => end.signal = Some(String::from_utf8_lossy(&b).into_owned()),
+                Ok(Some((SIGNAL, b))) => {
+                    end.signal = Some(String::from_utf8_lossy(&b).into_owned())
+                }
                 Ok(Some((LOST, b))) => end.lost = Some(String::from_utf8_lossy(&b).into_owned()),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -341,8 +335,12 @@ pub(super) async fn exec<R: AsyncRead + Unpin + Send>(
                 }
             }
         }
+        end
+    };
+    let (written, mut end) = tokio::join!(writer, reader);
+    if let Err(e) = written {
+        end.lost.get_or_insert(format!("while sending input: {e}"));
     }
-    drop(keep);
     Ok(end)
 }
 
@@ -501,9 +499,9 @@ async fn serve_async(sock: &Path) -> u8 {
                 let st = state.clone();
                 st.active.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    // Counted down however the channel ends.
+                    let _active = Active(&st);
                     serve_one(&st, s).await;
-                    *st.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                    st.active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             _ = tick.tick() => {
@@ -533,6 +531,16 @@ struct State {
     sessions: tokio::sync::Semaphore,
     active: AtomicUsize,
     last: Mutex<Instant>,
+}
+
+/// One channel in use; its end (even by a panic) counts as the connection's last use.
+struct Active<'a>(&'a State);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl State {
