@@ -47,6 +47,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median wall time of 11 runs of pgdeploy `args`, each of which must find nothing to change.
+fn median_check(args: &[&str]) -> f64 {
+    median(
+        (0..11)
+            .map(|_| {
+                let t = Instant::now();
+                let o = pgdeploy(args);
+                assert_eq!(o.code, 0, "{}", o.all());
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
 fn main() {
     // The Debian release of the lab hosts: PGDEPLOY_BENCH_DEBIAN=12 or 13 (the default).
     let debian = std::env::var("PGDEPLOY_BENCH_DEBIAN").unwrap_or_else(|_| "13".into());
@@ -71,17 +85,9 @@ fn main() {
     figure("peak RSS of pgdeploy apply (MB)", peak_rss_of_children_mb());
 
     figure("cluster settled after (s)", wait_settled());
-    let checks: Vec<f64> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            let o = pgdeploy(&["check", inv_s]);
-            assert_eq!(o.code, 0, "{}", o.all());
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
     figure(
         "check on the converged, settled cluster, median of 11 (s)",
-        median(checks),
+        median_check(&["check", inv_s]),
     );
     let noops: Vec<f64> = (0..11)
         .map(|_| {
@@ -101,17 +107,9 @@ fn main() {
     )
     .expect("write the inventory without persisted connections");
     let cold_s = cold.to_str().unwrap();
-    let colds: Vec<f64> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            let o = pgdeploy(&["check", cold_s]);
-            assert_eq!(o.code, 0, "{}", o.all());
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
     figure(
         "check with new connections every time (ssh.persist: 0), median of 11 (s)",
-        median(colds),
+        median_check(&["check", cold_s]),
     );
 
     let pw = lab.app_password();
@@ -230,18 +228,6 @@ fn tls_cost(lab: &LabGuard, pw: &str) {
 /// `check` with a dozen more declared roles and databases than the lab's (each database owned
 /// by its role, with a reader), against the check before (both medians of 11).
 fn catalog_check_cost(inv_s: &str) {
-    let median_check = |args: &[&str]| {
-        median(
-            (0..11)
-                .map(|_| {
-                    let t = Instant::now();
-                    let o = pgdeploy(args);
-                    assert_eq!(o.code, 0, "{}", o.all());
-                    t.elapsed().as_secs_f64()
-                })
-                .collect(),
-        )
-    };
     let before = median_check(&["check", inv_s]);
     let others = "preflight,common,packages,etcd,patroni,haproxy,retire,verify,dns";
     let without = median_check(&["check", inv_s, "--only", others]);

@@ -355,24 +355,32 @@ impl Session {
     ) -> Result<Session, SshError> {
         let kh = known_hosts_file(host, opts)?;
         match persist::connect(host, opts, agent, &kh).await? {
-            Some(sock) => Ok(Session::persisted(host, sock)),
+            Some(sock) => Ok(Session::over(host, None, None, Some(sock))),
             None => Session::connect_direct(host, opts, agent).await,
         }
     }
 
-    /// A session whose channels go through the persisted connection behind `sock`.
-    fn persisted(host: &Host, sock: PathBuf) -> Session {
+    /// A session for `host` over its own connection (`handle`, and the jump host's that
+    /// carries it), or through the persisted connection behind `persisted`.
+    fn over(
+        host: &Host,
+        handle: Option<Handle>,
+        jump: Option<Handle>,
+        persisted: Option<PathBuf>,
+    ) -> Session {
         let ssh = &host.ssh;
         Session {
             host: host.name.clone(),
             _become: ssh.become_,
             inner: Arc::new(Inner {
-                handle: None,
+                handle,
                 double: None,
-                jump: None,
-                persisted: Some(sock),
+                jump,
+                persisted,
                 channels: Semaphore::new(MAX_CHANNELS),
                 sudo: OnceLock::new(),
+                // Found out at the first command, not with a round trip of its own: the
+                // first command is tried with `sudo -n`, and only a refusal asks more.
                 sudo_cfg: (ssh.become_ == Become::Sudo && ssh.user != "root").then(|| ssh.clone()),
                 sudo_init: tokio::sync::Mutex::new(()),
                 user: ssh.user.clone(),
@@ -469,24 +477,7 @@ impl Session {
             }
         };
 
-        let session = Session {
-            host: host.name.clone(),
-            _become: ssh.become_,
-            inner: Arc::new(Inner {
-                handle: Some(handle),
-                double: None,
-                jump,
-                persisted: None,
-                channels: Semaphore::new(MAX_CHANNELS),
-                sudo: OnceLock::new(),
-                // Found out at the first command, not with a round trip of its own: the
-                // first command is tried with `sudo -n`, and only a refusal asks more.
-                sudo_cfg: (ssh.become_ == Become::Sudo && ssh.user != "root").then(|| ssh.clone()),
-                sudo_init: tokio::sync::Mutex::new(()),
-                user: ssh.user.clone(),
-            }),
-        };
-        Ok(session)
+        Ok(Session::over(host, Some(handle), jump, None))
     }
 
     async fn probe_sudo(&self, ssh: &Ssh) -> Result<SudoMode, SshError> {

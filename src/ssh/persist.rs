@@ -480,7 +480,6 @@ async fn serve_async(sock: &Path) -> u8 {
 
     let state = Arc::new(State {
         session: session.clone(),
-        sessions: tokio::sync::Semaphore::new(super::MAX_CHANNELS),
         active: AtomicUsize::new(0),
         last: Mutex::new(Instant::now()),
     });
@@ -525,10 +524,9 @@ async fn serve_async(sock: &Path) -> u8 {
 }
 
 struct State {
+    /// The connection; its channel cap (sshd's MaxSessions) holds over all the commands that
+    /// use it: a second command waits for a free channel.
     session: Session,
-    /// Session channels open at once, over all the commands that use this connection
-    /// (sshd's MaxSessions): a second command waits for a free one.
-    sessions: tokio::sync::Semaphore,
     active: AtomicUsize,
     last: Mutex<Instant>,
 }
@@ -570,36 +568,22 @@ async fn serve_one(st: &State, mut s: UnixStream) {
             let _ = s.write_all(if ok { b"ok\n" } else { b"no\n" }).await;
         }
         "exec" => {
-            let Ok(_permit) = st.sessions.acquire().await else {
+            let Ok(_permit) = st.session.inner.channels.acquire().await else {
                 return;
             };
-            relay_exec(h, &req.cmd, s).await
+            relay_exec(&st.session, &req.cmd, s).await
         }
         "tcpip" => relay_tcpip(h, &req.address, req.port, s).await,
         _ => {}
     }
 }
 
-async fn open_session(h: &Handle) -> Result<russh::Channel<russh::client::Msg>, String> {
-    let mut attempt: u64 = 0;
-    loop {
-        match h.channel_open_session().await {
-            Ok(ch) => return Ok(ch),
-            Err(russh::Error::ChannelOpenFailure(_)) if attempt < 20 && !h.is_closed() => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-async fn relay_exec(h: &Handle, cmd: &str, s: UnixStream) {
+async fn relay_exec(session: &Session, cmd: &str, s: UnixStream) {
     let (mut crd, mut cwr) = s.into_split();
-    let ch = match open_session(h).await {
+    let ch = match session.open_channel(cmd).await {
         Ok(ch) => ch,
         Err(e) => {
-            let _ = write_frame(&mut cwr, LOST, e.as_bytes()).await;
+            let _ = write_frame(&mut cwr, LOST, e.message().as_bytes()).await;
             return;
         }
     };
