@@ -215,6 +215,11 @@ impl TestSshd {
             .join(" ");
         let cfg = dir.path().join("sshd_config");
         let log = dir.path().join("sshd.log");
+        // The commands run as this machine's own users. Under sshd, bash reads the user's
+        // ~/.bashrc unless it is a nested shell (SHLVL above 1 after its own increment): a
+        // machine's dotfiles (pyenv's rehash takes a lock and waits up to 60 s for a stale one)
+        // must not decide how long a test's commands take. `SetEnv SHLVL=1` makes every
+        // session's shell a nested one.
         let mut text = format!(
             "ListenAddress 127.0.0.1\n\
              HostKey {}\n\
@@ -227,6 +232,7 @@ impl TestSshd {
              KbdInteractiveAuthentication no\n\
              PermitRootLogin prohibit-password\n\
              AllowTcpForwarding yes\n\
+             SetEnv SHLVL=1\n\
              MaxStartups 200:30:400\n\
              AllowUsers {}\n",
             hostkey.display(),
