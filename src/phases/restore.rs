@@ -588,10 +588,26 @@ pub async fn restore(ctx: &Ctx, host: &str, target: &Target, data_dir: &str) -> 
     run(ctx, host, &restore, "pgbackrest restore").await?;
     let log = "/var/log/postgresql/pgdeploy-restore.log";
     let d = sh_quote(data_dir);
+    // `-w`: pg_ctl returns once the server accepts connections (consistent, or promoted) or
+    // has died. With `-W` the liveness check below could run before the postmaster wrote its
+    // pid file and report a starting server as stopped.
     let start = format!(
-        "install -d -o postgres -g postgres /var/log/postgresql && runuser -u postgres -- {bin}/pg_ctl -D {d} -l {log} -W start"
+        "install -d -o postgres -g postgres /var/log/postgresql && runuser -u postgres -- {bin}/pg_ctl -D {d} -l {log} -w -t {} start",
+        RECOVERY_DEADLINE.as_secs()
     );
-    run(ctx, host, &start, "start PostgreSQL for recovery").await?;
+    let log_tail = || async {
+        s.exec(&format!("tail -n 5 {log}"), None)
+            .await
+            .map(|o| o.stdout_str().trim().to_string())
+            .unwrap_or_default()
+    };
+    if !s.exec(&start, None).await?.ok() {
+        return Err(miette!(
+            help = "the data directories are moved aside, not gone: see the steps above",
+            "PostgreSQL on {host} did not start for recovery:\n{}",
+            log_tail().await
+        ));
+    }
     let psql = format!("{} -XAtc", super::superuser_psql(inv));
     let probe = format!("{psql} 'select pg_is_in_recovery()' 2>/dev/null");
     let alive = format!("runuser -u postgres -- {bin}/pg_ctl -D {d} status >/dev/null");
@@ -604,15 +620,10 @@ pub async fn restore(ctx: &Ctx, host: &str, target: &Target, data_dir: &str) -> 
                 return Ok(true);
             }
             if !s.exec(&alive, None).await?.ok() {
-                let tail = s
-                    .exec(&format!("tail -n 5 {log}"), None)
-                    .await
-                    .map(|o| o.stdout_str())
-                    .unwrap_or_default();
                 return Err(miette!(
                     help = "the data directories are moved aside, not gone: see the steps above",
                     "PostgreSQL on {host} stopped during recovery:\n{}",
-                    tail.trim()
+                    log_tail().await
                 ));
             }
             Ok(false)
