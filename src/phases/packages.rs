@@ -13,6 +13,7 @@ use crate::engine::plan::{plan_packages, plan_resources, Desired, DesiredFile};
 use crate::engine::{bounded, Ctx};
 use crate::inventory::PackageSource;
 use crate::shell::sh_quote;
+use crate::ssh::UploadFile;
 use async_trait::async_trait;
 use miette::{miette, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,6 +113,27 @@ pub fn missing_files(manifest: &Manifest, have: &str) -> Vec<(String, u64)> {
         .iter()
         .filter(|f| present.get(f.name.as_str()) != Some(&f.size))
         .map(|f| (f.name.clone(), f.size))
+        .collect()
+}
+
+/// The bundle's `names` with the size and SHA-256 its manifest gives them.
+fn upload_files(manifest: Option<&Manifest>, names: &[String]) -> Result<Vec<UploadFile>> {
+    let m = manifest.ok_or_else(|| miette!("packages to upload, but no bundle manifest"))?;
+    names
+        .iter()
+        .map(|n| {
+            let f = m
+                .debs
+                .iter()
+                .chain(&m.index)
+                .find(|f| &f.name == n)
+                .ok_or_else(|| miette!("{n} is not in the bundle's manifest"))?;
+            Ok(UploadFile {
+                name: f.name.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
+        })
         .collect()
 }
 
@@ -418,6 +440,8 @@ impl Phase for Packages {
     async fn apply(&self, ctx: &Ctx, plan: &PhasePlan) -> Result<()> {
         let bundle_dir = Self::bundle_dir(ctx);
         let bundle_dir = &bundle_dir;
+        let manifest = Self::manifest(ctx)?;
+        let manifest = &manifest;
         let source = ctx.inv.packages.source;
         let mut futs = Vec::new();
         for hp in plan.hosts.iter().filter(|h| !h.changes.is_empty()) {
@@ -426,12 +450,10 @@ impl Phase for Packages {
                 for c in &hp.changes {
                     if let Change::Upload { dest, files, .. } = c {
                         ctx.observe(&hp.host, &format!("uploading {} packages", files.len()));
+                        let files = upload_files(manifest.as_ref(), files)?;
                         ctx.step(&hp.host, &c.summary(), async {
                             s.run(&format!("mkdir -p {}", sh_quote(dest))).await?;
-                            for f in files {
-                                s.upload(&bundle_dir.join(f), &format!("{dest}/{f}"), 0o644)
-                                    .await?;
-                            }
+                            s.upload_all(bundle_dir, &files, dest, 0o644).await?;
                             Ok(())
                         })
                         .await?;

@@ -925,44 +925,71 @@ impl Session {
         )
     }
 
-    /// Stream a local file to the host atomically, without holding it in memory.
-    pub async fn upload(&self, local: &Path, remote: &str, mode: u32) -> Result<(), SshError> {
-        let local_err = |e: std::io::Error| {
-            SshError::new(
+    /// Stream `files` from `local_dir` into the existing directory `remote_dir` as one tar
+    /// stream through one command, without holding them in memory: a round trip and a few
+    /// processes for the lot, not two commands per file. The host unpacks them into a scratch
+    /// directory beside `remote_dir`, checks every file against its SHA-256, and only then
+    /// renames them into place; on any failure (a dropped connection included) nothing of
+    /// this upload is moved in and the scratch directory is removed.
+    pub async fn upload_all(
+        &self,
+        local_dir: &Path,
+        files: &[UploadFile],
+        remote_dir: &str,
+        mode: u32,
+    ) -> Result<(), SshError> {
+        if let Some(bad) = files.iter().find(|f| !plain_file_name(&f.name)) {
+            return Err(SshError::new(
                 &self.host,
-                format!("cannot read local file {}: {e}", local.display()),
-                Some("check the path and its permissions on the control machine".into()),
-            )
-        };
-        let hash = {
-            let mut f = tokio::fs::File::open(local).await.map_err(local_err)?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = f.read(&mut buf).await.map_err(local_err)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            hex::encode(h.finalize())
-        };
-        if let Some(c) = self.stat(remote).await? {
-            if c.sha256 == hash && c.mode == (mode & 0o7777) {
-                return Ok(());
-            }
+                format!("cannot upload {:?}: not a plain file name", bad.name),
+                None,
+            ));
         }
-        let f = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let reader = tokio::io::BufReader::with_capacity(256 * 1024, f);
-        let cmd = atomic_write_cmd(remote, &hash, mode, None);
-        self.resolve_sudo().await?;
-        let (wrapped, prefix) = self.wrap(&cmd);
-        let shown = format!("upload {} to {remote}", local.display());
+        if files.is_empty() {
+            return Ok(());
+        }
+        let (reader, writer) = tokio::io::duplex(256 * 1024);
+        let feeder = tokio::spawn(tar_stream(
+            writer,
+            local_dir.to_path_buf(),
+            files.to_vec(),
+            mode & 0o7777,
+        ));
+        let cmd = upload_all_cmd(remote_dir, files);
+        let (wrapped, prefix) = match self.resolve_sudo().await {
+            Ok(()) => self.wrap(&cmd),
+            Err(e) => {
+                feeder.abort();
+                return Err(e);
+            }
+        };
+        let shown = format!(
+            "upload {} files from {} to {remote_dir}",
+            files.len(),
+            local_dir.display()
+        );
         let out = self
             .exec_raw(&wrapped, &shown, prefix.as_deref(), Some(reader))
-            .await?;
+            .await;
+        // A local file that cannot be read, or differs from what it must be, explains the
+        // host's complaint (a short or corrupt stream): say that first.
+        match feeder.await {
+            Ok(Err(TarError::Local(msg))) => {
+                return Err(SshError::new(
+                    &self.host,
+                    msg,
+                    Some(
+                        "check the bundle on the control machine (`pgdeploy bundle` builds it again); nothing was moved into place on the host"
+                            .into(),
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(self.lost(&shown, e)),
+        }
+        let out = out?;
         if !out.ok() {
-            return Err(self.write_failed(remote, &out));
+            return Err(self.write_failed(remote_dir, &out));
         }
         Ok(())
     }
@@ -1026,6 +1053,124 @@ fn atomic_write_cmd(path: &str, sha256: &str, mode: u32, owner: Option<(&str, &s
          mv -f -- \"$t\" \"$f\" || exit 1\n\
          trap - EXIT\n",
         mode = mode & 0o7777
+    )
+}
+
+/// A file for [`Session::upload_all`]: its name in the local and the remote directory, and the
+/// size and SHA-256 it must have.
+#[derive(Debug, Clone)]
+pub struct UploadFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A name that stays inside its directory and that a shell glob or option parser cannot
+/// mistake: no slash, no leading dot or dash, not empty.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('/')
+        && !name.contains('\0')
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+}
+
+enum TarError {
+    /// A local file could not be read or is not what it must be.
+    Local(String),
+    /// The host stopped reading (its command failed or the connection went).
+    Pipe,
+}
+
+/// Write `files` as a tar stream (ustar headers from the `tar` crate, contents streamed),
+/// checking each file's size and SHA-256 as it is sent.
+async fn tar_stream(
+    mut w: tokio::io::DuplexStream,
+    dir: PathBuf,
+    files: Vec<UploadFile>,
+    mode: u32,
+) -> Result<(), TarError> {
+    use tokio::io::AsyncWriteExt;
+    let pipe = |_| TarError::Pipe;
+    let mut buf = vec![0u8; 256 * 1024];
+    for f in &files {
+        let path = dir.join(&f.name);
+        let local = |e: std::io::Error| {
+            TarError::Local(format!("cannot read local file {}: {e}", path.display()))
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(local)?;
+        let len = file.metadata().await.map_err(local)?.len();
+        if len != f.size {
+            return Err(TarError::Local(format!(
+                "local file {} has {len} bytes; the bundle's manifest says {}",
+                path.display(),
+                f.size
+            )));
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path(&f.name)
+            .map_err(|e| TarError::Local(format!("{}: {e}", f.name)))?;
+        h.set_size(len);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        w.write_all(h.as_bytes()).await.map_err(pipe)?;
+        let mut sha = Sha256::new();
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = file.read(&mut buf[..want]).await.map_err(local)?;
+            if n == 0 {
+                return Err(TarError::Local(format!(
+                    "local file {} shrank while it was sent",
+                    path.display()
+                )));
+            }
+            sha.update(&buf[..n]);
+            w.write_all(&buf[..n]).await.map_err(pipe)?;
+            left -= n as u64;
+        }
+        if hex::encode(sha.finalize()) != f.sha256 {
+            return Err(TarError::Local(format!(
+                "local file {} differs from the SHA-256 in the bundle's manifest",
+                path.display()
+            )));
+        }
+        let pad = (512 - (len % 512) as usize) % 512;
+        w.write_all(&[0u8; 512][..pad]).await.map_err(pipe)?;
+    }
+    // The end of the archive: two zero blocks.
+    w.write_all(&[0u8; 1024]).await.map_err(pipe)?;
+    w.shutdown().await.map_err(pipe)
+}
+
+/// Shell script for [`Session::upload_all`]: unpack the tar stream on stdin into a scratch
+/// directory inside `dir` (so that the renames stay on one file system), check every file's
+/// SHA-256, then rename them all into `dir`. Scratch directories an earlier, killed upload
+/// left behind are removed after an hour.
+fn upload_all_cmd(dir: &str, files: &[UploadFile]) -> String {
+    let q = sh_quote(dir);
+    let sums: Vec<String> = files
+        .iter()
+        .map(|f| sh_quote(&format!("{}  {}", f.sha256, f.name)))
+        .collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| format!("\"$t\"/{}", sh_quote(&f.name)))
+        .collect();
+    format!(
+        "d={q}\n\
+         find \"$d\" -maxdepth 1 -name '.pgdeploy-upload-*' -mmin +60 -exec rm -rf -- {{}} + 2>/dev/null\n\
+         t=$(mktemp -d \"$d/.pgdeploy-upload-XXXXXX\") || exit 1\n\
+         trap 'rm -rf -- \"$t\"' EXIT\n\
+         trap 'exit 1' HUP INT TERM PIPE\n\
+         tar -x --no-same-owner -C \"$t\" -f - || exit 1\n\
+         printf '%s\\n' {sums} | (cd \"$t\" && sha256sum --quiet --strict -c -) >&2 || \
+         {{ echo \"pgdeploy: the files received in $d are incomplete or corrupt (checksum mismatch); none was moved into place\" >&2; exit 1; }}\n\
+         mv -f -- {names} \"$d\"/ || exit 1\n",
+        sums = sums.join(" "),
+        names = names.join(" ")
     )
 }
 

@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pgdeploy::ssh::{ConnectOptions, Session, SshError};
+use pgdeploy::ssh::{ConnectOptions, Session, SshError, UploadFile};
 
 use crate::support::{
     keygen, require_user, test_sudo_password, wait_until, SshdOptions, TestAgent, TestSshd,
@@ -247,39 +247,100 @@ fn sha256_file(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+fn upload_file(dir: &Path, name: &str) -> UploadFile {
+    let p = dir.join(name);
+    UploadFile {
+        name: name.into(),
+        size: std::fs::metadata(&p).unwrap().len(),
+        sha256: sha256_file(&p),
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn large_upload_is_streamed() {
+async fn a_batch_upload_is_streamed_checked_and_renamed_into_place() {
     let sshd = TestSshd::start();
     let s = connect(&sshd).await;
     let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("big.bin");
-    make_file(&local, 50);
-    let remote = dir.path().join("remote.bin");
+    let local = dir.path().join("local");
+    let remote = dir.path().join("remote");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::create_dir_all(&remote).unwrap();
+    make_file(&local.join("big.bin"), 50);
+    std::fs::write(local.join("small_1.0+b1_amd64.deb"), b"small\n").unwrap();
+    std::fs::write(remote.join("small_1.0+b1_amd64.deb"), b"older\n").unwrap();
+    let files = vec![
+        upload_file(&local, "big.bin"),
+        upload_file(&local, "small_1.0+b1_amd64.deb"),
+    ];
     let rs = remote.display().to_string();
 
     let t0 = Instant::now();
-    s.upload(&local, &rs, 0o640).await.unwrap();
+    s.upload_all(&local, &files, &rs, 0o640).await.unwrap();
     let took = t0.elapsed();
     println!(
-        "upload 50 MB: {took:?} ({:.1} MB/s)",
+        "upload 50 MB and a small file: {took:?} ({:.1} MB/s)",
         50.0 / took.as_secs_f64()
     );
-    assert_eq!(sha256_file(&local), sha256_file(&remote));
-    assert_eq!(
-        std::fs::metadata(&remote).unwrap().permissions().mode() & 0o7777,
-        0o640
-    );
+    for f in &files {
+        assert_eq!(sha256_file(&remote.join(&f.name)), f.sha256, "{}", f.name);
+        assert_eq!(
+            std::fs::metadata(remote.join(&f.name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o640
+        );
+    }
+    assert_eq!(names_in(&remote), ["big.bin", "small_1.0+b1_amd64.deb"]);
 
-    // Unchanged: compared by checksum, not sent again.
-    let t0 = Instant::now();
-    s.upload(&local, &rs, 0o640).await.unwrap();
-    println!("upload 50 MB again (unchanged): {:?}", t0.elapsed());
-
+    // A local file that is not what the manifest says: refused, and nothing of the batch
+    // moves in (not even the good file sent before it), nor stays behind.
+    std::fs::write(local.join("new.deb"), b"new\n").unwrap();
+    let mut wrong = upload_file(&local, "small_1.0+b1_amd64.deb");
+    wrong.sha256 = "0".repeat(64);
     let err = s
-        .upload(&dir.path().join("missing"), &rs, 0o644)
+        .upload_all(&local, &[upload_file(&local, "new.deb"), wrong], &rs, 0o644)
         .await
         .unwrap_err();
-    assert!(full(&err).contains("missing"), "{}", full(&err));
+    let msg = full(&err);
+    assert!(msg.contains("differs from the SHA-256"), "{msg}");
+    assert!(msg.contains("small_1.0+b1_amd64.deb"), "{msg}");
+    assert_eq!(names_in(&remote), ["big.bin", "small_1.0+b1_amd64.deb"]);
+
+    // A file missing on the control machine.
+    let mut missing = upload_file(&local, "new.deb");
+    missing.name = "missing.deb".into();
+    let err = s
+        .upload_all(&local, &[missing], &rs, 0o644)
+        .await
+        .unwrap_err();
+    assert!(full(&err).contains("missing.deb"), "{}", full(&err));
+    assert_eq!(names_in(&remote), ["big.bin", "small_1.0+b1_amd64.deb"]);
+
+    // A name that would leave the directory is refused before anything runs.
+    let mut escape = upload_file(&local, "new.deb");
+    escape.name = "../escape".into();
+    let err = s
+        .upload_all(&local, &[escape], &rs, 0o644)
+        .await
+        .unwrap_err();
+    assert!(
+        full(&err).contains("not a plain file name"),
+        "{}",
+        full(&err)
+    );
+    assert!(!dir.path().join("escape").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,19 +348,21 @@ async fn target_is_never_half_written_when_sshd_dies() {
     let mut sshd = TestSshd::start();
     let s = connect(&sshd).await;
     let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("big.bin");
-    make_file(&local, 400);
+    let local_dir = dir.path().join("local");
+    std::fs::create_dir(&local_dir).unwrap();
+    make_file(&local_dir.join("data.bin"), 400);
     let target_dir = dir.path().join("t");
     std::fs::create_dir(&target_dir).unwrap();
     let target = target_dir.join("data.bin");
     std::fs::write(&target, b"old content\n").unwrap();
 
-    let ts = target.display().to_string();
+    let ts = target_dir.display().to_string();
     let s2 = s.clone();
-    let l2 = local.clone();
-    let up = tokio::spawn(async move { s2.upload(&l2, &ts, 0o644).await });
+    let files = vec![upload_file(&local_dir, "data.bin")];
+    let ld = local_dir.clone();
+    let up = tokio::spawn(async move { s2.upload_all(&ld, &files, &ts, 0o644).await });
 
-    // Wait until the temp file is being filled, then kill sshd and its sessions.
+    // Wait until the scratch directory is being filled, then kill sshd and its sessions.
     let td = target_dir.clone();
     let started = tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(60), || {
@@ -308,8 +371,10 @@ async fn target_is_never_half_written_when_sshd_dies() {
                     rd.flatten().any(|e| {
                         e.file_name()
                             .to_string_lossy()
-                            .starts_with(".data.bin.pgdeploy-")
-                            && e.metadata().map(|m| m.len() > 1_000_000).unwrap_or(false)
+                            .starts_with(".pgdeploy-upload-")
+                            && std::fs::metadata(e.path().join("data.bin"))
+                                .map(|m| m.len() > 1_000_000)
+                                .unwrap_or(false)
                     })
                 })
                 .unwrap_or(false)
@@ -326,11 +391,11 @@ async fn target_is_never_half_written_when_sshd_dies() {
         .unwrap();
     let err = res.expect_err("upload succeeded although sshd was killed");
     let msg = full(&err);
-    assert!(msg.contains("h1") && msg.contains("data.bin"), "{msg}");
+    assert!(msg.contains("h1") && msg.contains("upload"), "{msg}");
     println!("error after sshd was killed mid-upload: {msg}");
     assert_eq!(std::fs::read(&target).unwrap(), b"old content\n");
 
-    // The temp file is cleaned up by the remote shell once its input ends.
+    // The scratch directory is removed by the remote shell once its input ends.
     let td = target_dir.clone();
     let clean = wait_until(Duration::from_secs(30), || {
         std::fs::read_dir(&td)
