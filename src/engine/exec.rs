@@ -6,6 +6,7 @@ use super::record;
 use crate::shell::sh_quote;
 use crate::ssh::Session;
 use miette::{miette, Result};
+use sha2::{Digest, Sha256};
 use std::time::Instant;
 
 /// Apply `changes` on one host, in order. Unit restarts/reloads are included; callers that
@@ -32,11 +33,24 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         r?;
     }
     let mut paired_done: Vec<&str> = Vec::new();
-    for c in changes {
-        if matches!(
-            c,
-            Change::Package { .. } | Change::Deferred { .. } | Change::Upload { .. }
-        ) {
+    let mut i = 0;
+    while i < changes.len() {
+        let c = &changes[i];
+        i += 1;
+        if not_here(c) {
+            continue;
+        }
+        if batchable(c) {
+            // This change and the directories and plain files right after it: one command.
+            let run = changes[i..]
+                .iter()
+                .take_while(|c| batchable(c) || not_here(c))
+                .count();
+            let batch: Vec<&Change> = std::iter::once(c)
+                .chain(changes[i..i + run].iter().filter(|c| batchable(c)))
+                .collect();
+            i += run;
+            write_batch(s, &batch).await?;
             continue;
         }
         if let Change::File {
@@ -65,6 +79,224 @@ pub async fn apply_changes(s: &Session, changes: &[Change]) -> Result<()> {
         r?;
     }
     Ok(())
+}
+
+/// Changes applied elsewhere (packages in one transaction above, uploads by their phase) or
+/// not actions at all.
+fn not_here(c: &Change) -> bool {
+    matches!(
+        c,
+        Change::Package { .. } | Change::Deferred { .. } | Change::Upload { .. }
+    )
+}
+
+/// A directory, or a file that goes live on its own (no validation, not one of a pair).
+fn batchable(c: &Change) -> bool {
+    matches!(
+        c,
+        Change::Directory { .. }
+            | Change::File {
+                validate: None,
+                pair: None,
+                ..
+            }
+    )
+}
+
+/// Make a run of directory and file changes in one command (one round trip, a few
+/// processes), each recorded with its own result. The files' contents go in one tar stream
+/// to temporary names beside their targets; once all are there and match their SHA-256, and
+/// their owner and mode are set, each is renamed over its target in order, so that every
+/// file is either its old or its new self. Pending-restart markers for the units they
+/// notify are written first, as for a single file. On a failure the temporary files are
+/// removed, the changes made before it are recorded as done and the failed one as failed.
+async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
+    let t = Instant::now();
+    let token = format!("{:08x}", rand::random::<u32>());
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut notify: Vec<&String> = Vec::new();
+    let mut temps: Vec<String> = Vec::new();
+    let mut sums: Vec<String> = Vec::new();
+    // Owner and mode of the temporary files, grouped (one process each), with the first
+    // change of each group, which a failure there is reported against.
+    let mut chown: Vec<(String, usize, Vec<String>)> = Vec::new();
+    let mut chmod: Vec<(u32, usize, Vec<String>)> = Vec::new();
+    // Each change's own command, in order: directories first (the files may go into them).
+    let mut dirs: Vec<String> = Vec::new();
+    let mut steps: Vec<String> = Vec::new();
+    for (n, c) in batch.iter().enumerate() {
+        match c {
+            Change::Directory {
+                path,
+                mode,
+                owner,
+                group: g,
+                ..
+            } => {
+                let p = sh_quote(path);
+                dirs.push(format!(
+                    "mkdir -p {p} && chown {}:{} {p} && chmod {mode:o} {p} || exit 1; echo '@W {n}'",
+                    sh_quote(owner),
+                    sh_quote(g)
+                ));
+            }
+            Change::File {
+                path,
+                mode,
+                owner,
+                group: g,
+                new,
+                notify: units,
+                content_changed,
+                ..
+            } => {
+                for u in units {
+                    if !notify.contains(&u) {
+                        notify.push(u);
+                    }
+                }
+                let owner = format!("{}:{}", sh_quote(owner), sh_quote(g));
+                let mode = mode & 0o7777;
+                if !content_changed {
+                    let p = sh_quote(path);
+                    steps.push(format!(
+                        "chown {owner} {p} && chmod {mode:o} {p} || exit 1; echo '@W {n}'"
+                    ));
+                    continue;
+                }
+                let (dir, base) = path.rsplit_once('/').unwrap_or((".", path));
+                let tmp = format!("{dir}/.{base}.pgdeploy-{token}");
+                let mut h = tar::Header::new_gnu();
+                h.set_size(new.len() as u64);
+                h.set_mode(0o600);
+                h.set_mtime(0);
+                h.set_entry_type(tar::EntryType::Regular);
+                tar.append_data(&mut h, tmp.trim_start_matches('/'), new.as_slice())
+                    .map_err(|e| miette!("{}: cannot pack {path}: {e}", s.host()))?;
+                sums.push(sh_quote(&format!(
+                    "{}  {tmp}",
+                    hex::encode(Sha256::digest(new))
+                )));
+                let q = sh_quote(&tmp);
+                match chown.iter_mut().find(|(o, _, _)| *o == owner) {
+                    Some((_, _, ps)) => ps.push(q.clone()),
+                    None => chown.push((owner, n, vec![q.clone()])),
+                }
+                match chmod.iter_mut().find(|(m, _, _)| *m == mode) {
+                    Some((_, _, ps)) => ps.push(q.clone()),
+                    None => chmod.push((mode, n, vec![q.clone()])),
+                }
+                steps.push(format!(
+                    "mv -f -- {q} {} || exit 1; echo '@W {n}'",
+                    sh_quote(path)
+                ));
+                temps.push(q);
+            }
+            _ => {}
+        }
+    }
+    let mut cmd = String::new();
+    if !temps.is_empty() {
+        cmd.push_str(&format!(
+            "trap 'rm -f -- {}' EXIT\ntrap 'exit 1' HUP INT TERM PIPE\n",
+            temps.join(" ").replace('\'', "'\\''")
+        ));
+    }
+    if !notify.is_empty() {
+        let marks: Vec<String> = notify
+            .iter()
+            .map(|u| format!("{PENDING_DIR}/{}", sh_quote(u)))
+            .collect();
+        cmd.push_str(&format!(
+            "mkdir -p {PENDING_DIR} && touch {} || exit 1\n",
+            marks.join(" ")
+        ));
+    }
+    for l in &dirs {
+        cmd.push_str(l);
+        cmd.push('\n');
+    }
+    if !temps.is_empty() {
+        cmd.push_str(&format!(
+            "tar -x --no-same-owner -C / -f - || exit 1\n\
+             printf '%s\\n' {} | sha256sum --quiet --strict -c - >&2 || \
+             {{ echo 'pgdeploy: the files arrived incomplete or corrupt (checksum mismatch); none was put in place' >&2; exit 1; }}\n",
+            sums.join(" ")
+        ));
+        for (o, n, ps) in &chown {
+            cmd.push_str(&format!(
+                "chown {o} -- {} || {{ echo '@X {n}'; exit 1; }}\n",
+                ps.join(" ")
+            ));
+        }
+        for (m, n, ps) in &chmod {
+            cmd.push_str(&format!(
+                "chmod {m:o} -- {} || {{ echo '@X {n}'; exit 1; }}\n",
+                ps.join(" ")
+            ));
+        }
+    }
+    for l in &steps {
+        cmd.push_str(l);
+        cmd.push('\n');
+    }
+    let input = tar
+        .into_inner()
+        .map_err(|e| miette!("{}: cannot pack the files: {e}", s.host()))?;
+    // Shown as a summary, not as the script: it holds the contents' checksums.
+    let shown = format!("write {} directories and files", batch.len());
+    let out = s
+        .exec_shown(
+            &cmd,
+            &shown,
+            (!temps.is_empty()).then_some(input.as_slice()),
+        )
+        .await;
+    let elapsed = t.elapsed();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            let e: miette::Report = e.into();
+            record::result::<()>(s.host(), &batch[0].summary(), &Err(miette!("{e}")), elapsed);
+            return Err(e);
+        }
+    };
+    if out.ok() {
+        for c in batch {
+            record::result(s.host(), &c.summary(), &Ok(()), elapsed);
+        }
+        return Ok(());
+    }
+    let stdout = out.stdout_str();
+    let done: Vec<usize> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("@W ")?.trim().parse().ok())
+        .collect();
+    let failed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("@X ")?.trim().parse().ok())
+        .or_else(|| (0..batch.len()).find(|n| !done.contains(n)))
+        .unwrap_or(0);
+    let what = match batch[failed] {
+        Change::Directory { path, .. } => format!("could not make directory {path}"),
+        Change::File { path, .. } => format!("could not write {path}"),
+        _ => "could not apply the change".into(),
+    };
+    let err = miette!(
+        help = "check that the owner and group exist, that the file system has free space and is writable, and that the user may write there (become: sudo?); a file not yet replaced was left untouched",
+        "{}: {what} (exit status {}): {}",
+        s.host(),
+        out.status,
+        out.stderr_str().trim()
+    );
+    for (n, c) in batch.iter().enumerate() {
+        if done.contains(&n) {
+            record::result(s.host(), &c.summary(), &Ok(()), elapsed);
+        } else if n == failed {
+            record::result::<()>(s.host(), &c.summary(), &Err(miette!("{err}")), elapsed);
+        }
+    }
+    Err(err)
 }
 
 /// Replace the files of one pair (a certificate and its key) together: each is staged next to
@@ -400,7 +632,7 @@ mod tests {
         let mv = d.matching("mv -f");
         let pair_mv: Vec<&String> = mv
             .iter()
-            .filter(|m| m.contains("a.key.pgdeploy-new"))
+            .filter(|m| m.contains("mv -f /t/a.key.pgdeploy-new /t/a.key"))
             .collect();
         assert_eq!(pair_mv.len(), 1, "{mv:#?}");
         assert!(
@@ -423,6 +655,120 @@ mod tests {
                 .unwrap_or_else(|| panic!("{staged} never staged: {calls:#?}"));
             assert!(at < rename_at, "{staged} staged after the rename");
         }
+    }
+
+    fn dir(path: &str) -> Change {
+        Change::Directory {
+            path: path.into(),
+            mode: 0o750,
+            owner: "root".into(),
+            group: "adm".into(),
+            exists: false,
+        }
+    }
+
+    fn plain(path: &str, content: &str, notify: &[&str]) -> Change {
+        let mut c = file(path, None, false);
+        if let Change::File { new, notify: n, .. } = &mut c {
+            *new = content.as_bytes().to_vec();
+            *n = notify.iter().map(|u| u.to_string()).collect();
+        }
+        c
+    }
+
+    #[derive(Default)]
+    struct Collect(std::sync::Mutex<Vec<String>>);
+    impl crate::engine::Observer for Collect {
+        fn change_done(&self, d: &record::Done) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {:?}", d.change, d.error.is_some()));
+        }
+    }
+
+    /// Directories and plain files in a row go in one command: the directories first, the
+    /// pending-restart marker before any file goes live, the contents as one tar stream of
+    /// temporary names beside the targets, then the renames in order.
+    #[tokio::test]
+    async fn a_run_of_directories_and_files_is_one_command() {
+        let d = host();
+        let s = Session::double("h1", d.clone());
+        let changes = [
+            dir("/t/d"),
+            plain("/t/d/a.conf", "alpha\n", &[]),
+            plain("/t/b.conf", "beta\n", &["x.service"]),
+        ];
+        apply_changes(&s, &changes).await.unwrap();
+        let calls = d.calls();
+        assert_eq!(calls.len(), 1, "{calls:#?}");
+        let Call::Exec { cmd, stdin } = &calls[0].1 else {
+            panic!("{calls:#?}")
+        };
+        let at = |needle: &str| {
+            cmd.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in {cmd}"))
+        };
+        assert!(at("mkdir -p /t/d && chown root:adm /t/d && chmod 750 /t/d") < at("tar -x"));
+        assert!(at("touch /var/lib/pgdeploy/pending/x.service") < at("tar -x"));
+        assert!(at("sha256sum") < at("mv -f -- /t/d/.a.conf.pgdeploy-"));
+        assert!(at("mv -f -- /t/d/.a.conf.pgdeploy-") < at("mv -f -- /t/.b.conf.pgdeploy-"));
+        let mut entries: Vec<(String, String)> = tar::Archive::new(stdin.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().display().to_string();
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut e, &mut body).unwrap();
+                (path, body)
+            })
+            .collect();
+        entries.sort();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert!(
+            entries[0].0.starts_with("t/.b.conf.pgdeploy-"),
+            "{entries:?}"
+        );
+        assert_eq!(entries[0].1, "beta\n");
+        assert!(
+            entries[1].0.starts_with("t/d/.a.conf.pgdeploy-"),
+            "{entries:?}"
+        );
+        assert_eq!(entries[1].1, "alpha\n");
+    }
+
+    /// When a rename fails, the changes made before it are recorded as done, the failed one as
+    /// failed, and the error names its file.
+    #[tokio::test]
+    async fn a_failure_in_a_run_names_its_file_and_records_what_was_done() {
+        let d = Arc::new(Script::new(()).rule(|_, c, _| match c {
+            Call::Exec { .. } => Some(Answer::Exit(crate::ssh::Output {
+                status: 1,
+                stdout: b"@W 0\n@W 1\n".to_vec(),
+                stderr: b"mv: cannot move: No space left on device".to_vec(),
+            })),
+            _ => None,
+        }));
+        let s = Session::double("h1", d.clone());
+        let changes = [
+            dir("/t/d"),
+            plain("/t/d/a.conf", "alpha\n", &[]),
+            plain("/t/b.conf", "beta\n", &[]),
+            plain("/t/c.conf", "gamma\n", &[]),
+        ];
+        let seen = Arc::new(Collect::default());
+        let err = record::in_phase(seen.clone(), "common", apply_changes(&s, &changes))
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("could not write /t/b.conf"), "{msg}");
+        assert!(msg.contains("No space left"), "{msg}");
+        let got = seen.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with("+ directory /t/d") && got[0].ends_with("false"));
+        assert!(got[1].contains("/t/d/a.conf") && got[1].ends_with("false"));
+        assert!(got[2].contains("/t/b.conf") && got[2].ends_with("true"));
     }
 
     /// A member that cannot be staged leaves both files as they were: nothing is renamed and

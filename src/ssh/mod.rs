@@ -666,7 +666,8 @@ impl Session {
                     .await
                     .map_err(|e| self.lost(shown, e))?;
             }
-            return double::exec(d, &self.host, shown, input);
+            // The double sees the command the host would run.
+            return double::exec(d, &self.host, wrapped, input);
         }
         let _permit = self
             .inner
@@ -759,10 +760,20 @@ impl Session {
     /// Run a shell command (through `sudo` when the host's `become` is sudo). Non-zero exit is
     /// NOT an error here; transport failures are.
     pub async fn exec(&self, cmd: &str, stdin: Option<&[u8]>) -> Result<Output, SshError> {
+        self.exec_shown(cmd, cmd, stdin).await
+    }
+
+    /// [`Session::exec`], with `shown` in the errors instead of the command.
+    pub async fn exec_shown(
+        &self,
+        cmd: &str,
+        shown: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, SshError> {
         let optimistic = self.sudo_unknown();
         let (wrapped, prefix) = self.wrap(cmd);
         let out = self
-            .exec_raw(&wrapped, cmd, prefix.as_deref(), stdin)
+            .exec_raw(&wrapped, shown, prefix.as_deref(), stdin)
             .await?;
         if !optimistic {
             return Ok(out);
@@ -779,7 +790,8 @@ impl Session {
             // sudo -n refused, so the command did not run: run it with the password.
             Some(_) => {
                 let (wrapped, prefix) = self.wrap(cmd);
-                self.exec_raw(&wrapped, cmd, prefix.as_deref(), stdin).await
+                self.exec_raw(&wrapped, shown, prefix.as_deref(), stdin)
+                    .await
             }
         }
     }
