@@ -169,6 +169,7 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(new.len() as u64);
                 h.set_mode(0o600);
+                // The host stamps each file with the time it is unpacked (`--touch`).
                 h.set_mtime(0);
                 h.set_entry_type(tar::EntryType::Regular);
                 tar.append_data(&mut h, tmp.trim_start_matches('/'), new.as_slice())
@@ -218,7 +219,7 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
     }
     if !temps.is_empty() {
         cmd.push_str(&format!(
-            "tar -x --no-same-owner -C / -f - || exit 1\n\
+            "tar -x --no-same-owner --touch -C / -f - || exit 1\n\
              printf '%s\\n' {} | sha256sum --quiet --strict -c - >&2 || \
              {{ echo 'pgdeploy: the files arrived incomplete or corrupt (checksum mismatch); none was put in place' >&2; exit 1; }}\n",
             sums.join(" ")

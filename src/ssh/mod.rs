@@ -1124,6 +1124,7 @@ async fn tar_stream(
             .map_err(|e| TarError::Local(format!("{}: {e}", f.name)))?;
         h.set_size(len);
         h.set_mode(mode);
+        // The host stamps each file with the time it is unpacked (`--touch`).
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
@@ -1177,7 +1178,7 @@ fn upload_all_cmd(dir: &str, files: &[UploadFile]) -> String {
          t=$(mktemp -d \"$d/.pgdeploy-upload-XXXXXX\") || exit 1\n\
          trap 'rm -rf -- \"$t\"' EXIT\n\
          trap 'exit 1' HUP INT TERM PIPE\n\
-         tar -x --no-same-owner -C \"$t\" -f - || exit 1\n\
+         tar -x --no-same-owner --touch -C \"$t\" -f - || exit 1\n\
          printf '%s\\n' {sums} | (cd \"$t\" && sha256sum --quiet --strict -c -) >&2 || \
          {{ echo \"pgdeploy: the files received in $d are incomplete or corrupt (checksum mismatch); none was moved into place\" >&2; exit 1; }}\n\
          mv -f -- {names} \"$d\"/ || exit 1\n",

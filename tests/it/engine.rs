@@ -204,6 +204,17 @@ fn converge_cycle(f: &Fixture) {
 fn check_apply_converge_as_root() {
     let f = Fixture::new(2, "root");
     converge_cycle(&f);
+    // A written file carries the time it was written, not the archive's.
+    let age = std::fs::metadata(f.file("h0", "etc/app.conf"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap_or_default();
+    assert!(
+        age < std::time::Duration::from_secs(3600),
+        "mtime {age:?} ago"
+    );
 }
 
 #[test]

@@ -303,6 +303,13 @@ async fn a_batch_upload_is_streamed_checked_and_renamed_into_place() {
         );
     }
     assert_eq!(names_in(&remote), ["big.bin", "small_1.0+b1_amd64.deb"]);
+    let age = std::fs::metadata(remote.join("big.bin"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(3600), "mtime {age:?} ago");
 
     // A local file that is not what the manifest says: refused, and nothing of the batch
     // moves in (not even the good file sent before it), nor stays behind.
