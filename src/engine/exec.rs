@@ -117,10 +117,11 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
     let mut notify: Vec<&String> = Vec::new();
     let mut temps: Vec<String> = Vec::new();
     let mut sums: Vec<String> = Vec::new();
-    // Owner and mode of the temporary files, grouped (one process each), with the first
-    // change of each group, which a failure there is reported against.
-    let mut chown: Vec<(String, usize, Vec<String>)> = Vec::new();
-    let mut chmod: Vec<(u32, usize, Vec<String>)> = Vec::new();
+    // Owner and mode of the temporary files: one `chown` per owner and one `chmod` per mode
+    // (all chowns before the chmods, which a chown could undo), each with the first change
+    // of its group, which a failure there is reported against.
+    let mut chown: Vec<Group> = Vec::new();
+    let mut chmod: Vec<Group> = Vec::new();
     // Each change's own command, in order: directories first (the files may go into them).
     let mut dirs: Vec<String> = Vec::new();
     let mut steps: Vec<String> = Vec::new();
@@ -179,14 +180,8 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
                     hex::encode(Sha256::digest(new))
                 )));
                 let q = sh_quote(&tmp);
-                match chown.iter_mut().find(|(o, _, _)| *o == owner) {
-                    Some((_, _, ps)) => ps.push(q.clone()),
-                    None => chown.push((owner, n, vec![q.clone()])),
-                }
-                match chmod.iter_mut().find(|(m, _, _)| *m == mode) {
-                    Some((_, _, ps)) => ps.push(q.clone()),
-                    None => chmod.push((mode, n, vec![q.clone()])),
-                }
+                add_to_group(&mut chown, format!("chown {owner}"), n, &q);
+                add_to_group(&mut chmod, format!("chmod {mode:o}"), n, &q);
                 steps.push(format!(
                     "mv -f -- {q} {} || exit 1; echo '@W {n}'",
                     sh_quote(path)
@@ -224,15 +219,9 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
              {{ echo 'pgdeploy: the files arrived incomplete or corrupt (checksum mismatch); none was put in place' >&2; exit 1; }}\n",
             sums.join(" ")
         ));
-        for (o, n, ps) in &chown {
+        for (command, n, ps) in chown.iter().chain(&chmod) {
             cmd.push_str(&format!(
-                "chown {o} -- {} || {{ echo '@X {n}'; exit 1; }}\n",
-                ps.join(" ")
-            ));
-        }
-        for (m, n, ps) in &chmod {
-            cmd.push_str(&format!(
-                "chmod {m:o} -- {} || {{ echo '@X {n}'; exit 1; }}\n",
+                "{command} -- {} || {{ echo '@X {n}'; exit 1; }}\n",
                 ps.join(" ")
             ));
         }
@@ -298,6 +287,16 @@ async fn write_batch(s: &Session, batch: &[&Change]) -> Result<()> {
         }
     }
     Err(err)
+}
+
+/// A command run once on several paths, with the first change of the batch it serves.
+type Group = (String, usize, Vec<String>);
+
+fn add_to_group(groups: &mut Vec<Group>, command: String, n: usize, path: &str) {
+    match groups.iter_mut().find(|(c, _, _)| *c == command) {
+        Some((_, _, ps)) => ps.push(path.to_string()),
+        None => groups.push((command, n, vec![path.to_string()])),
+    }
 }
 
 /// Replace the files of one pair (a certificate and its key) together: each is staged next to

@@ -910,7 +910,7 @@ impl Session {
                 return Ok(true);
             }
         }
-        let cmd = atomic_write_cmd(path, &hash, mode, Some((owner, group)));
+        let cmd = atomic_write_cmd(path, &hash, mode, (owner, group));
         self.resolve_sudo().await?;
         let (wrapped, prefix) = self.wrap(&cmd);
         let shown = format!("write {path} ({} bytes)", content.len());
@@ -1041,16 +1041,13 @@ struct RemoteStat {
 /// Shell script that receives a file on stdin into a temp file next to `path`, checks its
 /// SHA-256, applies owner/mode and renames it over `path`; the temp file is removed on any
 /// failure (including a dropped connection: stdin ends early and the checksum differs).
-fn atomic_write_cmd(path: &str, sha256: &str, mode: u32, owner: Option<(&str, &str)>) -> String {
+fn atomic_write_cmd(path: &str, sha256: &str, mode: u32, (owner, group): (&str, &str)) -> String {
     let q = sh_quote(path);
-    let chown = match owner {
-        Some((o, g)) => format!(
-            "chown {}:{} -- \"$t\" || exit 1\n",
-            sh_quote(o),
-            sh_quote(g)
-        ),
-        None => String::new(),
-    };
+    let chown = format!(
+        "chown {}:{} -- \"$t\" || exit 1\n",
+        sh_quote(owner),
+        sh_quote(group)
+    );
     format!(
         "f={q}\n\
          d=$(dirname -- \"$f\") && b=$(basename -- \"$f\") || exit 1\n\
