@@ -70,8 +70,20 @@ pub fn backend_servers_up(csv: &str, backend: &str) -> Result<usize, String> {
     Ok(up)
 }
 
+/// The client for the stats pages: plain HTTP, so it loads no root certificates (the
+/// platform's store is a few hundred files, read again for every client built).
+fn stats_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    crate::crypto::install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .tls_certs_only([])
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// Check one host (TCP connect to the primary port + stats CSV).
-pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
+async fn check_host(client: &reqwest::Client, t: &HealthTarget, ports: HealthPorts) -> HostHealth {
     let verdict = |healthy: bool, reason: String| HostHealth {
         name: t.name.clone(),
         publish: t.publish.clone(),
@@ -90,15 +102,6 @@ pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
         }
     }
     let url = format!("http://{}/;csv", SocketAddr::new(t.check_addr, ports.stats));
-    crate::crypto::install_default();
-    let client = match reqwest::Client::builder()
-        .timeout(ports.timeout)
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => return verdict(false, format!("HTTP client: {e}")),
-    };
     let body = match client.get(&url).send().await {
         Ok(r) if r.status().is_success() => match r.text().await {
             Ok(b) => b,
@@ -124,7 +127,21 @@ pub async fn check_host(t: &HealthTarget, ports: HealthPorts) -> HostHealth {
 
 /// Check every host in parallel; results in the order of `targets`.
 pub async fn check_all(targets: &[HealthTarget], ports: HealthPorts) -> Vec<HostHealth> {
-    futures::future::join_all(targets.iter().map(|t| check_host(t, ports))).await
+    let client = match stats_client(ports.timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            return targets
+                .iter()
+                .map(|t| HostHealth {
+                    name: t.name.clone(),
+                    publish: t.publish.clone(),
+                    healthy: false,
+                    reason: e.clone(),
+                })
+                .collect()
+        }
+    };
+    futures::future::join_all(targets.iter().map(|t| check_host(&client, t, ports))).await
 }
 
 #[cfg(test)]

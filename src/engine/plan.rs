@@ -63,6 +63,17 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// The names of `units`, each once, in order.
+fn unit_names<'a>(units: impl Iterator<Item = &'a DesiredUnit>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for u in units {
+        if !names.contains(&u.name) {
+            names.push(u.name.clone());
+        }
+    }
+    names
+}
+
 impl Desired {
     /// What must be probed to plan this.
     pub fn probe_request(&self) -> ProbeRequest {
@@ -74,7 +85,14 @@ impl Desired {
                 .chain(self.files.iter().map(|f| f.path.clone()))
                 .collect(),
             packages: self.packages.iter().map(|p| p.name.clone()).collect(),
-            units: self.units.iter().map(|u| u.name.clone()).collect(),
+            units: unit_names(self.units.iter()),
+            // Wanted disabled by every role that names it.
+            disabled_units: unit_names(self.units.iter().filter(|u| {
+                self.units
+                    .iter()
+                    .filter(|o| o.name == u.name)
+                    .all(|o| !o.enabled)
+            })),
             sysctls: self.sysctls.iter().map(|(k, _)| k.clone()).collect(),
         }
     }

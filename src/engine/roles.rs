@@ -4,8 +4,9 @@
 use include_dir::{include_dir, Dir};
 use miette::{miette, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 static EMBEDDED_ROLES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/roles");
 static EMBEDDED_TEMPLATES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/templates");
@@ -182,15 +183,32 @@ pub fn parse_mode(s: &str) -> Result<u32> {
 pub struct RoleSource {
     /// Override directory: `DIR/<role>/role.yaml`, templates in `DIR/<role>/` or `DIR/templates/`.
     pub override_dir: Option<PathBuf>,
+    /// Roles already read: a command plans each host's roles in several phases, and parsing
+    /// the YAML again each time was a quarter of a `check`'s own CPU.
+    parsed: Arc<Mutex<HashMap<String, Option<Arc<RoleSpec>>>>>,
 }
 
 impl RoleSource {
     pub fn new(override_dir: Option<PathBuf>) -> Self {
-        RoleSource { override_dir }
+        RoleSource {
+            override_dir,
+            parsed: Arc::default(),
+        }
     }
 
-    /// Load a role by name (override dir first). `Ok(None)` if no such role.
-    pub fn role(&self, name: &str) -> Result<Option<RoleSpec>> {
+    /// Load a role by name (override dir first), read once per source. `Ok(None)` if no such
+    /// role.
+    pub fn role(&self, name: &str) -> Result<Option<Arc<RoleSpec>>> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = parsed.get(name) {
+            return Ok(known.clone());
+        }
+        let spec = self.read_role(name)?.map(Arc::new);
+        parsed.insert(name.to_string(), spec.clone());
+        Ok(spec)
+    }
+
+    fn read_role(&self, name: &str) -> Result<Option<RoleSpec>> {
         let (text, origin) = match self.read_override(&format!("{name}/role.yaml"))? {
             Some((t, p)) => (t, p.display().to_string()),
             None => match EMBEDDED_ROLES.get_file(format!("{name}/role.yaml")) {

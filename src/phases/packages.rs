@@ -215,18 +215,18 @@ pub async fn resolve_postgres_version(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The bundle's files already on the host, and what dpkg has installed.
-fn dpkg_command() -> String {
+/// The bundle's files already on the host (what dpkg has installed is in the probe's facts:
+/// every installed package).
+fn repo_command() -> String {
     format!(
-        "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n\
-         echo '@INSTALLED'; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' 2>/dev/null || true\n"
+        "echo '@REPO'; find {REPO_DIR} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' 2>/dev/null || true\n"
     )
 }
 
 /// The host's one packages probe of its own: the files and directories that come before
-/// packages, the packages, then [`dpkg_command`].
+/// packages, the packages, then [`repo_command`].
 fn probe_cmd(req: &crate::engine::facts::ProbeRequest) -> String {
-    probe_command(req) + &dpkg_command()
+    probe_command(req) + &repo_command()
 }
 
 impl Packages {
@@ -309,7 +309,7 @@ impl Phase for Packages {
     // (with the bundle's index added to it), and only dpkg's view rides along.
     fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
         if self.applies(ctx, host) {
-            vec![("packages".into(), dpkg_command())]
+            vec![("packages".into(), repo_command())]
         } else {
             Vec::new()
         }
@@ -356,7 +356,7 @@ impl Phase for Packages {
                 let req = desired.probe_request();
                 // Planned with the other phases, only dpkg's view rode along in the shared
                 // probe, which answers the files and packages.
-                let shared = ctx.probed_extra(&h, "packages", &dpkg_command()).await;
+                let shared = ctx.probed_extra(&h, "packages", &repo_command()).await;
                 let text = match &shared {
                     Some((out, _)) => out.clone(),
                     None => s.exec(&probe_cmd(&req), None).await?.stdout_str(),
@@ -367,17 +367,7 @@ impl Phase for Packages {
                     None => parse_probe(&req, main)
                         .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?,
                 };
-                let (repo, dpkg) = rest.split_once("@INSTALLED\n").unwrap_or((rest, ""));
-                let installed: BTreeMap<String, String> = dpkg
-                    .lines()
-                    .filter_map(|l| {
-                        let mut it = l.split_whitespace();
-                        let status = it.next()?;
-                        let (name, version) = (it.next()?, it.next()?);
-                        (status == "ii" || status == "hi")
-                            .then(|| (name.to_string(), version.to_string()))
-                    })
-                    .collect();
+                let (repo, installed) = (rest, &facts.packages);
                 // Contents for diffs of the few small files here.
                 for f in desired.differing_files(&facts) {
                     if facts.paths.get(&f).is_some_and(|p| p.content.is_some()) {
@@ -393,7 +383,7 @@ impl Phase for Packages {
                 if let (Some(m), Some(index)) = (manifest, index) {
                     let roots: Vec<String> =
                         desired.packages.iter().map(|p| p.name.clone()).collect();
-                    let needed = needed_debs(index, &roots, &installed);
+                    let needed = needed_debs(index, &roots, installed);
                     let missing: Vec<(String, u64)> = missing_files(m, repo)
                         .into_iter()
                         .filter(|(n, _)| needed.contains(n))

@@ -128,6 +128,7 @@ fn production_cluster_end_to_end() {
         "runuser -u postgres -- psql -AtXc \"select count(*) from pg_tables where schemaname = 'public'\"",
     );
     assert_eq!(tables.trim(), "0", "tables left in the postgres database");
+    unit_drift_scenario(&lab, &inv, &leader);
     crate::backup::backup_scenario(&lab, &inv, &pw);
     crate::backup::replica_from_backup_scenario(&lab, &inv);
 
@@ -258,6 +259,64 @@ fn production_cluster_end_to_end() {
 /// Debian 13 carries one PostgreSQL 17 minor: `upgrade` without `--postgres` says there is
 /// nothing newer and changes nothing; a minor that does not exist is refused before any host
 /// changes.
+/// Units changed by hand on a replica: Patroni disabled, Debian's PostgreSQL unit enabled, and
+/// pgBackRest's own server unit masked (pgdeploy wants it disabled, so masked is fine). check
+/// names exactly the first two (the probe reads enabling symlinks, and asks systemd only about
+/// the unit it wants enabled and finds unlinked); apply repairs them and restarts nothing.
+fn unit_drift_scenario(lab: &LabGuard, inv: &std::path::Path, leader: &str) {
+    let replica = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .unwrap();
+    lab.ssh(
+        replica,
+        "systemctl disable patroni.service && systemctl enable postgresql.service && systemctl mask pgbackrest.service",
+    );
+    let out = pgdeploy(&["check", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let units: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" unit "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(units.len(), 2, "{}", out.stdout);
+    assert!(
+        units.iter().any(|l| l.contains(&format!(
+            "{replica}: ! unit enable patroni.service (is disabled)"
+        ))),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        units.iter().any(|l| l.contains(&format!(
+            "{replica}: ! unit disable postgresql.service (is enabled)"
+        ))),
+        "{}",
+        out.stdout
+    );
+    let before = service_starts(lab);
+    let out = pgdeploy(&["apply", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(
+        lab.ssh(
+            replica,
+            "systemctl is-enabled patroni.service postgresql.service pgbackrest.service; true"
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["enabled", "disabled", "masked"]
+    );
+    assert_eq!(
+        before,
+        service_starts(lab),
+        "repairing units restarted a service"
+    );
+    lab.ssh(replica, "systemctl unmask pgbackrest.service");
+    let out = pgdeploy(&["check", inv.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+}
+
 fn no_newer_minor_scenario(lab: &LabGuard, inv: &std::path::Path) {
     let inv_s = inv.to_str().unwrap();
     let before = service_starts(lab);
