@@ -96,6 +96,13 @@ impl Platform {
         matches!(self, Platform::Debian13)
     }
 
+    /// Whether the release's etcd (3.5 on Debian 13; 3.4 on 12 has no such setting) takes
+    /// `--bcrypt-cost`, the work factor of the password hashes it stores and checks on each
+    /// login.
+    pub fn etcd_sets_bcrypt_cost(self) -> bool {
+        matches!(self, Platform::Debian13)
+    }
+
     /// pgdeploy's default timings on this release. Patroni 4 raises a `ttl` below 20 to 20
     /// (with only a warning in its log), so the fastest timings it honours as written are
     /// 20/2/3; Patroni 3 takes 10/2/3.
@@ -143,6 +150,7 @@ impl Platform {
             "debian": self.version_id(),
             "codename": self.codename(),
             "patroni_major": self.patroni_major(),
+            "etcd_sets_bcrypt_cost": self.etcd_sets_bcrypt_cost(),
         })
     }
 }

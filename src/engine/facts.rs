@@ -150,7 +150,8 @@ pub fn probe_command(req: &ProbeRequest) -> String {
 /// is not loaded, so inactive); enabled is an enabling symlink in /etc/systemd/system (what
 /// `systemctl enable` makes from WantedBy= and RequiredBy=), masked a link to /dev/null. Only
 /// a unit wanted enabled that has no such symlink asks systemd for its unit file state (it
-/// may be static, an alias, or not installed), in the same round trip.
+/// may be static, an alias, or not installed), in the same round trip. The units active are
+/// left in `$pgdeploy_active` (" a.service b.service "), for the extras after the probe.
 fn units_command(req: &ProbeRequest) -> String {
     let list = |disabled: bool| {
         req.units
@@ -162,7 +163,10 @@ fn units_command(req: &ProbeRequest) -> String {
     };
     let all: Vec<String> = req.units.iter().map(|u| sh_quote(u)).collect();
     format!(
-        "echo '@UNITS'; systemctl list-units --all --full --plain --no-legend --no-pager -- {all} 2>/dev/null || true\n\
+        "pgdeploy_units=$(systemctl list-units --all --full --plain --no-legend --no-pager -- {all} 2>/dev/null)\n\
+         echo '@UNITS'; printf '%s\\n' \"$pgdeploy_units\"\n\
+         pgdeploy_active=' '; while read -r n _ a _; do [ \"$a\" = active ] && pgdeploy_active=\"$pgdeploy_active$n \"; done <<PGDEPLOY_UNITS\n\
+         $pgdeploy_units\nPGDEPLOY_UNITS\n\
          echo '@LINKS'; pgdeploy_masked() {{ [ /etc/systemd/system/\"$1\" -ef /dev/null ] || [ /run/systemd/system/\"$1\" -ef /dev/null ]; }}\n\
          pgdeploy_linked() {{ for p in /etc/systemd/system/*.wants/\"$1\" /etc/systemd/system/*.requires/\"$1\"; do [ -L \"$p\" ] && return 0; done; return 1; }}\n\
          ask=; for u in {enable}; do if pgdeploy_masked \"$u\"; then echo \"masked $u\"; elif pgdeploy_linked \"$u\"; then echo \"linked $u\"; else ask=\"$ask $u\"; fi; done\n\
@@ -611,17 +615,30 @@ haproxy.service
         let fake = dir.path().join("systemctl");
         std::fs::write(
             &fake,
-            format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1\" in list-units) \
+                 echo 'haproxy.service  loaded active running HAProxy'; \
+                 echo 'static.service   loaded failed failed  Static';; esac\n",
+                log.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let out = std::process::Command::new("bash")
             .arg("-c")
-            .arg(format!("PATH={}:$PATH; {cmd}", dir.path().display()))
+            .arg(format!(
+                "PATH={}:$PATH; {cmd}echo \"@ACTIVE[$pgdeploy_active]\"",
+                dir.path().display()
+            ))
             .output()
             .unwrap();
         assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("@ACTIVE[ haproxy.service ]"), "{text}");
+        let f = parse_probe(&r, &format!("{text}@END\n")).unwrap();
+        assert_eq!(f.units["haproxy.service"].active, "active");
+        assert_eq!(f.units["static.service"].active, "failed");
         let asked = std::fs::read_to_string(&log).unwrap();
         let asked: Vec<&str> = asked.lines().collect();
         assert_eq!(asked.len(), 2, "{asked:?}");

@@ -39,7 +39,15 @@ pub struct PreflightFacts {
 /// read by the shell itself (the parser takes them line by line, so a missing last newline
 /// reads the same). `data_dir`, on a Patroni member: what an interrupted restore left beside
 /// it is listed by shell builtins alone.
-pub fn preflight_command(data_dir: Option<&str>) -> String {
+///
+/// The listening ports (`ss -p`: 10 ms of the host's CPU) are not asked for when every unit
+/// of `port_units` (those that hold the host's ports) is active, as the probe before this
+/// command in the same round trip saw (`$pgdeploy_active`): a port is only a problem when a
+/// unit of ours is to start and something else holds it, and a running unit of ours holds its
+/// ports (etcd, HAProxy and pgBackRest's server do not run without them; for PostgreSQL's
+/// port a process named postgres was always taken for ours). Alone, or where one of those
+/// units is not active, the ports are listed.
+pub fn preflight_command(data_dir: Option<&str>, port_units: &[&str]) -> String {
     let restore = data_dir
         .map(|d| {
             format!(
@@ -55,11 +63,13 @@ while read -r k r e _; do [ \"$k\" = Uid: ] && echo \"$e\"; done < /proc/self/st
 echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
 echo '@ARCH'; echo \"${{HOSTTYPE:-$(dpkg --print-architecture 2>/dev/null)}}\"; \
 echo '@TIME'; echo \"${{EPOCHREALTIME:-$(date +%s.%N)}}\"; \
-echo '@PORTS'; ss -ltnpH 2>/dev/null || true; \
+echo '@PORTS'; v=y; for u in {units}; do case \"${{pgdeploy_active- }}\" in *\" $u \"*) ;; *) v=;; esac; done; \
+if [ -n \"$v\" ]; then echo '@VOUCHED'; else ss -ltnpH 2>/dev/null || true; fi; \
 echo '@DISK'; df -Pk /var/lib; \
 echo '@CA'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/tls/ca.crt; \
 echo '@STATE'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/pgdeploy/state; \
-echo '@RESTORE'; {restore}echo '@END'"
+echo '@RESTORE'; {restore}echo '@END'",
+        units = port_units.join(" ")
     )
 }
 
@@ -348,7 +358,35 @@ fn command_for(ctx: &Ctx, host: &str) -> String {
         .group_hosts(Group::Patroni)
         .iter()
         .any(|h| h.name == host);
-    preflight_command(member.then(|| ctx.inv.postgres.data_directory()).as_deref())
+    let units = ctx
+        .inv
+        .hosts()
+        .iter()
+        .find(|h| h.name == host)
+        .map(|h| port_units(&ctx.inv, h))
+        .unwrap_or_default();
+    preflight_command(
+        member.then(|| ctx.inv.postgres.data_directory()).as_deref(),
+        &units,
+    )
+}
+
+/// The units that hold the ports of [`required_ports`].
+pub fn port_units(inv: &Inventory, h: &Host) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if h.in_group(Group::Etcd) {
+        v.push("etcd.service");
+    }
+    if h.in_group(Group::Patroni) {
+        v.push("patroni.service");
+    }
+    if h.in_group(Group::Haproxy) {
+        v.push("haproxy.service");
+    }
+    if inv.backs_up(h) {
+        v.push("pgdeploy-pgbackrest.service");
+    }
+    v
 }
 
 fn now() -> f64 {
@@ -505,7 +543,7 @@ mod tests {
         std::fs::create_dir_all(format!("{data}.pgdeploy-before-restore-20261207T010000")).unwrap();
         std::fs::write(crate::phases::restore::marker_path(data), "x").unwrap();
         let out = std::process::Command::new("sh")
-            .args(["-c", &preflight_command(Some(data))])
+            .args(["-c", &preflight_command(Some(data), &[])])
             .output()
             .unwrap();
         let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
@@ -525,11 +563,34 @@ mod tests {
         // Nothing left: nothing listed (the unmatched glob is not a path).
         let clean = dir.path().join("other");
         let out = std::process::Command::new("sh")
-            .args(["-c", &preflight_command(clean.to_str())])
+            .args(["-c", &preflight_command(clean.to_str(), &[])])
             .output()
             .unwrap();
         let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
         assert!(f.restore_left.is_empty(), "{:?}", f.restore_left);
+    }
+
+    /// Ports are listed unless the probe before saw every unit that holds them active.
+    #[test]
+    fn ports_are_not_listed_when_their_units_run() {
+        let run = |active: Option<&str>| {
+            let set = active
+                .map(|a| format!("pgdeploy_active={};", crate::shell::sh_quote(a)))
+                .unwrap_or_default();
+            let cmd = preflight_command(None, &["etcd.service", "haproxy.service"]);
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("{set}{cmd}")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(run(Some(" etcd.service haproxy.service ")).contains("@VOUCHED"));
+        assert!(!run(Some(" haproxy.service ")).contains("@VOUCHED"));
+        assert!(!run(Some(" etcd.service.d haproxy.service ")).contains("@VOUCHED"));
+        // Not probed before (the command alone): listed.
+        assert!(!run(None).contains("@VOUCHED"));
+        let f = parse(&run(Some(" etcd.service haproxy.service "))).unwrap();
+        assert!(f.listeners.is_empty());
     }
 
     #[test]
