@@ -60,7 +60,7 @@ pub fn preflight_command(data_dir: Option<&str>, port_units: &[&str]) -> String 
     format!(
         "export LC_ALL=C; echo '@ID'; \
 while read -r k r e _; do [ \"$k\" = Uid: ] && echo \"$e\"; done < /proc/self/status; \
-echo '@OS'; ( . /etc/os-release 2>/dev/null; echo \"$ID|$VERSION_ID|$PRETTY_NAME\" ); \
+echo '@OS'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done 2>/dev/null < /etc/os-release; \
 echo '@ARCH'; echo \"${{HOSTTYPE:-$(dpkg --print-architecture 2>/dev/null)}}\"; \
 echo '@TIME'; echo \"${{EPOCHREALTIME:-$(date +%s.%N)}}\"; \
 echo '@PORTS'; v=y; for u in {units}; do case \"${{pgdeploy_active- }}\" in *\" $u \"*) ;; *) v=;; esac; done; \
@@ -71,6 +71,27 @@ echo '@STATE'; while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; 
 echo '@RESTORE'; {restore}echo '@END'",
         units = port_units.join(" ")
     )
+}
+
+/// A value of os-release(5): shell-quoted (double quotes with `\` escapes, or single quotes) or
+/// bare.
+fn os_release_value(v: &str) -> String {
+    let v = v.trim();
+    if let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        out
+    } else if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        inner.to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 /// Pure parser of [`preflight_command`]'s output.
@@ -100,11 +121,17 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
         }
         match sec {
             "ID" => f.uid = line.trim().parse().ok(),
+            // os-release's KEY=value lines, read by the shell (no subshell to source it).
             "OS" => {
-                let p: Vec<&str> = line.splitn(3, '|').collect();
-                f.os_id = p.first().unwrap_or(&"").to_string();
-                f.os_version = p.get(1).unwrap_or(&"").to_string();
-                f.os_pretty = p.get(2).unwrap_or(&"").to_string();
+                if let Some((k, v)) = line.split_once('=') {
+                    let v = os_release_value(v);
+                    match k.trim() {
+                        "ID" => f.os_id = v,
+                        "VERSION_ID" => f.os_version = v,
+                        "PRETTY_NAME" => f.os_pretty = v,
+                        _ => {}
+                    }
+                }
             }
             // bash's HOSTTYPE (the machine bash, an essential package, was built for), else
             // dpkg's name for it.
@@ -505,7 +532,7 @@ impl Phase for Preflight {
 mod tests {
     use super::*;
 
-    const OUT: &str = "@ID\n0\n@OS\ndebian|13|Debian GNU/Linux 13 (trixie)\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\nFilesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
+    const OUT: &str = "@ID\n0\n@OS\nPRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID='13'\nID=debian\nHOME_URL=\"https://www.debian.org/\"\n@ARCH\namd64\n@TIME\n1764100000.250000000\n@PORTS\nLISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=50,fd=3))\nLISTEN 0 4096 10.231.0.11:2379 0.0.0.0:* users:((\"etcd\",pid=70,fd=7))\nLISTEN 0 4096 *:5000 *:* users:((\"nginx\",pid=80,fd=7))\n@DISK\nFilesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 263174212 11000000 84000000 12% /\n@END\n";
 
     fn inv() -> Inventory {
         let text = "cluster: {name: t}\ngroups:\n  etcd: [{name: a, address: 10.0.0.1}]\n  patroni: [{name: a, address: 10.0.0.1}]\n  haproxy: [{name: a, address: 10.0.0.1}]\n";
@@ -518,6 +545,8 @@ mod tests {
         assert_eq!(f.uid, Some(0));
         assert_eq!(f.os_id, "debian");
         assert_eq!(f.os_version, "13");
+        assert_eq!(f.os_pretty, "Debian GNU/Linux 13 (trixie)");
+        assert_eq!(os_release_value(r#""a \"b\" \\c""#), r#"a "b" \c"#);
         assert_eq!(f.arch, "amd64");
         assert_eq!(f.listeners.len(), 3);
         assert_eq!(f.listeners[1], (2379, "etcd".to_string()));
