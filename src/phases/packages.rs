@@ -305,8 +305,9 @@ impl Phase for Packages {
         "packages"
     }
 
-    // Planned with the other phases, the files and packages come from the host's shared probe
-    // (with the bundle's index added to it), and only dpkg's view rides along.
+    // Planned with the other phases, the files and installed packages come from the host's
+    // shared probe (with the bundle's index added to it), and only the repository's listing
+    // rides along.
     fn probe_extras(&self, ctx: &Ctx, host: &str) -> Vec<(String, String)> {
         if self.applies(ctx, host) {
             vec![("packages".into(), repo_command())]
@@ -354,20 +355,19 @@ impl Phase for Packages {
                 let desired = self.desired_before(ctx, &h, manifest, bundle_dir, true)?;
                 let s = ctx.session(&h)?;
                 let req = desired.probe_request();
-                // Planned with the other phases, only dpkg's view rode along in the shared
-                // probe, which answers the files and packages.
+                // Planned with the other phases, only the repository's listing rode along in
+                // the shared probe, which answers the files and installed packages.
                 let shared = ctx.probed_extra(&h, "packages", &repo_command()).await;
                 let text = match &shared {
                     Some((out, _)) => out.clone(),
                     None => s.exec(&probe_cmd(&req), None).await?.stdout_str(),
                 };
-                let (main, rest) = text.split_once("@REPO\n").unwrap_or((&text, ""));
+                let (main, repo) = text.split_once("@REPO\n").unwrap_or((&text, ""));
                 let mut facts = match shared {
                     Some(_) => probe(ctx, &h, &desired).await?,
                     None => parse_probe(&req, main)
                         .map_err(|e| miette!("{h}: cannot read the host's packages: {e}"))?,
                 };
-                let (repo, installed) = (rest, &facts.packages);
                 // Contents for diffs of the few small files here.
                 for f in desired.differing_files(&facts) {
                     if facts.paths.get(&f).is_some_and(|p| p.content.is_some()) {
@@ -383,7 +383,7 @@ impl Phase for Packages {
                 if let (Some(m), Some(index)) = (manifest, index) {
                     let roots: Vec<String> =
                         desired.packages.iter().map(|p| p.name.clone()).collect();
-                    let needed = needed_debs(index, &roots, installed);
+                    let needed = needed_debs(index, &roots, &facts.packages);
                     let missing: Vec<(String, u64)> = missing_files(m, repo)
                         .into_iter()
                         .filter(|(n, _)| needed.contains(n))

@@ -194,43 +194,71 @@ pub fn parse(out: &str) -> Result<PreflightFacts, String> {
     Ok(f)
 }
 
-/// Ports a host needs, each with the process names that may already hold it (ours).
-pub fn required_ports(
-    inv: &Inventory,
-    h: &Host,
-) -> Vec<(u16, &'static str, &'static [&'static str])> {
+/// A port a host needs.
+pub struct RequiredPort {
+    pub port: u16,
+    pub what: &'static str,
+    /// The process names that may already hold it (ours).
+    pub ours: &'static [&'static str],
+    /// The unit of ours that holds it while it runs.
+    pub unit: &'static str,
+}
+
+/// Ports a host needs.
+pub fn required_ports(inv: &Inventory, h: &Host) -> Vec<RequiredPort> {
     let mut v = Vec::new();
+    let mut need = |port, what, ours, unit| {
+        v.push(RequiredPort {
+            port,
+            what,
+            ours,
+            unit,
+        })
+    };
     if h.in_group(Group::Etcd) {
-        v.push((inv.etcd.client_port, "etcd client", &["etcd"][..]));
-        v.push((inv.etcd.peer_port, "etcd peer", &["etcd"][..]));
+        need(
+            inv.etcd.client_port,
+            "etcd client",
+            &["etcd"][..],
+            "etcd.service",
+        );
+        need(
+            inv.etcd.peer_port,
+            "etcd peer",
+            &["etcd"][..],
+            "etcd.service",
+        );
     }
     if h.in_group(Group::Patroni) {
-        v.push((inv.postgres.port, "PostgreSQL", &["postgres"][..]));
-        v.push((
+        need(
+            inv.postgres.port,
+            "PostgreSQL",
+            &["postgres"][..],
+            "patroni.service",
+        );
+        need(
             inv.patroni.restapi_port,
             "Patroni REST API",
             &["patroni", "python3"][..],
-        ));
+            "patroni.service",
+        );
     }
     if h.in_group(Group::Haproxy) {
-        v.push((
-            inv.haproxy.primary_port,
-            "HAProxy primary",
-            &["haproxy"][..],
-        ));
-        v.push((
-            inv.haproxy.replica_port,
-            "HAProxy replicas",
-            &["haproxy"][..],
-        ));
-        v.push((inv.haproxy.stats_port, "HAProxy stats", &["haproxy"][..]));
+        for (port, what) in [
+            (inv.haproxy.primary_port, "HAProxy primary"),
+            (inv.haproxy.replica_port, "HAProxy replicas"),
+            (inv.haproxy.stats_port, "HAProxy stats"),
+        ] {
+            need(port, what, &["haproxy"][..], "haproxy.service");
+        }
     }
     if inv.backs_up(h) {
-        v.push((
+        need(
             inv.backup.tls_port,
             "pgBackRest TLS server",
             &["pgbackrest"][..],
-        ));
+            "pgdeploy-pgbackrest.service",
+        );
     }
     v
 }
@@ -260,7 +288,10 @@ pub fn problems(inv: &Inventory, h: &Host, f: &PreflightFacts, skew: f64, rtt: f
             skew
         ));
     }
-    for (port, what, ours) in required_ports(inv, h) {
+    for RequiredPort {
+        port, what, ours, ..
+    } in required_ports(inv, h)
+    {
         for (lp, name) in &f.listeners {
             if *lp == port && !ours.contains(&name.as_str()) {
                 p.push(format!(
@@ -385,35 +416,18 @@ fn command_for(ctx: &Ctx, host: &str) -> String {
         .group_hosts(Group::Patroni)
         .iter()
         .any(|h| h.name == host);
-    let units = ctx
-        .inv
-        .hosts()
-        .iter()
-        .find(|h| h.name == host)
-        .map(|h| port_units(&ctx.inv, h))
-        .unwrap_or_default();
+    let mut units: Vec<&str> = Vec::new();
+    if let Ok(h) = ctx.host(host) {
+        for r in required_ports(&ctx.inv, h) {
+            if !units.contains(&r.unit) {
+                units.push(r.unit);
+            }
+        }
+    }
     preflight_command(
         member.then(|| ctx.inv.postgres.data_directory()).as_deref(),
         &units,
     )
-}
-
-/// The units that hold the ports of [`required_ports`].
-pub fn port_units(inv: &Inventory, h: &Host) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if h.in_group(Group::Etcd) {
-        v.push("etcd.service");
-    }
-    if h.in_group(Group::Patroni) {
-        v.push("patroni.service");
-    }
-    if h.in_group(Group::Haproxy) {
-        v.push("haproxy.service");
-    }
-    if inv.backs_up(h) {
-        v.push("pgdeploy-pgbackrest.service");
-    }
-    v
 }
 
 fn now() -> f64 {
